@@ -1,0 +1,92 @@
+"""Building the run from a Hydra config, and checking the config before any work starts."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+KNOWN_ENCODERS = {
+    "tpt_aqa.models.PrecomputedEncoder": "precomputed",
+    "tpt_aqa.models.encoders.PrecomputedEncoder": "precomputed",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject configurations that cannot run, with a one-line message naming the key and the fix.
+
+    Raises:
+        ConfigError: on the first problem found.
+    """
+    k = _get(cfg, "model.num_queries")
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"model.num_queries={k}: must be an integer >= 1 (e.g. model.num_queries=5)")
+    t = _get(cfg, "dataset.num_clips")
+    if isinstance(t, int) and k > t:
+        raise ConfigError(
+            f"model.num_queries={k} exceeds the {t} clips per video (dataset.num_clips): "
+            f"use model.num_queries<={t}"
+        )
+    g = _get(cfg, "model.num_groups")
+    if not isinstance(g, int) or g < 2 or g & (g - 1):
+        raise ConfigError(f"model.num_groups={g}: must be an even power of two (e.g. model.num_groups=16)")
+    target = _get(cfg, "model.encoder._target_")
+    if target not in KNOWN_ENCODERS:
+        raise ConfigError(
+            f"model.encoder._target_={target!r} is not a known encoder: choose one of "
+            f"{sorted(set(KNOWN_ENCODERS.values()))} with model/encoder=<name>"
+        )
+    root = _get(cfg, "dataset.root")
+    if "root" in (cfg.get("dataset") or {}):
+        if root is None or OmegaConf.is_missing(cfg.dataset, "root"):
+            raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/data")
+        if not Path(str(root)).exists():
+            raise ConfigError(f"dataset.root={root} does not exist: pass dataset.root=/path/to/data")
+    for key in ("dataset._target_", "criterion._target_", "model._target_"):
+        path = _get(cfg, key)
+        module, _, name = str(path).rpartition(".")
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"{key}={path!r} cannot be imported: check the config group") from None
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate and set up the datamodule, checking K against its clip count."""
+    dm = instantiate(cfg.dataset)
+    dm.setup("fit")
+    k = cfg.model.num_queries
+    if k > dm.num_clips:
+        raise ConfigError(
+            f"model.num_queries={k} exceeds the {dm.num_clips} clips per video of the data: "
+            f"use model.num_queries<={dm.num_clips}"
+        )
+    return dm
+
+
+def build_module(cfg: DictConfig):
+    """Instantiate the LightningModule from the ``model``, ``criterion`` and ``optim`` groups."""
+    from tpt_aqa.lit_module import AQAModule
+    from tpt_aqa.scoring import ScoreGroups
+
+    return AQAModule(
+        model=instantiate(cfg.model),
+        criterion=instantiate(cfg.criterion),
+        score_groups=ScoreGroups(num_groups=cfg.model.num_groups, cap=cfg.dataset.delta_cap),
+        optimizer=instantiate(cfg.optim.optimizer),
+        lr=OmegaConf.to_container(cfg.optim.lr, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )

@@ -1,0 +1,19 @@
+"""Data: sample tables, exemplar pairing, typed batches and one datamodule per benchmark."""
+
+from tpt_aqa.data.base import AQADataModule, SampleTable
+from tpt_aqa.data.batch import EvalBatch, PairBatch, Videos
+from tpt_aqa.data.features import FeaturesDataModule
+from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
+from tpt_aqa.data.synthetic import SyntheticDataModule
+
+__all__ = [
+    "AQADataModule",
+    "EvalBatch",
+    "ExemplarPairSampler",
+    "FeaturesDataModule",
+    "PairBatch",
+    "SampleTable",
+    "SyntheticDataModule",
+    "Videos",
+    "choose_eval_exemplars",
+]

@@ -1,0 +1,276 @@
+"""The datamodule contract shared by every benchmark (SPEC §6–7).
+
+A benchmark only says what its samples are (a ``SampleTable``) and how to load one video
+(``load_video``). Everything else is common: carving a seeded validation split out of training,
+fixing the evaluation exemplars per seed, training pairs, and evaluation batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
+from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
+from tpt_aqa.scoring import pair_deltas
+
+SPLITS = ("train", "val", "test")
+VIEWS = ("train", "test", "exemplar")
+
+
+@dataclass
+class SampleTable:
+    """All samples of a benchmark, one row each.
+
+    Attributes:
+        ids: sample ids.
+        target: score on the training scale ``(N,)``.
+        scale: multiplier to the reported scale ``(N,)``.
+        group: exemplar group id ``(N,)``.
+        class_id: class id ``(N,)``.
+        split: ``"train"``, ``"val"`` or ``"test"`` per row.
+        class_names: name of each class id.
+        group_names: name of each exemplar group id.
+    """
+
+    ids: list[str]
+    target: np.ndarray
+    scale: np.ndarray
+    group: np.ndarray
+    class_id: np.ndarray
+    split: np.ndarray
+    class_names: list[str] = field(default_factory=lambda: ["all"])
+    group_names: list[str] = field(default_factory=lambda: ["all"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, split: str) -> np.ndarray:
+        """Table rows of one split."""
+        return np.flatnonzero(self.split == split)
+
+
+def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
+    """Move a seeded random fraction of the training rows to ``"val"``, in place.
+
+    A row is kept in training when moving it would leave its exemplar group without training
+    members, so every validation sample has exemplars to be compared with.
+    """
+    if fraction <= 0:
+        return
+    if fraction >= 1:
+        raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
+    train = table.rows("train")
+    wanted = int(np.ceil(fraction * len(train)))
+    left = {g: int(n) for g, n in zip(*np.unique(table.group[train], return_counts=True), strict=True)}
+    moved = 0
+    for row in np.random.default_rng([seed, 11]).permutation(train):
+        if moved == wanted:
+            break
+        if left[table.group[row]] > 1:
+            table.split[row] = "val"
+            left[table.group[row]] -= 1
+            moved += 1
+
+
+class _Rows(Dataset):
+    """One video per item, from a list of table rows."""
+
+    def __init__(self, dm: AQADataModule, rows: np.ndarray, view: str) -> None:
+        self.dm, self.rows, self.view = dm, rows, view
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dm.sample(int(self.rows[i]), self.view)
+
+
+class _Pairs(Dataset):
+    """Indexed by ``(query_row, exemplar_row)`` pairs from ``ExemplarPairSampler``."""
+
+    def __init__(self, dm: AQADataModule, num_rows: int) -> None:
+        self.dm, self.num_rows = dm, num_rows
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, pair: tuple[int, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+        q, e = pair
+        return self.dm.sample(q, "train"), self.dm.sample(e, "train")
+
+
+class _Queries(Dataset):
+    """Evaluated videos with their fixed exemplar rows and scores."""
+
+    def __init__(self, dm: AQADataModule, rows: np.ndarray, exemplars: np.ndarray) -> None:
+        self.dm, self.rows, self.exemplars = dm, rows, exemplars
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+        ex = torch.as_tensor(self.exemplars[i])
+        targets = torch.as_tensor(self.dm.table.target, dtype=torch.float32)[ex.clamp_min(0)]
+        return self.dm.sample(int(self.rows[i]), "test"), ex, targets * (ex >= 0)
+
+
+class AQADataModule(L.LightningDataModule):
+    """Shared datamodule: subclasses implement ``build_table`` and ``load_video``.
+
+    Args:
+        batch_size: training pairs per device and step.
+        eval_batch_size: evaluated videos per step.
+        num_exemplars: M, exemplars per evaluated video (10 in the paper).
+        val_fraction: fraction of the training split carved out for model selection (0 = none; a
+            split named ``val`` in the data is used as is).
+        seed: seed of the validation carve and of the evaluation exemplar lists.
+        delta_cap: largest |Δ| the score groups cover, on the training scale.
+        num_workers: data loading processes.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        eval_batch_size: int = 32,
+        num_exemplars: int = 10,
+        val_fraction: float = 0.1,
+        seed: int = 12,
+        delta_cap: float = 30.0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_exemplars = num_exemplars
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.delta_cap = delta_cap
+        self.num_workers = num_workers
+        self.table: SampleTable | None = None
+        self.eval_exemplars: dict[str, np.ndarray] = {}
+
+    # ---- what a benchmark provides -------------------------------------------------------------
+    def build_table(self) -> SampleTable:
+        """Read the annotations into a table (called once, in ``setup``)."""
+        raise NotImplementedError
+
+    def load_video(self, row: int, view: str) -> torch.Tensor:
+        """One video as the encoder takes it: features ``(T,C)`` or clips ``(T,3,L,H,W)``.
+
+        ``view`` is ``"train"`` (augmented), ``"test"`` (evaluated query) or ``"exemplar"``.
+        """
+        raise NotImplementedError
+
+    def clip_labels(self, row: int) -> torch.Tensor | None:
+        """Known temporal phase of every clip ``(T,)``, or ``None`` (the default) when unknown."""
+        return None
+
+    @property
+    def num_clips(self) -> int:
+        """T, the number of clips per video."""
+        raise NotImplementedError
+
+    # ---- shared machinery ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        table = self.build_table()
+        unknown = set(np.unique(table.split)) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split names {sorted(unknown)}; use one of {SPLITS}")
+        if len(table.rows("train")) == 0:
+            raise ValueError("the data has no training samples (split 'train')")
+        if "val" not in set(table.split):
+            carve_validation(table, self.val_fraction, self.seed)
+        self.table = table
+        pool = table.rows("train")
+        for code, split in enumerate(("val", "test")):
+            rows = table.rows(split)
+            self.eval_exemplars[split] = choose_eval_exemplars(
+                table.group[rows],
+                pool,
+                table.group[pool],
+                self.num_exemplars,
+                np.random.default_rng([self.seed, 23, code]),
+            )
+
+    @property
+    def class_names(self) -> list[str]:
+        assert self.table is not None, "call setup() first"
+        return self.table.class_names
+
+    @property
+    def has_val(self) -> bool:
+        assert self.table is not None, "call setup() first"
+        return len(self.table.rows("val")) > 0
+
+    def train_deltas(self) -> np.ndarray:
+        """Within-group |Δ| of all training pairs, to fit the score groups."""
+        assert self.table is not None, "call setup() first"
+        rows = self.table.rows("train")
+        return pair_deltas(self.table.target[rows], self.table.group[rows])
+
+    def sample(self, row: int, view: str) -> dict[str, Any]:
+        """One sample as a dict of the fields of ``Videos``."""
+        t = self.table
+        video = self.load_video(row, view)
+        labels = self.clip_labels(row)
+        if labels is None:
+            labels = torch.full((video.shape[0],), -1, dtype=torch.long)
+        return {
+            "video": video,
+            "target": float(t.target[row]),
+            "scale": float(t.scale[row]),
+            "group": int(t.group[row]),
+            "class_id": int(t.class_id[row]),
+            "index": row,
+            "clip_labels": labels,
+        }
+
+    def _loader(self, dataset: Dataset, collate, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.table.rows("train")
+        trainer = self.trainer
+        sampler = ExemplarPairSampler(
+            rows,
+            self.table.group[rows],
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,
+        )
+        return self._loader(
+            _Pairs(self, len(rows)), collate_pairs, batch_size=self.batch_size, sampler=sampler
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rows = self.table.rows(split)
+        ds = _Queries(self, rows, self.eval_exemplars[split])
+        return self._loader(ds, collate_eval, batch_size=self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def exemplar_dataloader(self, split: str) -> DataLoader:
+        """Every training video used as an exemplar of ``split``, once each (encode once, pair many)."""
+        rows = np.unique(self.eval_exemplars[split])
+        rows = rows[rows >= 0]
+        return self._loader(
+            _Rows(self, rows, "exemplar"), collate_videos, batch_size=self.eval_batch_size, shuffle=False
+        )

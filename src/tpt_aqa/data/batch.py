@@ -1,0 +1,96 @@
+"""Typed batches. Per-sample scalars (score, scale, exemplar group, class) travel with the videos, so
+model and evaluation code never branch on the dataset (STYLE habit 11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Videos:
+    """A batch of videos and their annotations.
+
+    Attributes:
+        video: clip features ``(B,T,C)`` or clips ``(B,T,3,L,H,W)``.
+        target: score on the training scale ``(B,)`` (e.g. MTL-AQA w/ DD: final score / difficulty).
+        scale: multiplier from the training scale to the reported score ``(B,)`` (difficulty, or 1).
+        group: exemplar group id ``(B,)``: exemplars are drawn from the same group.
+        class_id: class id for per-class metrics ``(B,)``.
+        index: row of the sample in the datamodule's table ``(B,)``.
+        clip_labels: known temporal phase of every clip ``(B,T)``, ``-1`` where unknown.
+    """
+
+    video: torch.Tensor
+    target: torch.Tensor
+    scale: torch.Tensor
+    group: torch.Tensor
+    class_id: torch.Tensor
+    index: torch.Tensor
+    clip_labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
+
+
+@dataclass
+class PairBatch:
+    """Training batch: each query with one exemplar of its exemplar group."""
+
+    query: Videos
+    exemplar: Videos
+
+
+@dataclass
+class EvalBatch:
+    """Evaluation batch: queries with their fixed exemplar lists (rows padded with -1).
+
+    Attributes:
+        query: the evaluated videos.
+        exemplar_index: table rows of the exemplars ``(B,M)``, ``-1`` for padding.
+        exemplar_target: exemplar scores on the training scale ``(B,M)``, 0 for padding.
+    """
+
+    query: Videos
+    exemplar_index: torch.Tensor
+    exemplar_target: torch.Tensor
+
+    @property
+    def exemplar_mask(self) -> torch.Tensor:
+        """Real (not padded) exemplars ``(B,M)``."""
+        return self.exemplar_index >= 0
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def collate_videos(samples: list[dict[str, Any]]) -> Videos:
+    """Stack per-sample dicts into ``Videos``."""
+    return Videos(
+        video=torch.stack([s["video"] for s in samples]),
+        target=torch.tensor([s["target"] for s in samples], dtype=torch.float32),
+        scale=torch.tensor([s["scale"] for s in samples], dtype=torch.float32),
+        group=torch.tensor([s["group"] for s in samples], dtype=torch.long),
+        class_id=torch.tensor([s["class_id"] for s in samples], dtype=torch.long),
+        index=torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        clip_labels=torch.stack([s["clip_labels"] for s in samples]),
+    )
+
+
+def collate_pairs(samples: list[tuple[dict[str, Any], dict[str, Any]]]) -> PairBatch:
+    """Collate (query, exemplar) sample pairs."""
+    return PairBatch(
+        query=collate_videos([q for q, _ in samples]),
+        exemplar=collate_videos([e for _, e in samples]),
+    )
+
+
+def collate_eval(samples: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> EvalBatch:
+    """Collate (query, exemplar rows, exemplar targets) triples."""
+    return EvalBatch(
+        query=collate_videos([q for q, _, _ in samples]),
+        exemplar_index=torch.stack([i for _, i, _ in samples]),
+        exemplar_target=torch.stack([t for _, _, t in samples]),
+    )

@@ -1,0 +1,167 @@
+"""Bring-your-own features (``dataset=features``): a folder of per-video clip features and a CSV.
+
+Layout::
+
+    root/
+      annotations.csv        id,score,split[,group][,scale][,class]
+      {id}.npy               float32 or float16, shape (T, C), the same T and C for every video
+
+Columns: ``score`` is on the training scale; the reported score is ``score × scale`` (``scale``
+defaults to 1; MTL-AQA w/ DD stores final/difficulty with scale = difficulty). ``split`` is ``train``,
+``val`` or ``test`` (without ``val`` rows a validation split is carved from ``train``). Exemplars are
+drawn from the same ``group`` (default: one group). ``class`` enables per-class metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
+
+REQUIRED = ("id", "score", "split")
+
+
+class FeatureDataError(ValueError):
+    """A problem in a features folder, naming the file and row."""
+
+
+def _index(names: list[str]) -> tuple[list[str], np.ndarray]:
+    """Sorted unique names and each entry's position among them."""
+    uniq = sorted(set(names))
+    pos = {n: i for i, n in enumerate(uniq)}
+    return uniq, np.array([pos[n] for n in names], dtype=np.int64)
+
+
+def read_annotations(path: Path) -> list[dict[str, str]]:
+    """Read and check the annotation CSV.
+
+    Raises:
+        FeatureDataError: missing file or column, unknown split, non-numeric score or scale,
+            duplicated id, with the file and line.
+    """
+    if not path.is_file():
+        raise FeatureDataError(
+            f"annotation table {path} not found: set dataset.annotations (a CSV with columns "
+            f"{', '.join(REQUIRED)}[, group, scale, class])"
+        )
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise FeatureDataError(f"{path}: missing column(s) {missing}; found {columns}")
+        rows, seen = [], set()
+        for line, raw in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            where = f"{path}, line {line} (id {row['id']!r})"
+            if not row["id"]:
+                raise FeatureDataError(f"{path}, line {line}: empty id")
+            if row["id"] in seen:
+                raise FeatureDataError(f"{where}: duplicated id")
+            seen.add(row["id"])
+            if row["split"] not in SPLITS:
+                raise FeatureDataError(f"{where}: unknown split {row['split']!r}, expected one of {SPLITS}")
+            for col in ("score", "scale"):
+                if col == "scale" and not row.get("scale"):
+                    continue
+                try:
+                    value = float(row[col])
+                except ValueError:
+                    raise FeatureDataError(f"{where}: {col} {row[col]!r} is not a number") from None
+                if not math.isfinite(value):
+                    raise FeatureDataError(f"{where}: {col} {row[col]!r} is not finite")
+            rows.append(row)
+    if not rows:
+        raise FeatureDataError(f"{path}: no samples")
+    return rows
+
+
+class FeaturesDataModule(AQADataModule):
+    """Clip features from ``{id}.npy`` files plus an annotation CSV (see the module docstring).
+
+    Args:
+        root: folder of the ``.npy`` files.
+        annotations: the CSV, absolute or relative to ``root``.
+        feature_dim: expected C (also the precomputed encoder's width).
+        num_clips: expected T, or ``None`` to take it from the files (all must agree).
+        **kwargs: ``AQADataModule`` arguments.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        annotations: str = "annotations.csv",
+        feature_dim: int = 1024,
+        num_clips: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        self.annotations = Path(annotations) if Path(annotations).is_absolute() else self.root / annotations
+        self.feature_dim = feature_dim
+        self._num_clips = num_clips
+        self._features: list[torch.Tensor] = []
+
+    @property
+    def num_clips(self) -> int:
+        if self._num_clips is None:
+            self.setup()
+        return int(self._num_clips)
+
+    def build_table(self) -> SampleTable:
+        if not self.root.is_dir():
+            raise FeatureDataError(
+                f"dataset.root={self.root} is not a folder: point it at the folder of {{id}}.npy files"
+            )
+        rows = read_annotations(self.annotations)
+        features = []
+        for row in rows:
+            path = self.root / f"{row['id']}.npy"
+            if not path.is_file():
+                raise FeatureDataError(
+                    f"{path} not found (listed in {self.annotations}); extract its features or drop the row"
+                )
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise FeatureDataError(f"{path}: not a readable .npy array ({err})") from None
+            if arr.dtype not in (np.float32, np.float16) or arr.ndim != 2:
+                raise FeatureDataError(
+                    f"{path}: expected a float32 or float16 array of shape (T, C), got {arr.dtype} {arr.shape}"
+                )
+            if arr.shape[1] != self.feature_dim:
+                raise FeatureDataError(
+                    f"{path}: has C={arr.shape[1]} channels, dataset.feature_dim={self.feature_dim}; "
+                    "set dataset.feature_dim to the features' width"
+                )
+            if self._num_clips is None:
+                self._num_clips = arr.shape[0]
+            if arr.shape[0] != self._num_clips:
+                raise FeatureDataError(
+                    f"{path}: has T={arr.shape[0]} clips, expected {self._num_clips} like the other "
+                    "videos (or dataset.num_clips)"
+                )
+            if not np.isfinite(arr).all():
+                raise FeatureDataError(f"{path}: contains NaN or infinite values")
+            features.append(torch.from_numpy(arr))
+        self._features = features
+        classes, class_id = _index([r.get("class") or "all" for r in rows])
+        groups, group = _index([r.get("group") or "all" for r in rows])
+        return SampleTable(
+            ids=[r["id"] for r in rows],
+            target=np.array([float(r["score"]) for r in rows]),
+            scale=np.array([float(r["scale"]) if r.get("scale") else 1.0 for r in rows]),
+            group=group,
+            class_id=class_id,
+            split=np.array([r["split"] for r in rows]),
+            class_names=classes,
+            group_names=groups,
+        )
+
+    def load_video(self, row: int, view: str) -> torch.Tensor:
+        return self._features[row].float()

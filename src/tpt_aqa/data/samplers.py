@@ -1,0 +1,107 @@
+"""Exemplar pairing (SPEC §6–7): one exemplar per training sample, M fixed exemplars per evaluated one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+def draw_exemplars(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For every position, a uniformly drawn other position of the same group (itself when alone).
+
+    Args:
+        groups: exemplar group per position ``(N,)``.
+        rng: random generator.
+
+    Returns:
+        Exemplar position per position ``(N,)``.
+    """
+    groups = np.asarray(groups)
+    out = np.arange(len(groups))
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        s = len(members)
+        if s < 2:
+            continue
+        r = rng.integers(0, s - 1, size=s)  # draw among the s - 1 others
+        own = np.arange(s)
+        out[members] = members[r + (r >= own)]  # skip over the sample itself
+    return out
+
+
+class ExemplarPairSampler(DistributedSampler):
+    """Yields ``(query_row, exemplar_row)`` pairs, sharded over ranks like ``DistributedSampler``.
+
+    Being a ``DistributedSampler``, Lightning leaves it in place under DDP and calls ``set_epoch`` on
+    it every epoch, so pairs and order are a function of (seed, epoch) only, identical on every rank
+    (the release never set the epoch). Exemplars are drawn from the query's exemplar group.
+
+    Args:
+        rows: table rows of the training samples ``(N,)``.
+        groups: exemplar group of each row ``(N,)``.
+        num_replicas: number of ranks.
+        rank: this rank.
+        shuffle: shuffle the queries every epoch.
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        groups: np.ndarray,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.rows = np.asarray(rows)
+        self.groups = np.asarray(groups)
+        super().__init__(
+            range(len(self.rows)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        partner = draw_exemplars(self.groups, rng)
+        for pos in super().__iter__():
+            yield int(self.rows[pos]), int(self.rows[partner[pos]])
+
+
+def choose_eval_exemplars(
+    query_groups: np.ndarray,
+    pool_rows: np.ndarray,
+    pool_groups: np.ndarray,
+    num_exemplars: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Fixed exemplar lists for evaluation: M members of the query's group from the training pool.
+
+    Groups with fewer than M members contribute all of them; the rest of the row is -1.
+
+    Args:
+        query_groups: exemplar group of each evaluated sample ``(N,)``.
+        pool_rows: table rows of the training samples ``(P,)``.
+        pool_groups: their groups ``(P,)``.
+        num_exemplars: M.
+        rng: random generator (seeded per split, so lists are fixed per seed).
+
+    Returns:
+        Exemplar rows ``(N,M)``, padded with -1.
+
+    Raises:
+        ValueError: when a query's group has no training member.
+    """
+    out = np.full((len(query_groups), num_exemplars), -1, dtype=np.int64)
+    members = {g: pool_rows[pool_groups == g] for g in np.unique(pool_groups)}
+    for i, g in enumerate(query_groups):
+        m = members.get(g)
+        if m is None or len(m) == 0:
+            raise ValueError(
+                f"evaluated sample {i} is in exemplar group {g!r}, which has no training sample to "
+                "compare with; add training samples of that group or regroup the annotations"
+            )
+        chosen = m if len(m) <= num_exemplars else rng.choice(m, size=num_exemplars, replace=False)
+        out[i, : len(chosen)] = np.sort(chosen)
+    return out

@@ -1,0 +1,67 @@
+"""Re-evaluate a checkpoint on its test split: ``python -m tpt_aqa.eval ckpt_path=PATH``.
+
+The run's configuration is read from the checkpoint, so the exemplar lists and splits are rebuilt
+exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
+``+dataset.root=/new/location``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
+from tpt_aqa.train import build_trainer, format_results
+
+
+def load_run_config(ckpt_path: str | Path) -> DictConfig:
+    """The resolved training configuration stored in a tpt_aqa checkpoint."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path} is not a file: pass ckpt_path=/path/to/run/checkpoints/x.ckpt")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = ckpt.get("tpt_aqa", {}).get("config")
+    if config is None:
+        raise ConfigError(f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?")
+    return OmegaConf.create(config)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Rebuild data and model from the checkpoint's config and test."""
+    run_cfg = load_run_config(cfg.ckpt_path)
+    run_cfg.dataset = OmegaConf.merge(run_cfg.dataset, cfg.get("dataset") or {})
+    run_cfg.trainer = OmegaConf.merge(run_cfg.trainer, cfg.trainer)
+    run_cfg.paths = cfg.paths
+    run_cfg.logger = cfg.get("logger")
+    validate_config(run_cfg)
+    L.seed_everything(run_cfg.seed, workers=True)
+    dm = build_datamodule(run_cfg)
+    module = build_module(run_cfg)
+    trainer = build_trainer(OmegaConf.merge(run_cfg, {"callbacks": {}}), has_val=False)
+    trainer.test(module, datamodule=dm, ckpt_path=str(cfg.ckpt_path), verbose=False)
+    test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2))
+        print(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
+    return test
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

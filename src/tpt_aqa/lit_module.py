@@ -1,0 +1,192 @@
+"""LightningModule: wiring of model, criterion and score groups, one shared evaluation step, metrics.
+
+Training (SPEC §6): each batch holds (query, exemplar) pairs; both pair orders are scored and the
+relative scores encoded into score groups. Evaluation (SPEC §7): every exemplar video is encoded once
+per evaluation into a bank of parts; each evaluated video is encoded once and compared with its M
+fixed exemplars; prediction = mean over real exemplars of (exemplar score + Δ̂), × the video's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim import Optimizer
+
+from tpt_aqa.data.batch import EvalBatch, PairBatch
+from tpt_aqa.losses import TPTCriterion
+from tpt_aqa.metrics import evaluate, phase_alignment
+from tpt_aqa.models.tpt import TPT
+from tpt_aqa.scoring import ScoreGroups
+
+
+class AQAModule(L.LightningModule):
+    """Train and evaluate a ``TPT`` model by contrastive group-aware regression.
+
+    Args:
+        model: the TPT composer.
+        criterion: the named losses.
+        score_groups: group edges, fitted on the training split in ``setup`` unless restored.
+        optimizer: optimizer factory taking parameter groups (Hydra partial, e.g. Adam).
+        lr: learning rate per parameter group: ``backbone``, ``body`` (parser and pair stage), ``heads``.
+        config: the resolved run configuration, stored in checkpoints for ``tpt_aqa.eval``.
+    """
+
+    def __init__(
+        self,
+        model: TPT,
+        criterion: TPTCriterion,
+        score_groups: ScoreGroups,
+        optimizer: Callable[..., Optimizer],
+        lr: dict[str, float],
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.score_groups = score_groups
+        self.optimizer_factory = optimizer
+        self.lr = dict(lr)
+        self.config = config
+        self.class_names: list[str] = ["all"]
+        self.best_val_srcc = -math.inf
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self._bank: torch.Tensor | None = None
+        self._records: list[dict[str, torch.Tensor]] = []
+
+    # ---- setup -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.class_names = list(dm.class_names)
+        if not bool(self.score_groups.fitted):
+            self.score_groups.fit(dm.train_deltas())
+
+    def configure_optimizers(self) -> Optimizer:
+        groups = []
+        for name, params in self.model.param_groups():
+            if name not in self.lr:
+                raise KeyError(f"optim.lr has no learning rate for parameter group {name!r}")
+            groups.append({"params": params, "lr": self.lr[name], "name": name})
+        return self.optimizer_factory(groups)
+
+    # ---- training --------------------------------------------------------------------------
+    def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
+        q, e = batch.query, batch.exemplar
+        out = self.model(q.video, e.video)
+        delta = torch.cat([q.target - e.target, e.target - q.target])  # (2B,) in the output's order
+        labels, offsets = self.score_groups.encode(delta)
+        losses = self.criterion(out, labels, offsets.float())
+        for name, value in losses.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"{name} is {value.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                    "lower the learning rates (optim.lr) or check the input features"
+                )
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in losses.items()},
+            batch_size=len(q),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=False,
+        )
+        return losses["loss"]
+
+    # ---- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_exemplars(self, split: str) -> torch.Tensor:
+        """Encode every exemplar video of ``split`` once: a bank of parts indexed by table row."""
+        dm = self.trainer.datamodule
+        bank = None
+        for videos in dm.exemplar_dataloader(split):
+            videos = self.transfer_batch_to_device(videos, self.device, 0)
+            parts = self.model.encode(videos.video).parts  # (b, K, D)
+            if bank is None:
+                bank = parts.new_zeros(len(dm.table), *parts.shape[1:])
+            bank[videos.index] = parts
+        assert bank is not None, f"no exemplars for split {split!r}"
+        return bank
+
+    def _eval_step(self, batch: EvalBatch, split: str) -> None:
+        if self._bank is None:
+            self._bank = self._encode_exemplars(split)
+        q = batch.query
+        parsed = self.model.encode(q.video)
+        b, m = batch.exemplar_index.shape
+        ex_parts = self._bank[batch.exemplar_index.clamp_min(0)]  # (B, M, K, D)
+        q_parts = parsed.parts.unsqueeze(1).expand(-1, m, -1, -1)  # (B, M, K, D)
+        logits, offsets = self.model.compare(ex_parts.flatten(0, 1), q_parts.flatten(0, 1))
+        delta = self.score_groups.decode(logits, offsets).view(b, m)  # (B, M)
+        mask = batch.exemplar_mask.float()
+        raw = ((batch.exemplar_target + delta) * mask).sum(1) / mask.sum(1)  # (B,)
+        record = {
+            "index": q.index,
+            "pred": raw * q.scale,
+            "target": q.target * q.scale,
+            "class_id": q.class_id,
+            "clip_labels": q.clip_labels,
+        }
+        if parsed.attn is not None:
+            record["attn"] = parsed.attn[:, -1].float()  # (B, T, K) last layer
+        self._records.append(record)
+
+    def _gather(self) -> dict[str, torch.Tensor]:
+        """This evaluation's records from every rank, each evaluated video exactly once."""
+        local = {k: torch.cat([r[k] for r in self._records]) for k in self._records[0]}
+        self._records = []
+        if self.trainer.world_size > 1:
+            local = {k: v.flatten(0, 1) for k, v in self.all_gather(local).items()}
+        order = torch.argsort(local["index"], stable=True)
+        index = local["index"][order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]  # drop the duplicates that sampler padding adds
+        return {k: v[order][first] for k, v in local.items()}
+
+    def _finish(self, split: str) -> dict[str, float]:
+        self._bank = None
+        if not self._records:
+            return {}
+        rec = self._gather()
+        metrics = evaluate(rec["pred"].cpu(), rec["target"].cpu(), rec["class_id"].cpu(), self.class_names)
+        if "attn" in rec:
+            metrics["phase_alignment"] = phase_alignment(rec["attn"].cpu(), rec["clip_labels"].cpu())
+        metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+        self.last_metrics[split] = metrics
+        self.last_predictions = {k: rec[k].cpu() for k in ("index", "pred", "target")}
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._bank, self._records = None, []
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._finish("val")
+        if not metrics:
+            return
+        if not self.trainer.sanity_checking:
+            self.best_val_srcc = max(self.best_val_srcc, metrics["srcc"])
+        log = {f"val/{k}": v for k, v in metrics.items() if k != "srcc"}
+        log["val/srcc_best"] = self.best_val_srcc if math.isfinite(self.best_val_srcc) else metrics["srcc"]
+        self.log_dict(log)
+        self.log("val/srcc", metrics["srcc"], prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._bank, self._records = None, []
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._finish("test")
+        self.log_dict({f"test/{k}": v for k, v in metrics.items()})
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tpt_aqa"] = {"config": self.config, "best_val_srcc": self.best_val_srcc}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_srcc = checkpoint.get("tpt_aqa", {}).get("best_val_srcc", -math.inf)

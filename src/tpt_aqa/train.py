@@ -1,0 +1,81 @@
+"""Train, then test the checkpoint chosen on validation: ``python -m tpt_aqa.train [overrides]``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
+    """The Lightning trainer with the configured callbacks and loggers.
+
+    Without a validation split, checkpoint selection falls back to the last epoch.
+    """
+    callbacks = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None:
+            continue
+        if name == "model_checkpoint" and not has_val:
+            cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "mode": "max"})
+        callbacks.append(instantiate(cb_cfg))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    extra: dict[str, Any] = {}
+    if not has_val:
+        extra["limit_val_batches"] = 0
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+
+
+def format_results(results: dict[str, float], title: str) -> str:
+    """A short plain-text table of metrics."""
+    width = max(len(k) for k in results) if results else 0
+    lines = [title, "-" * max(len(title), width + 12)]
+    lines += [f"{k:<{width}}  {v:10.4f}" for k, v in results.items()]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit, select, test; returns the test metrics and writes them to ``results.json``."""
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, has_val=dm.has_val)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    ckpt = trainer.checkpoint_callback
+    chosen = (ckpt.best_model_path if dm.has_val else ckpt.last_model_path) if ckpt else None
+    trainer.test(module, datamodule=dm, ckpt_path=chosen or None, verbose=False)
+    test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    results = {"checkpoint": chosen, "best_val_srcc": module.best_val_srcc, **test}
+    out = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        selection = "best val/srcc" if dm.has_val else "last epoch"
+        print(format_results(test, f"Test metrics (checkpoint: {selection}) — {out}"))
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = run(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return results.get(cfg.get("optimized_metric", "test/srcc"))
+
+
+if __name__ == "__main__":
+    main()
