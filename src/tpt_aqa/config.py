@@ -49,10 +49,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"model.encoder._target_={target!r} is not a known encoder: choose one of "
             f"{sorted(set(KNOWN_ENCODERS.values()))} with model/encoder=<name>"
         )
-    root = _get(cfg, "dataset.root")
-    if "root" in (cfg.get("dataset") or {}):
-        if root is None or OmegaConf.is_missing(cfg.dataset, "root"):
+    dataset = cfg.get("dataset") or OmegaConf.create({})
+    if "root" in dataset.keys():
+        if OmegaConf.is_missing(dataset, "root") or dataset.root is None:
             raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/data")
+        root = dataset.root
         if not Path(str(root)).exists():
             raise ConfigError(f"dataset.root={root} does not exist: pass dataset.root=/path/to/data")
     for key in ("dataset._target_", "criterion._target_", "model._target_"):

@@ -99,7 +99,7 @@ def choose_eval_exemplars(
         m = members.get(g)
         if m is None or len(m) == 0:
             raise ValueError(
-                f"evaluated sample {i} is in exemplar group {g!r}, which has no training sample to "
+                f"evaluated sample {i} is in exemplar group {int(g)}, which has no training sample to "
                 "compare with; add training samples of that group or regroup the annotations"
             )
         chosen = m if len(m) <= num_exemplars else rng.choice(m, size=num_exemplars, replace=False)

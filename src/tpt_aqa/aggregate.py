@@ -1,0 +1,77 @@
+"""Aggregate a Hydra multirun into a results table: ``python -m tpt_aqa.aggregate MULTIRUN_DIR``.
+
+Each job folder holds ``results.json`` (written by ``tpt_aqa.train``) and ``.hydra/overrides.yaml``.
+Jobs that differ only in ``seed`` form one row; the table gives mean ± std (sample std) over seeds of
+every test metric, and is written as ``results.md`` and ``results.csv`` in the multirun folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+METRICS = ("test/srcc", "test/rl2", "test/phase_alignment")
+
+
+def collect(multirun: Path) -> dict[str, list[dict[str, float]]]:
+    """Results per setting (the overrides without the seed), over the seeds."""
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    jobs = sorted(p.parent for p in multirun.glob("*/results.json"))
+    if not jobs:
+        raise SystemExit(f"{multirun}: no */results.json; is it a multirun folder of tpt_aqa.train?")
+    for job in jobs:
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        setting = " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
+        rows[setting].append(json.loads((job / "results.json").read_text()))
+    return rows
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(rows: dict[str, list[dict[str, float]]]) -> tuple[str, list[dict[str, object]]]:
+    """Markdown table and CSV records."""
+    metrics = [m for m in METRICS if any(m in r for runs in rows.values() for r in runs)]
+    header = ["setting", "seeds", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    records = []
+    for setting, runs in rows.items():
+        record: dict[str, object] = {"setting": setting, "seeds": len(runs)}
+        cells = [setting, str(len(runs))]
+        for m in metrics:
+            mean, std = summarise([r.get(m, math.nan) for r in runs])
+            record[f"{m}_mean"], record[f"{m}_std"] = mean, std
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+        records.append(record)
+    return "\n".join(lines), records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("multirun", type=Path, help="a multirun folder (outputs/train/multiruns/<time>)")
+    args = parser.parse_args(argv)
+    markdown, records = table(collect(args.multirun))
+    (args.multirun / "results.md").write_text(markdown + "\n")
+    with open(args.multirun / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Shared test helpers: compose the real Hydra configs with small, fast overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from tpt_aqa.config import CONF_DIR
+
+# A tiny run: small model, two epochs, no progress bar; outputs go to tmp_path.
+TINY_MODEL = [
+    "model.d_model=32",
+    "model.heads.hidden_dim=16",
+    "trainer.max_epochs=2",
+    "callbacks.progress_bar=null",
+    "logger=csv",
+]
+# ... on a small synthetic benchmark.
+TINY = [
+    "dataset.num_train=90",
+    "dataset.num_test=30",
+    "dataset.feature_dim=16",
+    "dataset.batch_size=6",
+    *TINY_MODEL,
+]
+
+
+def compose_cfg(tmp_path: Path, *overrides: str, config: str = "train") -> DictConfig:
+    """Compose ``conf/<config>.yaml`` with overrides, writing outputs under ``tmp_path``."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """Factory for a tiny synthetic training config with extra overrides."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_cfg(tmp_path, *TINY, *overrides)
+
+    return make

@@ -1,0 +1,130 @@
+"""Every config file composes and instantiates; bad configs fail early with the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
+from tpt_aqa.data import AQADataModule
+from tpt_aqa.losses import TPTCriterion
+from tpt_aqa.models import TPT
+from tpt_aqa.train import build_trainer
+
+from .conftest import TINY, TINY_MODEL, compose_cfg
+
+CONF = Path(CONF_DIR)
+GROUPS = [
+    "dataset",
+    "model",
+    "model/encoder",
+    "model/parser",
+    "criterion",
+    "optim",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "ablation",
+    "debug",
+    "sweep",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_group_has_options():
+    assert all(options(g) for g in GROUPS), "a config group folder is empty"
+    assert set(options("ablation")) >= {"none", "baseline_pool"}
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_config_composes_and_instantiates(tmp_path, group, option):
+    overrides = [*TINY, f"{group}={option}"]
+    if option in ("features", "features_tpt"):
+        overrides = [*TINY_MODEL, f"{group}={option}", f"dataset.root={tmp_path}"]
+    if option in ("none", "fast_dev_run") and group in ("callbacks", "debug"):
+        overrides.remove("callbacks.progress_bar=null")
+    if option == "mean_pool":
+        overrides.append("model.num_queries=1")
+    cfg = compose_cfg(tmp_path, *overrides)
+    validate_config(cfg)
+    assert isinstance(instantiate(cfg.model), TPT)
+    assert isinstance(instantiate(cfg.criterion), TPTCriterion)
+    assert isinstance(instantiate(cfg.dataset), AQADataModule)
+    assert callable(instantiate(cfg.optim.optimizer))
+    if group == "trainer" and option != "cpu":  # GPU trainers: check the wiring on the CPU
+        cfg.trainer.accelerator = "cpu"
+    trainer = build_trainer(cfg, has_val=True)
+    assert isinstance(trainer, L.Trainer)
+
+
+def test_sweep_sets_seeds_and_ablations():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["sweep=synthetic_ablation"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.seed == "1,2,3"
+    assert params.ablation == "none,baseline_pool"
+
+
+def test_release_defaults():
+    """The default model and criterion are the released settings of SPEC §3, §4 and §6."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/unused"])
+    assert (cfg.model.d_model, cfg.model.num_queries, cfg.model.num_groups) == (512, 5, 16)
+    assert cfg.model.parser.num_layers == 2 and cfg.model.parser.self_attn_layers == "first"
+    assert cfg.criterion.margin == 3.2 and cfg.criterion.weight_sparsity == 0.05
+    assert OmegaConf.to_container(cfg.optim.lr) == {"backbone": 1e-4, "body": 1e-4, "heads": 1e-3}
+    assert cfg.seed == 12 and cfg.dataset.num_exemplars == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.num_queries=0", "model.num_queries=0"),
+        ("model.num_queries=21", "exceeds the 20 clips"),
+        ("model.num_groups=12", "model.num_groups=12"),
+        ("model.encoder._target_=tpt_aqa.models.Nope", "model/encoder=<name>"),
+    ],
+)
+def test_invalid_configs_name_the_key(tmp_path, override, message):
+    cfg = compose_cfg(tmp_path, *TINY, override)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_missing_data_root(tmp_path):
+    cfg = compose_cfg(tmp_path, *TINY_MODEL, "dataset=features", f"dataset.root={tmp_path}/absent")
+    with pytest.raises(ConfigError, match="dataset.root=.*absent does not exist"):
+        validate_config(cfg)
+    cfg = compose_cfg(tmp_path, *TINY_MODEL, "dataset=features")
+    with pytest.raises(ConfigError, match="dataset.root is not set"):
+        validate_config(cfg)
+
+
+def test_queries_beyond_clips_of_the_data(tmp_path):
+    cfg = compose_cfg(
+        tmp_path, *TINY, "dataset.num_clips=4", "dataset.num_phases=2", "dataset.phase_weights=[1,1]"
+    )
+    cfg.model.num_queries = 5
+    with pytest.raises(ConfigError, match="exceeds the 4 clips"):
+        build_datamodule(cfg)
+
+
+def test_module_sizes_follow_the_encoder(tmp_path):
+    cfg = compose_cfg(tmp_path, *TINY)
+    module = build_module(cfg)
+    first = module.model.parser.layers[0].key_proj
+    assert first.in_features == cfg.dataset.feature_dim == module.model.encoder.out_dim
+    assert module.model.pair_stage.mlp[0].in_features == 2 * cfg.model.d_model
+    assert module.score_groups.cap == cfg.dataset.delta_cap

@@ -1,0 +1,235 @@
+"""Exemplar pairing, validation carve, the synthetic benchmark and the features format."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from tpt_aqa.data import (
+    EvalBatch,
+    ExemplarPairSampler,
+    FeaturesDataModule,
+    PairBatch,
+    SyntheticDataModule,
+    choose_eval_exemplars,
+)
+from tpt_aqa.data.features import FeatureDataError
+from tpt_aqa.data.samplers import draw_exemplars
+from tpt_aqa.data.synthetic import export_features, generate
+
+GROUPS = np.array([0, 0, 0, 1, 1, 2, 0, 1, 3, 3])
+
+
+def test_draw_exemplars_same_group_never_itself():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        partner = draw_exemplars(GROUPS, rng)
+        assert (GROUPS[partner] == GROUPS).all()
+        alone = GROUPS == 2
+        assert (partner[alone] == np.flatnonzero(alone)).all()  # alone: paired with itself
+        assert (partner[~alone] != np.flatnonzero(~alone)).all()
+
+
+def test_draw_exemplars_uniform_over_the_others():
+    rng = np.random.default_rng(1)
+    counts = np.zeros(len(GROUPS))
+    for _ in range(3000):
+        counts[draw_exemplars(GROUPS, rng)[0]] += 1
+    # row 0's group-0 partners are rows 1, 2 and 6, each with probability 1/3
+    assert counts[[1, 2, 6]].min() > 900 and counts.sum() == counts[[1, 2, 6]].sum()
+
+
+def test_pair_sampler_is_a_function_of_seed_and_epoch():
+    rows = np.arange(100, 110)
+    sampler = ExemplarPairSampler(rows, GROUPS, seed=5)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert sorted(q for q, _ in first) == list(rows)
+    group_of = dict(zip(rows, GROUPS, strict=True))
+    assert all(group_of[q] == group_of[e] for q, e in first)
+
+
+def test_pair_sampler_shards_over_ranks():
+    rows = np.arange(10)
+    shards = []
+    for rank in range(2):
+        s = ExemplarPairSampler(rows, GROUPS, num_replicas=2, rank=rank, seed=3)
+        s.set_epoch(4)
+        shards.append(list(s))
+    queries = [q for shard in shards for q, _ in shard]
+    assert sorted(queries) == list(rows)  # 10 rows over 2 ranks: no padding, no duplicate
+    single = ExemplarPairSampler(rows, GROUPS, seed=3)
+    single.set_epoch(4)
+    partner = dict(single)
+    # every rank draws the same exemplars as a single process would
+    assert all(partner[q] == e for shard in shards for q, e in shard)
+
+
+def test_eval_exemplars_fixed_same_group_all_when_few():
+    pool = np.arange(10)
+    queries = np.array([0, 1, 2, 3])
+    a = choose_eval_exemplars(queries, pool, GROUPS, 3, np.random.default_rng(9))
+    b = choose_eval_exemplars(queries, pool, GROUPS, 3, np.random.default_rng(9))
+    assert (a == b).all()
+    assert set(a[0]) <= {0, 1, 2, 6} and len(set(a[0])) == 3
+    assert list(a[2]) == [5, -1, -1]  # group 2 has one training member: use it, pad the rest
+    assert list(a[3]) == [8, 9, -1]
+    with pytest.raises(ValueError, match="exemplar group 7"):
+        choose_eval_exemplars(np.array([7]), pool, GROUPS, 3, np.random.default_rng(0))
+
+
+def small_synthetic(**kwargs) -> SyntheticDataModule:
+    args = dict(num_train=60, num_test=20, feature_dim=8, batch_size=4, eval_batch_size=5)
+    args.update(kwargs)
+    return SyntheticDataModule(**args)
+
+
+def test_synthetic_is_deterministic_and_phases_are_ordered():
+    a, b = generate(num_train=20, num_test=5, seed=3), generate(num_train=20, num_test=5, seed=3)
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.raw, b.raw)
+    assert not np.array_equal(a.features, generate(num_train=20, num_test=5, seed=4).features)
+    assert (np.diff(a.phases, axis=1) >= 0).all()  # phases follow each other in time
+    assert (a.phases[:, 0] == 0).all() and (a.phases[:, -1] == 4).all()
+    assert ((a.phases[:, :, None] == np.arange(5)).sum(1) >= 2).all()  # min_phase_len
+
+
+def test_setup_carves_validation_and_fixes_exemplars():
+    dm = small_synthetic(val_fraction=0.2, seed=1)
+    dm.setup()
+    t = dm.table
+    assert (len(t.rows("train")), len(t.rows("val")), len(t.rows("test"))) == (48, 12, 20)
+    for split in ("val", "test"):
+        ex = dm.eval_exemplars[split]
+        assert ex.shape == (len(t.rows(split)), 10)
+        real = ex[ex >= 0]
+        assert set(t.split[real]) == {"train"}
+        assert (t.group[ex] == t.group[t.rows(split)][:, None])[ex >= 0].all()
+    again = small_synthetic(val_fraction=0.2, seed=1)
+    again.setup()
+    assert (again.table.split == t.split).all()
+    assert (again.eval_exemplars["test"] == dm.eval_exemplars["test"]).all()
+    other = small_synthetic(val_fraction=0.2, seed=2)
+    other.setup()
+    assert not (other.table.split == t.split).all()
+
+
+def test_no_validation_when_fraction_is_zero():
+    dm = small_synthetic(val_fraction=0.0)
+    dm.setup()
+    assert not dm.has_val and len(dm.table.rows("train")) == 60
+
+
+def test_loaders_yield_typed_batches():
+    dm = small_synthetic()
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, PairBatch)
+    assert batch.query.video.shape == (4, 20, 8)
+    assert (batch.query.group == batch.exemplar.group).all()
+    assert (batch.query.index != batch.exemplar.index).all()
+    assert torch.equal(batch.query.scale, torch.as_tensor(dm.table.scale[batch.query.index], dtype=torch.float32))
+    ev = next(iter(dm.test_dataloader()))
+    assert isinstance(ev, EvalBatch)
+    rows = ev.exemplar_index
+    expected = torch.as_tensor(dm.table.target, dtype=torch.float32)[rows.clamp_min(0)] * (rows >= 0)
+    assert torch.equal(ev.exemplar_target, expected)
+    assert (ev.query.clip_labels >= 0).all()
+
+
+def write_features(root, rows, shape=(6, 4), dtype=np.float32):
+    root.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        np.save(root / f"{r['id']}.npy", np.random.default_rng(0).standard_normal(shape).astype(dtype))
+    with open(root / "annotations.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def feature_rows(n=8):
+    return [
+        {"id": f"v{i}", "score": str(10 + i), "split": "train" if i < 6 else "test", "group": "a"}
+        for i in range(n)
+    ]
+
+
+def features_dm(root, **kwargs):
+    return FeaturesDataModule(root=str(root), feature_dim=4, val_fraction=0.0, **kwargs)
+
+
+def test_features_dataset_reads_folder(tmp_path):
+    rows = feature_rows()
+    rows[0]["scale"], rows[0]["class"] = "2.5", "x"
+    write_features(tmp_path, rows, dtype=np.float16)
+    dm = features_dm(tmp_path)
+    dm.setup()
+    assert dm.num_clips == 6 and dm.table.scale[0] == 2.5 and dm.table.scale[1] == 1.0
+    assert dm.table.target[3] == 13.0
+    assert dm.load_video(0, "train").dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda root, rows: (root / "v3.npy").unlink(), r"v3\.npy not found"),
+        (lambda root, rows: np.save(root / "v2.npy", np.zeros((6, 5), np.float32)), r"v2\.npy: has C=5"),
+        (lambda root, rows: np.save(root / "v2.npy", np.zeros((7, 4), np.float32)), r"v2\.npy: has T=7"),
+        (lambda root, rows: np.save(root / "v1.npy", np.zeros((6, 4), np.float64)), r"v1\.npy: expected a float32"),
+        (lambda root, rows: np.save(root / "v1.npy", np.zeros(6, np.float32)), r"v1\.npy: expected a float32"),
+        (lambda root, rows: (root / "v1.npy").write_text("junk"), r"v1\.npy: not a readable"),
+    ],
+)
+def test_features_file_errors_name_the_file(tmp_path, mutate, message):
+    rows = feature_rows()
+    write_features(tmp_path, rows)
+    mutate(tmp_path, rows)
+    with pytest.raises(FeatureDataError, match=message):
+        features_dm(tmp_path).setup()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("split", "dev", r"line 4 \(id 'v2'\): unknown split 'dev'"),
+        ("score", "high", r"line 4 \(id 'v2'\): score 'high' is not a number"),
+        ("score", "nan", r"line 4 \(id 'v2'\): score 'nan' is not finite"),
+        ("id", "v1", r"line 4 \(id 'v1'\): duplicated id"),
+    ],
+)
+def test_features_table_errors_name_the_row(tmp_path, column, value, message):
+    rows = feature_rows()
+    write_features(tmp_path, rows)
+    rows[2][column] = value
+    write_features(tmp_path, rows)
+    with pytest.raises(FeatureDataError, match=message):
+        features_dm(tmp_path).setup()
+
+
+def test_features_missing_column_and_table(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "score"} for r in feature_rows()]
+    write_features(tmp_path, rows)
+    with pytest.raises(FeatureDataError, match=r"missing column\(s\) \['score'\]"):
+        features_dm(tmp_path).setup()
+    with pytest.raises(FeatureDataError, match="annotation table .*other.csv not found"):
+        features_dm(tmp_path, annotations="other.csv").setup()
+
+
+def test_synthetic_export_round_trip(tmp_path):
+    syn = small_synthetic(val_fraction=0.0)
+    syn.setup()
+    export_features(syn.data, tmp_path)
+    dm = FeaturesDataModule(root=str(tmp_path), feature_dim=8, val_fraction=0.0)
+    dm.setup()
+    assert dm.table.ids == syn.table.ids
+    assert np.allclose(dm.table.target, syn.table.target, atol=1e-6)
+    assert np.allclose(dm.table.scale, syn.table.scale)
+    assert (dm.table.split == syn.table.split).all()
+    assert (dm.table.group == syn.table.group).all()  # names dd2 < dd2.6 < dd3.2 sort like ids
+    for row in (0, 17, 79):
+        assert torch.equal(dm.load_video(row, "test"), syn.load_video(row, "test"))
