@@ -133,11 +133,15 @@ def test_loaders_yield_typed_batches():
     assert batch.query.video.shape == (4, 20, 8)
     assert (batch.query.group == batch.exemplar.group).all()
     assert (batch.query.index != batch.exemplar.index).all()
-    assert torch.equal(batch.query.scale, torch.as_tensor(dm.table.scale[batch.query.index], dtype=torch.float32))
+    assert torch.equal(
+        batch.query.scale, torch.as_tensor(dm.table.scale[batch.query.index], dtype=torch.float32)
+    )
     ev = next(iter(dm.test_dataloader()))
     assert isinstance(ev, EvalBatch)
     rows = ev.exemplar_index
-    expected = torch.as_tensor(dm.table.target, dtype=torch.float32)[rows.clamp_min(0)] * (rows >= 0)
+    expected = torch.as_tensor(dm.table.target, dtype=torch.float32)[rows.clamp_min(0)] * (
+        rows >= 0
+    )
     assert torch.equal(ev.exemplar_target, expected)
     assert (ev.query.clip_labels >= 0).all()
 
@@ -145,7 +149,9 @@ def test_loaders_yield_typed_batches():
 def write_features(root, rows, shape=(6, 4), dtype=np.float32):
     root.mkdir(parents=True, exist_ok=True)
     for r in rows:
-        np.save(root / f"{r['id']}.npy", np.random.default_rng(0).standard_normal(shape).astype(dtype))
+        np.save(
+            root / f"{r['id']}.npy", np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        )
     with open(root / "annotations.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -178,10 +184,22 @@ def test_features_dataset_reads_folder(tmp_path):
     ("mutate", "message"),
     [
         (lambda root, rows: (root / "v3.npy").unlink(), r"v3\.npy not found"),
-        (lambda root, rows: np.save(root / "v2.npy", np.zeros((6, 5), np.float32)), r"v2\.npy: has C=5"),
-        (lambda root, rows: np.save(root / "v2.npy", np.zeros((7, 4), np.float32)), r"v2\.npy: has T=7"),
-        (lambda root, rows: np.save(root / "v1.npy", np.zeros((6, 4), np.float64)), r"v1\.npy: expected a float32"),
-        (lambda root, rows: np.save(root / "v1.npy", np.zeros(6, np.float32)), r"v1\.npy: expected a float32"),
+        (
+            lambda root, rows: np.save(root / "v2.npy", np.zeros((6, 5), np.float32)),
+            r"v2\.npy: has C=5",
+        ),
+        (
+            lambda root, rows: np.save(root / "v2.npy", np.zeros((7, 4), np.float32)),
+            r"v2\.npy: has T=7",
+        ),
+        (
+            lambda root, rows: np.save(root / "v1.npy", np.zeros((6, 4), np.float64)),
+            r"v1\.npy: expected a float32",
+        ),
+        (
+            lambda root, rows: np.save(root / "v1.npy", np.zeros(6, np.float32)),
+            r"v1\.npy: expected a float32",
+        ),
         (lambda root, rows: (root / "v1.npy").write_text("junk"), r"v1\.npy: not a readable"),
     ],
 )
@@ -216,7 +234,7 @@ def test_features_missing_column_and_table(tmp_path):
     write_features(tmp_path, rows)
     with pytest.raises(FeatureDataError, match=r"missing column\(s\) \['score'\]"):
         features_dm(tmp_path).setup()
-    with pytest.raises(FeatureDataError, match="annotation table .*other.csv not found"):
+    with pytest.raises(FeatureDataError, match=r"annotation table .*other\.csv not found"):
         features_dm(tmp_path, annotations="other.csv").setup()
 
 

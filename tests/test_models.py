@@ -149,7 +149,7 @@ def test_temperature_is_a_learnable_scalar_per_layer_initialised_to_0_07():
     assert make_decoder(temperature_init=0.5).layers[0].temperature.item() == 0.5
 
 
-def test_query_embeddings_are_parameters_and_state_starts_at_zero():
+def test_query_embeddings_are_xavier_initialised_parameters():
     dec = make_decoder()
     assert isinstance(dec.query_embed, nn.Parameter)
     assert dec.query_embed.shape == (K, D)
@@ -161,7 +161,7 @@ def test_query_embeddings_are_parameters_and_state_starts_at_zero():
 
 @pytest.mark.parametrize(("scale", "divisor"), [("dim", D), ("sqrt_dim", math.sqrt(D))])
 def test_first_layer_attention_formula(clips, scale, divisor):
-    """Layer 0 sees p = 0, so its map is softmax_T(key(x) · query(q) / divisor / τ)."""
+    """The state starts at p = 0, so layer 0's map is softmax_T(key(x) · query(q) / divisor / τ)."""
     dec = make_decoder(scale=scale).eval()
     with torch.no_grad():
         dec.layers[0].temperature.fill_(0.05)
@@ -209,7 +209,7 @@ def _variant_output(base: TemporalParsingDecoder, clips: torch.Tensor, **kwargs)
 def test_paper_variants_run_and_change_the_output(clips, kwargs, same_params):
     base = make_decoder().eval()
     with torch.no_grad():
-        ref_parts, ref_attn = base(clips)
+        ref_parts, _ = base(clips)
     parts, attn, missing, unexpected = _variant_output(base, clips, **kwargs)
     assert parts.shape == (B, K, D)
     assert attn.shape == (B, Y, T, K)

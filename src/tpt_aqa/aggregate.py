@@ -25,7 +25,9 @@ def collect(multirun: Path) -> dict[str, list[dict[str, float]]]:
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     jobs = sorted(p.parent for p in multirun.glob("*/results.json"))
     if not jobs:
-        raise SystemExit(f"{multirun}: no */results.json; is it a multirun folder of tpt_aqa.train?")
+        raise SystemExit(
+            f"{multirun}: no */results.json; is it a multirun folder of tpt_aqa.train?"
+        )
     for job in jobs:
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
@@ -62,7 +64,9 @@ def table(rows: dict[str, list[dict[str, float]]]) -> tuple[str, list[dict[str, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("multirun", type=Path, help="a multirun folder (outputs/train/multiruns/<time>)")
+    parser.add_argument(
+        "multirun", type=Path, help="a multirun folder (outputs/train/multiruns/<time>)"
+    )
     args = parser.parse_args(argv)
     markdown, records = table(collect(args.multirun))
     (args.multirun / "results.md").write_text(markdown + "\n")

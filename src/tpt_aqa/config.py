@@ -33,7 +33,9 @@ def validate_config(cfg: DictConfig) -> None:
     """
     k = _get(cfg, "model.num_queries")
     if not isinstance(k, int) or k < 1:
-        raise ConfigError(f"model.num_queries={k}: must be an integer >= 1 (e.g. model.num_queries=5)")
+        raise ConfigError(
+            f"model.num_queries={k}: must be an integer >= 1 (e.g. model.num_queries=5)"
+        )
     t = _get(cfg, "dataset.num_clips")
     if isinstance(t, int) and k > t:
         raise ConfigError(
@@ -42,7 +44,9 @@ def validate_config(cfg: DictConfig) -> None:
         )
     g = _get(cfg, "model.num_groups")
     if not isinstance(g, int) or g < 2 or g & (g - 1):
-        raise ConfigError(f"model.num_groups={g}: must be an even power of two (e.g. model.num_groups=16)")
+        raise ConfigError(
+            f"model.num_groups={g}: must be an even power of two (e.g. model.num_groups=16)"
+        )
     target = _get(cfg, "model.encoder._target_")
     if target not in KNOWN_ENCODERS:
         raise ConfigError(
@@ -50,19 +54,23 @@ def validate_config(cfg: DictConfig) -> None:
             f"{sorted(set(KNOWN_ENCODERS.values()))} with model/encoder=<name>"
         )
     dataset = cfg.get("dataset") or OmegaConf.create({})
-    if "root" in dataset.keys():
+    if "root" in dataset.keys():  # noqa: SIM118 (`in` on a DictConfig skips ??? values)
         if OmegaConf.is_missing(dataset, "root") or dataset.root is None:
             raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/data")
         root = dataset.root
         if not Path(str(root)).exists():
-            raise ConfigError(f"dataset.root={root} does not exist: pass dataset.root=/path/to/data")
+            raise ConfigError(
+                f"dataset.root={root} does not exist: pass dataset.root=/path/to/data"
+            )
     for key in ("dataset._target_", "criterion._target_", "model._target_"):
         path = _get(cfg, key)
         module, _, name = str(path).rpartition(".")
         try:
             getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError):
-            raise ConfigError(f"{key}={path!r} cannot be imported: check the config group") from None
+            raise ConfigError(
+                f"{key}={path!r} cannot be imported: check the config group"
+            ) from None
 
 
 def build_datamodule(cfg: DictConfig):

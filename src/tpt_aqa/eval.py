@@ -24,11 +24,15 @@ def load_run_config(ckpt_path: str | Path) -> DictConfig:
     """The resolved training configuration stored in a tpt_aqa checkpoint."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={path} is not a file: pass ckpt_path=/path/to/run/checkpoints/x.ckpt")
+        raise ConfigError(
+            f"ckpt_path={path} is not a file: pass ckpt_path=/path/to/run/checkpoints/x.ckpt"
+        )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt.get("tpt_aqa", {}).get("config")
     if config is None:
-        raise ConfigError(f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?")
+        raise ConfigError(
+            f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?"
+        )
     return OmegaConf.create(config)
 
 
@@ -49,7 +53,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2))
+        (out / "results.json").write_text(
+            json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2)
+        )
         print(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
     return test
 

@@ -149,9 +149,13 @@ class AQAModule(L.LightningModule):
         if not self._records:
             return {}
         rec = self._gather()
-        metrics = evaluate(rec["pred"].cpu(), rec["target"].cpu(), rec["class_id"].cpu(), self.class_names)
+        metrics = evaluate(
+            rec["pred"].cpu(), rec["target"].cpu(), rec["class_id"].cpu(), self.class_names
+        )
         if "attn" in rec:
-            metrics["phase_alignment"] = phase_alignment(rec["attn"].cpu(), rec["clip_labels"].cpu())
+            metrics["phase_alignment"] = phase_alignment(
+                rec["attn"].cpu(), rec["clip_labels"].cpu()
+            )
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self.last_metrics[split] = metrics
         self.last_predictions = {k: rec[k].cpu() for k in ("index", "pred", "target")}
@@ -170,7 +174,9 @@ class AQAModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.best_val_srcc = max(self.best_val_srcc, metrics["srcc"])
         log = {f"val/{k}": v for k, v in metrics.items() if k != "srcc"}
-        log["val/srcc_best"] = self.best_val_srcc if math.isfinite(self.best_val_srcc) else metrics["srcc"]
+        log["val/srcc_best"] = (
+            self.best_val_srcc if math.isfinite(self.best_val_srcc) else metrics["srcc"]
+        )
         self.log_dict(log)
         self.log("val/srcc", metrics["srcc"], prog_bar=True)
 

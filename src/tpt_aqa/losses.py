@@ -125,7 +125,9 @@ class TPTCriterion(nn.Module):
         if cls_loss not in ("ce", "bce"):
             raise ValueError(f"criterion.cls_loss must be 'ce' or 'bce', got {cls_loss!r}")
         if order_loss not in ("rank", "diversity"):
-            raise ValueError(f"criterion.order_loss must be 'rank' or 'diversity', got {order_loss!r}")
+            raise ValueError(
+                f"criterion.order_loss must be 'rank' or 'diversity', got {order_loss!r}"
+            )
         self.weights = {
             "loss_cls": weight_cls,
             "loss_reg": weight_reg,
@@ -144,7 +146,9 @@ class TPTCriterion(nn.Module):
         onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(1).mean()
 
-    def forward(self, output: TPTOutput, labels: torch.Tensor, offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, output: TPTOutput, labels: torch.Tensor, offsets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Compute the named losses and their weighted total.
 
         Args:
@@ -160,8 +164,13 @@ class TPTCriterion(nn.Module):
         logits, pred_off = output.logits.float(), output.offsets.float()
         b = logits.shape[0] // 2
         losses = {
-            "loss_cls": sum(self._classification(logits[s], labels[s]) for s in (slice(0, b), slice(b, None))),
-            "loss_reg": sum(offset_loss(pred_off[s], labels[s], offsets[s]) for s in (slice(0, b), slice(b, None))),
+            "loss_cls": sum(
+                self._classification(logits[s], labels[s]) for s in (slice(0, b), slice(b, None))
+            ),
+            "loss_reg": sum(
+                offset_loss(pred_off[s], labels[s], offsets[s])
+                for s in (slice(0, b), slice(b, None))
+            ),
         }
         maps = [m.float() for m in (output.attn_query, output.attn_exemplar) if m is not None]
         zero = logits.new_zeros(())

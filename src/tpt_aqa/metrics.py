@@ -91,5 +91,7 @@ def phase_alignment(attn: torch.Tensor, clip_labels: torch.Tensor) -> float:
     onehot = onehot * valid[..., None]  # (N, T, P)
     mass = torch.einsum("ntk,ntp->nkp", attn, onehot)  # (N, K, P): attention of query k on phase p
     matched = mass.mean(0).argmax(dim=1)  # (K,)
-    per_query = mass.gather(2, matched[None, :, None].expand(mass.shape[0], -1, 1))[..., 0]  # (N, K)
+    per_query = mass.gather(2, matched[None, :, None].expand(mass.shape[0], -1, 1))[
+        ..., 0
+    ]  # (N, K)
     return float(per_query.mean())

@@ -86,7 +86,9 @@ class ScoreGroups(nn.Module):
 
     def _check(self) -> None:
         if not bool(self.fitted):
-            raise RuntimeError("ScoreGroups used before fit(): fit them on the training split first")
+            raise RuntimeError(
+                "ScoreGroups used before fit(): fit them on the training split first"
+            )
 
     def encode(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Group label and offset target of each relative score.
@@ -110,10 +112,12 @@ class ScoreGroups(nn.Module):
         none = ~match.any(dim=1)
         label = torch.where(none & (d[:, 0] >= 0), self.num_groups - 1, label)
         label = torch.where(none & (d[:, 0] < 0), 0, label)
-        l, r = self.left[label], self.right[label]
-        width = r - l
-        offset = torch.where(width > 0, (d[:, 0] - l) / width.clamp_min(1e-12), d[:, 0] - l)
-        return label, offset.clamp(0.0, 1.0).to(delta.dtype if delta.is_floating_point() else torch.float32)
+        lo, hi = self.left[label], self.right[label]
+        width = hi - lo
+        offset = torch.where(width > 0, (d[:, 0] - lo) / width.clamp_min(1e-12), d[:, 0] - lo)
+        return label, offset.clamp(0.0, 1.0).to(
+            delta.dtype if delta.is_floating_point() else torch.float32
+        )
 
     def decode(self, logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Relative score from the predicted group and its offset.
@@ -128,6 +132,6 @@ class ScoreGroups(nn.Module):
         self._check()
         label = logits.argmax(dim=1)
         off = offsets.gather(1, label[:, None])[:, 0].to(torch.float64)
-        l, r = self.left[label], self.right[label]
-        width = r - l
-        return torch.where(width > 0, l + width * off, l + off).float()
+        lo, hi = self.left[label], self.right[label]
+        width = hi - lo
+        return torch.where(width > 0, lo + width * off, lo + off).float()

@@ -67,7 +67,9 @@ def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
         raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
     train = table.rows("train")
     wanted = int(np.ceil(fraction * len(train)))
-    left = {g: int(n) for g, n in zip(*np.unique(table.group[train], return_counts=True), strict=True)}
+    left = {
+        g: int(n) for g, n in zip(*np.unique(table.group[train], return_counts=True), strict=True)
+    }
     moved = 0
     for row in np.random.default_rng([seed, 11]).permutation(train):
         if moved == wanted:
@@ -272,5 +274,8 @@ class AQADataModule(L.LightningDataModule):
         rows = np.unique(self.eval_exemplars[split])
         rows = rows[rows >= 0]
         return self._loader(
-            _Rows(self, rows, "exemplar"), collate_videos, batch_size=self.eval_batch_size, shuffle=False
+            _Rows(self, rows, "exemplar"),
+            collate_videos,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
         )

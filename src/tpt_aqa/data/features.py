@@ -65,7 +65,9 @@ def read_annotations(path: Path) -> list[dict[str, str]]:
                 raise FeatureDataError(f"{where}: duplicated id")
             seen.add(row["id"])
             if row["split"] not in SPLITS:
-                raise FeatureDataError(f"{where}: unknown split {row['split']!r}, expected one of {SPLITS}")
+                raise FeatureDataError(
+                    f"{where}: unknown split {row['split']!r}, expected one of {SPLITS}"
+                )
             for col in ("score", "scale"):
                 if col == "scale" and not row.get("scale"):
                     continue
@@ -102,7 +104,9 @@ class FeaturesDataModule(AQADataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
-        self.annotations = Path(annotations) if Path(annotations).is_absolute() else self.root / annotations
+        self.annotations = (
+            Path(annotations) if Path(annotations).is_absolute() else self.root / annotations
+        )
         self.feature_dim = feature_dim
         self._num_clips = num_clips
         self._features: list[torch.Tensor] = []

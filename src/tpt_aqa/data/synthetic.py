@@ -38,7 +38,9 @@ class SyntheticData:
     split: np.ndarray  # (N,) "train"/"test"
 
 
-def phase_lengths(rng: np.random.Generator, num_clips: int, num_phases: int, min_len: int) -> np.ndarray:
+def phase_lengths(
+    rng: np.random.Generator, num_clips: int, num_phases: int, min_len: int
+) -> np.ndarray:
     """Random phase durations (in clips) summing to T, each at least ``min_len``."""
     spare = num_clips - num_phases * min_len
     share = rng.dirichlet(np.full(num_phases, 2.0))
@@ -85,7 +87,12 @@ def generate(
 
     qualities = rng.uniform(0, 1, size=(n, num_phases))
     phases = np.stack(
-        [np.repeat(np.arange(num_phases), phase_lengths(rng, num_clips, num_phases, min_phase_len)) for _ in range(n)]
+        [
+            np.repeat(
+                np.arange(num_phases), phase_lengths(rng, num_clips, num_phases, min_phase_len)
+            )
+            for _ in range(n)
+        ]
     )
     q_clip = np.take_along_axis(qualities, phases, axis=1)  # (N, T)
     features = (

@@ -84,14 +84,20 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(d_model)
         self.detr_order = detr_order
         if self_attn:
-            self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+            self.self_attn = nn.MultiheadAttention(
+                d_model, num_heads, dropout=dropout, batch_first=True
+            )
             self.self_dropout = nn.Dropout(dropout)
             self.self_norm = nn.LayerNorm(d_model)
         else:
             self.self_attn = None
 
     def _cross(
-        self, parts: torch.Tensor, queries: torch.Tensor, keys_in: torch.Tensor, memory: torch.Tensor
+        self,
+        parts: torch.Tensor,
+        queries: torch.Tensor,
+        keys_in: torch.Tensor,
+        memory: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         query = self.query_proj(parts + queries)  # (B, K, D)
         key = self.key_proj(keys_in)  # (B, T, D)
@@ -109,7 +115,11 @@ class DecoderLayer(nn.Module):
         return self.self_norm(parts + self.self_dropout(out))
 
     def forward(
-        self, parts: torch.Tensor, queries: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor
+        self,
+        parts: torch.Tensor,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update the parts.
 
@@ -172,7 +182,9 @@ class TemporalParsingDecoder(nn.Module):
                 f"model.parser.self_attn_layers must be 'first', 'all' or 'none', got {self_attn_layers!r}"
             )
         if num_queries < 1 or num_layers < 1:
-            raise ValueError(f"need num_queries >= 1 and num_layers >= 1, got {num_queries}, {num_layers}")
+            raise ValueError(
+                f"need num_queries >= 1 and num_layers >= 1, got {num_queries}, {num_layers}"
+            )
         self.in_dim = in_dim
         self.out_dim = d_model
         self.num_queries = num_queries
@@ -210,12 +222,16 @@ class TemporalParsingDecoder(nn.Module):
         b, t, _ = memory.shape
         queries = self.query_embed
         if self.pe_query:
-            positions = torch.arange(self.num_queries, device=memory.device) * (t // self.num_queries)
+            positions = torch.arange(self.num_queries, device=memory.device) * (
+                t // self.num_queries
+            )
             queries = queries + sinusoidal_encoding(positions, queries.shape[-1]).to(queries)
         queries = queries.unsqueeze(0).expand(b, -1, -1)  # (B, K, D)
         memory_pos = torch.zeros(1, t, memory.shape[-1], device=memory.device, dtype=memory.dtype)
         if self.pe_memory:
-            memory_pos = sinusoidal_encoding(torch.arange(t, device=memory.device), memory.shape[-1])
+            memory_pos = sinusoidal_encoding(
+                torch.arange(t, device=memory.device), memory.shape[-1]
+            )
             memory_pos = memory_pos.to(memory).unsqueeze(0)  # (1, T, C)
         parts = torch.zeros_like(queries)
         maps = []

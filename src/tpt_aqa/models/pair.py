@@ -40,6 +40,8 @@ class PairStage(nn.Module):
             Relative representation ``(B,D)``, mean over the K per-part outputs.
         """
         if first.shape != second.shape:
-            raise ValueError(f"pair stage needs equal part shapes, got {first.shape} and {second.shape}")
+            raise ValueError(
+                f"pair stage needs equal part shapes, got {first.shape} and {second.shape}"
+            )
         relative = self.mlp(torch.cat([first, second], dim=-1))  # (B, K, D)
         return relative.mean(dim=1)  # (B, D)

@@ -96,7 +96,9 @@ class TPT(nn.Module):
         parts, attn = self.parser(self.encoder(videos))
         return Parsed(parts=parts, attn=attn)
 
-    def compare(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def compare(
+        self, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict the relative score s_second − s_first as group logits and offsets.
 
         Args:

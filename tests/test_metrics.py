@@ -1,0 +1,177 @@
+"""Evaluation metrics (SPEC §7) against scipy, numpy and hand values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from tpt_aqa.metrics import evaluate, fisher_z_mean, phase_alignment, relative_l2, spearman
+
+AQA7_RHO = [0.8969, 0.8043, 0.7336, 0.6965, 0.9456, 0.9545]
+
+
+# --------------------------------------------------------------------------- Spearman
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_matches_scipy_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, 8, size=40).astype(float)  # many ties
+    pred = target + rng.integers(-3, 4, size=40)  # ties here too
+    expected = stats.spearmanr(pred, target).statistic
+    got = spearman(torch.tensor(pred, dtype=torch.float32), torch.tensor(target))
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_spearman_hand_value_with_ties():
+    # pred ranks (1, 2.5, 2.5, 4), target ranks (1, 2, 3, 4): Pearson of the ranks.
+    pred, target = torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0, 40.0])
+    r = np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]  # = 0.9486833
+    assert spearman(pred, target) == pytest.approx(r, abs=1e-6)
+    assert spearman(pred, target) == pytest.approx(0.9486833, abs=1e-6)
+    assert spearman(-pred, target) == pytest.approx(-0.9486833, abs=1e-6)
+
+
+def test_spearman_needs_two_samples():
+    assert math.isnan(spearman(torch.tensor([1.0]), torch.tensor([2.0])))
+
+
+# --------------------------------------------------------------------------- R-ℓ2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relative_l2_matches_numpy(seed):
+    rng = np.random.default_rng(seed)
+    target = rng.uniform(20, 100, size=30)
+    target[:5] = target[5]  # ties do not matter for R-ℓ2 but keep them in
+    pred = target + rng.normal(0, 5, size=30)
+    expected = 100 * np.mean(((pred - target) / (target.max() - target.min())) ** 2)
+    assert relative_l2(torch.tensor(pred), torch.tensor(target)) == pytest.approx(expected)
+
+
+def test_relative_l2_uses_the_ground_truth_range():
+    # gt (0, 10, 20), range 20; pred (5, 10, 15): errors ±5 → 100·mean(0.0625, 0, 0.0625)
+    # = 4.1667. The prediction range (10) would give 16.67, the union range (20) happens to equal
+    # the gt range, so also check an overshooting prediction: pred (−10, 10, 30), errors ±10 →
+    # 100·mean(0.25, 0, 0.25) = 16.667 with the gt range (the union range 40 would give 4.1667).
+    target = torch.tensor([0.0, 10.0, 20.0])
+    assert relative_l2(torch.tensor([5.0, 10.0, 15.0]), target) == pytest.approx(25 / 6)
+    assert relative_l2(torch.tensor([-10.0, 10.0, 30.0]), target) == pytest.approx(50 / 3)
+
+
+def test_relative_l2_degenerate_cases():
+    assert math.isnan(relative_l2(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0])))
+    assert math.isnan(relative_l2(torch.tensor([1.0]), torch.tensor([3.0])))
+    assert relative_l2(torch.tensor([3.0, 9.0]), torch.tensor([3.0, 9.0])) == 0.0
+
+
+# --------------------------------------------------------------------------- Fisher z
+
+
+def test_fisher_z_mean_reproduces_the_paper_aqa7_average():
+    got = fisher_z_mean(AQA7_RHO)
+    assert got == pytest.approx(0.8715, abs=2e-4)
+    # and it is not the arithmetic mean (0.8386)
+    assert abs(got - float(np.mean(AQA7_RHO))) > 0.02
+
+
+def test_fisher_z_mean_edge_cases():
+    assert fisher_z_mean([0.5]) == pytest.approx(0.5)
+    assert fisher_z_mean([0.5, -0.5]) == pytest.approx(0.0)
+    assert fisher_z_mean([0.5, float("nan")]) == pytest.approx(0.5)
+    assert math.isnan(fisher_z_mean([]))
+    assert fisher_z_mean([1.0, 1.0]) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _two_class_split():
+    rng = np.random.default_rng(3)
+    target = np.concatenate([rng.uniform(0, 100, 12), rng.uniform(40, 60, 10)])
+    pred = target + rng.normal(0, 6, size=22)
+    class_id = np.array([0] * 12 + [1] * 10)
+    return torch.tensor(pred), torch.tensor(target), torch.tensor(class_id)
+
+
+def test_evaluate_two_classes_adds_per_class_metrics_and_averages():
+    pred, target, class_id = _two_class_split()
+    out = evaluate(pred, target, class_id, ["diving", "gym_vault"])
+    assert set(out) == {
+        "srcc",
+        "rl2",
+        "srcc_diving",
+        "rl2_diving",
+        "srcc_gym_vault",
+        "rl2_gym_vault",
+        "srcc_avg",
+        "rl2_avg",
+    }
+    p, t = pred.numpy(), target.numpy()
+    for c, name in enumerate(["diving", "gym_vault"]):
+        sel = class_id.numpy() == c
+        assert out[f"srcc_{name}"] == pytest.approx(stats.spearmanr(p[sel], t[sel]).statistic)
+        rl2 = 100 * np.mean(((p[sel] - t[sel]) / (t[sel].max() - t[sel].min())) ** 2)
+        assert out[f"rl2_{name}"] == pytest.approx(rl2)  # per-class range, not the split's
+    rhos = [out["srcc_diving"], out["srcc_gym_vault"]]
+    assert out["srcc_avg"] == pytest.approx(math.tanh(np.mean(np.arctanh(rhos))))
+    assert out["rl2_avg"] == pytest.approx((out["rl2_diving"] + out["rl2_gym_vault"]) / 2)
+    assert out["srcc"] == pytest.approx(stats.spearmanr(p, t).statistic)
+    # the narrow second class has a much larger per-class R-ℓ2 than the pooled split
+    assert out["rl2_gym_vault"] > out["rl2"]
+
+
+def test_evaluate_one_class_has_only_split_metrics():
+    pred, target, class_id = _two_class_split()
+    zeros = torch.zeros_like(class_id)
+    assert set(evaluate(pred, target, zeros, ["all"])) == {"srcc", "rl2"}
+    assert set(evaluate(pred, target, zeros, None)) == {"srcc", "rl2"}
+
+
+def test_evaluate_skips_classes_absent_from_the_split():
+    pred, target, class_id = _two_class_split()
+    out = evaluate(pred, target, class_id, ["diving", "gym_vault", "ski_big_air"])
+    assert "srcc_ski_big_air" not in out
+    assert out["srcc_avg"] == pytest.approx(
+        fisher_z_mean([out["srcc_diving"], out["srcc_gym_vault"]])
+    )
+
+
+# --------------------------------------------------------------------------- phase alignment
+
+
+def _phase_labels(n: int = 2, clips_per_phase: int = 2, phases: int = 3) -> torch.Tensor:
+    return torch.arange(phases).repeat_interleave(clips_per_phase).repeat(n, 1)  # (N, T)
+
+
+def test_phase_alignment_perfect_when_queries_attend_their_phase():
+    labels = _phase_labels()  # (2, 6): phases 0 0 1 1 2 2
+    onehot = torch.nn.functional.one_hot(labels, 3).float()  # (N, T, P)
+    attn = onehot / onehot.sum(1, keepdim=True)  # query k spreads evenly over phase k's clips
+    assert phase_alignment(attn, labels) == pytest.approx(1.0)
+    # Queries matched to phases in another order still align perfectly.
+    assert phase_alignment(attn[..., [2, 0, 1]], labels) == pytest.approx(1.0)
+
+
+def test_phase_alignment_uniform_attention_is_one_over_p():
+    for phases in (3, 4):
+        labels = _phase_labels(n=3, clips_per_phase=2, phases=phases)
+        t = labels.shape[1]
+        attn = torch.full((3, t, phases), 1 / t)
+        assert phase_alignment(attn, labels) == pytest.approx(1 / phases)
+
+
+def test_phase_alignment_partial_and_unknown():
+    labels = _phase_labels(n=1)
+    # Query k puts 0.7 on its phase and 0.3 on the next one → 0.7.
+    attn = torch.zeros(1, 6, 3)
+    for k in range(3):
+        attn[0, 2 * k : 2 * k + 2, k] = 0.35
+        nxt = (k + 1) % 3
+        attn[0, 2 * nxt : 2 * nxt + 2, k] = 0.15
+    assert phase_alignment(attn, labels) == pytest.approx(0.7)
+    assert math.isnan(phase_alignment(attn, torch.full_like(labels, -1)))

@@ -1,0 +1,125 @@
+"""End to end: fast_dev_run, evaluation semantics, checkpoint → tpt_aqa.eval, command-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tpt_aqa import eval as eval_entry
+from tpt_aqa import train as train_entry
+from tpt_aqa.config import build_datamodule, build_module
+
+from .conftest import compose_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_fast_dev_run(tiny_cfg):
+    cfg = tiny_cfg("debug=fast_dev_run")
+    results = train_entry.run(cfg)
+    assert -1 <= results["test/srcc"] <= 1 and results["test/rl2"] > 0
+    assert 0 <= results["test/phase_alignment"] <= 1
+
+
+def test_fast_dev_run_baseline(tiny_cfg):
+    results = train_entry.run(tiny_cfg("debug=fast_dev_run", "ablation=baseline_pool"))
+    assert "test/phase_alignment" not in results and "test/srcc" in results
+
+
+def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):
+    """Encode-once evaluation equals scoring each (exemplar, query) pair separately."""
+    cfg = tiny_cfg()
+    L.seed_everything(0)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    got = module.last_predictions
+    model, groups, t = module.model.eval(), module.score_groups, dm.table
+    test_rows = t.rows("test")
+    with torch.no_grad():
+        for pos in (0, 7, len(test_rows) - 1):
+            row = int(test_rows[pos])
+            q = model.encode(dm.load_video(row, "test")[None]).parts
+            scores = []
+            for ex in dm.eval_exemplars["test"][pos]:
+                if ex < 0:
+                    continue
+                e = model.encode(dm.load_video(int(ex), "exemplar")[None]).parts
+                delta = groups.decode(*model.compare(e, q))
+                scores.append(float(t.target[ex]) + float(delta))
+            expected = sum(scores) / len(scores) * float(t.scale[row])
+            i = int((got["index"] == row).nonzero())
+            assert got["pred"][i].item() == pytest.approx(expected, abs=1e-4)
+            assert got["target"][i].item() == pytest.approx(t.target[row] * t.scale[row], rel=1e-6)
+    assert len(got["index"]) == len(test_rows) == len(set(got["index"].tolist()))
+
+
+def test_checkpoint_then_eval_reproduces_test_metrics(tmp_path, tiny_cfg):
+    cfg = tiny_cfg()
+    results = train_entry.run(cfg)
+    ckpt = Path(results["checkpoint"])
+    assert ckpt.is_file() and "epoch" in ckpt.name  # best val/srcc, not last.ckpt
+    saved = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert saved["test/srcc"] == pytest.approx(results["test/srcc"])
+    eval_cfg = compose_cfg(tmp_path / "eval", f"ckpt_path={ckpt}", "logger=csv", config="eval")
+    again = eval_entry.run(eval_cfg)
+    for key in ("test/srcc", "test/rl2", "test/phase_alignment"):
+        assert again[key] == pytest.approx(results[key], abs=1e-6), key
+
+
+def test_training_without_validation_uses_last_epoch(tiny_cfg):
+    results = train_entry.run(tiny_cfg("dataset.val_fraction=0"))
+    assert Path(results["checkpoint"]).name == "last.ckpt"
+
+
+def run_cli(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "tpt_aqa.train", f"hydra.run.dir={tmp_path}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_runs_with_fewer_queries(tmp_path):
+    proc = run_cli(tmp_path, "dataset=synthetic", "model.num_queries=3", "debug=fast_dev_run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test/srcc" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.num_queries=0", "config error: model.num_queries=0: must be an integer >= 1"),
+        ("model.num_groups=6", "config error: model.num_groups=6: must be an even power of two"),
+    ],
+)
+def test_cli_config_errors_are_one_line(tmp_path, override, message):
+    proc = run_cli(tmp_path, override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+@pytest.mark.slow
+def test_default_synthetic_training_reaches_target(tmp_path):
+    """The README's `make train` number: test Spearman >= 0.90 on the embedded default."""
+    cfg = compose_cfg(tmp_path, "callbacks.progress_bar=null")
+    results = train_entry.run(cfg)
+    assert results["test/srcc"] >= 0.90
