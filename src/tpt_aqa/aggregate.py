@@ -1,8 +1,9 @@
 """Aggregate a Hydra multirun into a results table: ``python -m tpt_aqa.aggregate MULTIRUN_DIR``.
 
 Each job folder holds ``results.json`` (written by ``tpt_aqa.train``) and ``.hydra/overrides.yaml``.
-Jobs that differ only in ``seed`` form one row; the table gives mean ± std (sample std) over seeds of
-every test metric, and is written as ``results.md`` and ``results.csv`` in the multirun folder.
+Jobs that differ only in ``seed`` form one row, named by the overrides that differ between rows
+(the ones all jobs share are listed above the table); the table gives mean ± std (sample std) over
+seeds of every test metric, and is written as ``results.md`` and ``results.csv`` in the folder.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ from omegaconf import OmegaConf
 METRICS = ("test/srcc", "test/rl2", "test/phase_alignment")
 
 
-def collect(multirun: Path) -> dict[str, list[dict[str, float]]]:
-    """Results per setting (the overrides without the seed), over the seeds."""
-    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+def collect(multirun: Path) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
+    """Results per setting over the seeds, and the overrides that every job shares."""
     jobs = sorted(p.parent for p in multirun.glob("*/results.json"))
     if not jobs:
         raise SystemExit(
             f"{multirun}: no */results.json; is it a multirun folder of tpt_aqa.train?"
         )
+    overrides = {}
     for job in jobs:
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        setting = " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
+        path = job / ".hydra" / "overrides.yaml"
+        found = list(OmegaConf.load(path)) if path.is_file() else []
+        overrides[job] = [o for o in found if not o.startswith("seed=")]
+    common = [o for o in overrides[jobs[0]] if all(o in v for v in overrides.values())]
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for job in jobs:
+        setting = " ".join(o for o in overrides[job] if o not in common) or "(defaults)"
         rows[setting].append(json.loads((job / "results.json").read_text()))
-    return rows
+    return rows, common
 
 
 def summarise(values: list[float]) -> tuple[float, float]:
@@ -56,7 +61,7 @@ def table(rows: dict[str, list[dict[str, float]]]) -> tuple[str, list[dict[str, 
         for m in metrics:
             mean, std = summarise([r.get(m, math.nan) for r in runs])
             record[f"{m}_mean"], record[f"{m}_std"] = mean, std
-            cells.append(f"{mean:.4f} ± {std:.4f}")
+            cells.append("—" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
         records.append(record)
     return "\n".join(lines), records
@@ -68,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
         "multirun", type=Path, help="a multirun folder (outputs/train/multiruns/<time>)"
     )
     args = parser.parse_args(argv)
-    markdown, records = table(collect(args.multirun))
+    rows, common = collect(args.multirun)
+    markdown, records = table(rows)
+    if common:
+        markdown = f"Common overrides: `{' '.join(common)}`\n\n{markdown}"
     (args.multirun / "results.md").write_text(markdown + "\n")
     with open(args.multirun / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
