@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on (see ENV.md).
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 
 KNOWN_ENCODERS = {
     "tpt_aqa.models.PrecomputedEncoder": "precomputed",
