@@ -39,5 +39,5 @@ def test_aggregate_groups_by_setting(tmp_path, capsys):
 
 
 def test_aggregate_rejects_a_folder_without_runs(tmp_path):
-    with pytest.raises(SystemExit, match="no \\*/results.json"):
+    with pytest.raises(SystemExit, match=r"no \*/results\.json"):
         main([str(tmp_path)])

@@ -20,8 +20,8 @@ from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module
 from tpt_aqa.train import build_trainer, format_results
 
 
-def load_run_config(ckpt_path: str | Path) -> DictConfig:
-    """The resolved training configuration stored in a tpt_aqa checkpoint."""
+def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
+    """A tpt_aqa checkpoint and the resolved training configuration stored in it."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(
@@ -33,12 +33,12 @@ def load_run_config(ckpt_path: str | Path) -> DictConfig:
         raise ConfigError(
             f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?"
         )
-    return OmegaConf.create(config)
+    return ckpt, OmegaConf.create(config)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Rebuild data and model from the checkpoint's config and test."""
-    run_cfg = load_run_config(cfg.ckpt_path)
+    ckpt, run_cfg = load_checkpoint(cfg.ckpt_path)
     run_cfg.dataset = OmegaConf.merge(run_cfg.dataset, cfg.get("dataset") or {})
     run_cfg.trainer = OmegaConf.merge(run_cfg.trainer, cfg.trainer)
     run_cfg.paths = cfg.paths
@@ -47,8 +47,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(run_cfg.seed, workers=True)
     dm = build_datamodule(run_cfg)
     module = build_module(run_cfg)
+    module.load_state_dict(ckpt["state_dict"])  # includes the fitted score groups
+    module.on_load_checkpoint(ckpt)
     trainer = build_trainer(OmegaConf.merge(run_cfg, {"callbacks": {}}), has_val=False)
-    trainer.test(module, datamodule=dm, ckpt_path=str(cfg.ckpt_path), verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
