@@ -173,6 +173,13 @@ class AQADataModule(L.LightningDataModule):
         """Known temporal phase of every clip ``(T,)``, or ``None`` (the default) when unknown."""
         return None
 
+    def video_settings(self) -> dict[str, Any]:
+        """What determines the clips of a video (sampling, transforms); recorded in feature caches.
+
+        Benchmarks that decode videos override this; feature datasets have nothing to record.
+        """
+        return {}
+
     @property
     def num_clips(self) -> int:
         """T, the number of clips per video."""
@@ -188,6 +195,7 @@ class AQADataModule(L.LightningDataModule):
             raise ValueError(f"unknown split names {sorted(unknown)}; use one of {SPLITS}")
         if len(table.rows("train")) == 0:
             raise ValueError("the data has no training samples (split 'train')")
+        self.source_split = table.split.copy()  # as annotated, before the validation carve
         if "val" not in set(table.split):
             carve_validation(table, self.val_fraction, self.seed)
         self.table = table

@@ -17,10 +17,13 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from tpt_aqa.cache import check_manifest
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
 
 REQUIRED = ("id", "score", "split")
@@ -91,6 +94,9 @@ class FeaturesDataModule(AQADataModule):
         annotations: the CSV, absolute or relative to ``root``.
         feature_dim: expected C (also the precomputed encoder's width).
         num_clips: expected T, or ``None`` to take it from the files (all must agree).
+        expect: settings the features must have been extracted with, compared with the folder's
+            ``manifest.json`` (written by ``tpt_aqa.extract_features``), e.g.
+            ``{"encoder.normalization": "imagenet", "view": "test"}``; ``None`` checks nothing.
         **kwargs: ``AQADataModule`` arguments.
     """
 
@@ -100,6 +106,7 @@ class FeaturesDataModule(AQADataModule):
         annotations: str = "annotations.csv",
         feature_dim: int = 1024,
         num_clips: int | None = None,
+        expect: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +116,9 @@ class FeaturesDataModule(AQADataModule):
         )
         self.feature_dim = feature_dim
         self._num_clips = num_clips
+        if isinstance(expect, DictConfig):
+            expect = OmegaConf.to_container(expect, resolve=True)
+        self.expect = dict(expect) if expect else None
         self._features: list[torch.Tensor] = []
 
     @property
@@ -122,6 +132,8 @@ class FeaturesDataModule(AQADataModule):
             raise FeatureDataError(
                 f"dataset.root={self.root} is not a folder: point it at the folder of {{id}}.npy files"
             )
+        if self.expect:
+            check_manifest(self.root, self.expect)
         rows = read_annotations(self.annotations)
         features = []
         for row in rows:

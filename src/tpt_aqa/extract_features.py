@@ -1,0 +1,154 @@
+"""Extract clip features once, train on them in minutes:
+``python -m tpt_aqa.extract_features dataset=<benchmark> model/encoder=i3d out_dir=PATH``.
+
+Writes the ``dataset=features`` format: ``{id}.npy`` per video (``(T, C)``, float16 by default) and
+``annotations.csv`` (id, score, split as annotated, group, scale, class), plus ``manifest.json``
+recording what produced them (encoder settings and checkpoint SHA-256, clip sampling and
+transforms, the view). Every file is written atomically; running the command again resumes, skipping
+videos whose features are already there, provided the manifest matches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
+
+from tpt_aqa.cache import FORMAT, MANIFEST, atomic_write_text, file_sha256, flatten, read_manifest
+from tpt_aqa.config import CONF_DIR, ConfigError
+
+ENCODER_KEYS_IGNORED = ("clip_chunk", "checkpointing", "channels_last")  # speed, not values
+
+
+def build_manifest(cfg: DictConfig, dm, view: str, num_clips: int, dim: int) -> dict[str, Any]:
+    """What determines the cached features."""
+    encoder = OmegaConf.to_container(cfg.model.encoder, resolve=True)
+    for key in ENCODER_KEYS_IGNORED:
+        encoder.pop(key, None)
+    weights = encoder.get("weights")
+    encoder["weights_sha256"] = file_sha256(weights) if weights else None
+    return {
+        "format": FORMAT,
+        "dataset": cfg.dataset._target_,
+        "encoder": encoder,
+        "video": dm.video_settings(),
+        "view": view,
+        "num_clips": num_clips,
+        "feature_dim": dim,
+        "dtype": cfg.dtype,
+    }
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Save one ``.npy`` atomically."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def finished(path: Path, shape: tuple[int, int]) -> bool:
+    """Whether a cached array exists with the expected shape (a resume skips it)."""
+    if not path.is_file():
+        return False
+    try:
+        return tuple(np.load(path, mmap_mode="r").shape) == shape
+    except (ValueError, OSError):
+        return False
+
+
+def write_annotations(path: Path, dm) -> None:
+    t = dm.table
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "score", "split", "group", "scale", "class"])
+    for row, vid in enumerate(t.ids):
+        writer.writerow(
+            [
+                vid,
+                repr(float(t.target[row])),
+                dm.source_split[row],
+                t.group_names[t.group[row]],
+                repr(float(t.scale[row])),
+                t.class_names[t.class_id[row]],
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
+
+
+@torch.no_grad()
+def run(cfg: DictConfig) -> Path:
+    """Extract features of every video of the dataset; returns the output folder."""
+    if cfg.get("out_dir") in (None, "???"):
+        raise ConfigError("out_dir is not set: pass out_dir=/path/to/cache")
+    out = Path(cfg.out_dir)
+    dm = instantiate(cfg.dataset)
+    dm.setup("fit")
+    encoder = instantiate(cfg.model.encoder).eval()
+    device = torch.device(
+        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    encoder.to(device)
+    dtype = {"float16": np.float16, "float32": np.float32}[cfg.dtype]
+    rows = range(len(dm.table))
+    num_clips = dm.num_clips
+    manifest = build_manifest(cfg, dm, cfg.view, num_clips, encoder.out_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(out)
+    if old is not None and flatten(old) != flatten(manifest) and not cfg.overwrite:
+        diffs = [
+            k
+            for k in set(flatten(old)) | set(flatten(manifest))
+            if flatten(old).get(k) != flatten(manifest).get(k)
+        ]
+        raise ConfigError(
+            f"{out / MANIFEST} was written with other settings ({', '.join(sorted(diffs))}): "
+            "choose a new out_dir, or pass overwrite=true to re-extract everything"
+        )
+    if old is None or cfg.overwrite:
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    shape = (num_clips, encoder.out_dim)
+    todo = [r for r in rows if cfg.overwrite or not finished(out / f"{dm.table.ids[r]}.npy", shape)]
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16-mixed"
+    )
+    with Progress(transient=False) as progress:
+        task = progress.add_task("extracting", total=len(todo))
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start : start + cfg.batch_size]
+            clips = torch.stack([dm.load_video(r, cfg.view) for r in chunk]).to(device)
+            with autocast:
+                feats = encoder(clips).float().cpu().numpy()  # (b, T, C)
+            for r, f in zip(chunk, feats, strict=True):
+                save_array(out / f"{dm.table.ids[r]}.npy", f.astype(dtype))
+            progress.advance(task, len(chunk))
+    write_annotations(out / "annotations.csv", dm)
+    print(
+        f"{len(todo)} extracted, {len(rows) - len(todo)} already there, {len(rows)} videos in {out}"
+    )
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extract")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
