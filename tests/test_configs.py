@@ -53,6 +53,8 @@ def test_config_composes_and_instantiates(tmp_path, group, option):
     overrides = [*TINY, f"{group}={option}"]
     if option in ("features", "features_tpt"):
         overrides = [*TINY_MODEL, f"{group}={option}", f"dataset.root={tmp_path}"]
+    if option in ("synthetic_video", "synthetic_video_tpt"):
+        overrides = [*TINY_MODEL, f"{group}={option}", "model/encoder=i3d"]
     if option == "none" and group == "callbacks":
         overrides.remove("callbacks.progress_bar=null")
     if option == "mean_pool":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,51 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarnin
 KNOWN_ENCODERS = {
     "tpt_aqa.models.PrecomputedEncoder": "precomputed",
     "tpt_aqa.models.encoders.PrecomputedEncoder": "precomputed",
+    "tpt_aqa.models.I3DEncoder": "i3d",
+    "tpt_aqa.models.i3d.I3DEncoder": "i3d",
 }
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and the fix."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's config or data, reported as one message without a traceback."""
+    from tpt_aqa.cache import CacheMismatchError
+    from tpt_aqa.data.features import FeatureDataError
+    from tpt_aqa.data.video import VideoReadError
+    from tpt_aqa.models.i3d import I3DWeightsError
+
+    return (
+        ConfigError,
+        CacheMismatchError,
+        FeatureDataError,
+        VideoReadError,
+        I3DWeightsError,
+        FileNotFoundError,
+    )
+
+
+def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap an entry point: a user error (also when Hydra's ``instantiate`` wrapped it) prints its
+    message on stderr and exits with status 2; anything else propagates with its traceback."""
+
+    @functools.wraps(main)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return main(cfg)
+        except Exception as exc:
+            err: BaseException | None = exc
+            while err is not None and not isinstance(err, user_errors()):
+                err = err.__cause__
+            if err is None:
+                raise
+            label = "config error" if isinstance(err, ConfigError) else "error"
+            print(f"{label}: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

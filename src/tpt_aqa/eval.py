@@ -8,7 +8,6 @@ exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
+from tpt_aqa.config import (
+    CONF_DIR,
+    ConfigError,
+    build_datamodule,
+    build_module,
+    exit_on_user_error,
+    validate_config,
+)
 from tpt_aqa.train import build_trainer, format_results
 
 
@@ -63,12 +69,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(cfg)
 
 
 if __name__ == "__main__":

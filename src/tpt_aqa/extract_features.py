@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
 from tpt_aqa.cache import FORMAT, MANIFEST, atomic_write_text, file_sha256, flatten, read_manifest
-from tpt_aqa.config import CONF_DIR, ConfigError
+from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
 
-ENCODER_KEYS_IGNORED = ("clip_chunk", "checkpointing", "channels_last")  # speed, not values
+# Settings that change speed or training, not the features.
+ENCODER_KEYS_IGNORED = (
+    "clip_chunk",
+    "checkpointing",
+    "channels_last",
+    "freeze_bn_stats",
+    "freeze_backbone",
+)
 
 
 def build_manifest(cfg: DictConfig, dm, view: str, num_clips: int, dim: int) -> dict[str, Any]:
@@ -38,6 +44,8 @@ def build_manifest(cfg: DictConfig, dm, view: str, num_clips: int, dim: int) -> 
         encoder.pop(key, None)
     weights = encoder.get("weights")
     encoder["weights_sha256"] = file_sha256(weights) if weights else None
+    if not weights:  # random init: the features are a function of the seed
+        encoder["init_seed"] = cfg.seed
     return {
         "format": FORMAT,
         "dataset": cfg.dataset._target_,
@@ -96,6 +104,7 @@ def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
+    torch.manual_seed(cfg.seed)  # a random-init encoder (weights=null) is then reproducible
     encoder = instantiate(cfg.model.encoder).eval()
     device = torch.device(
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,12 +151,9 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extract")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(cfg)
 
 
 if __name__ == "__main__":

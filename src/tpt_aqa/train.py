@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
+from tpt_aqa.config import (
+    CONF_DIR,
+    build_datamodule,
+    build_module,
+    exit_on_user_error,
+    validate_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +73,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    results = run(cfg)
     return results.get(cfg.get("optimized_metric", "test/srcc"))
 
 

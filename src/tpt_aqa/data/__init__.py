@@ -2,18 +2,24 @@
 
 from tpt_aqa.data.base import AQADataModule, SampleTable
 from tpt_aqa.data.batch import EvalBatch, PairBatch, Videos
+from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import FeaturesDataModule
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
 from tpt_aqa.data.synthetic import SyntheticDataModule
+from tpt_aqa.data.synthetic_video import SyntheticVideoDataModule
+from tpt_aqa.data.transforms import VideoTransform
 
 __all__ = [
     "AQADataModule",
+    "ClipSampler",
     "EvalBatch",
     "ExemplarPairSampler",
     "FeaturesDataModule",
     "PairBatch",
     "SampleTable",
     "SyntheticDataModule",
+    "SyntheticVideoDataModule",
+    "VideoTransform",
     "Videos",
     "choose_eval_exemplars",
 ]

@@ -20,6 +20,7 @@ parsing decoder, or a pooling ablation) → parts ``(B,K,D)`` + attention ``(B,Y
 from tpt_aqa.models.decoder import TemporalParsingDecoder
 from tpt_aqa.models.encoders import PrecomputedEncoder
 from tpt_aqa.models.heads import GroupHeads
+from tpt_aqa.models.i3d import I3DEncoder, I3DWeightsError, InceptionI3d, load_i3d_weights
 from tpt_aqa.models.pair import PairStage
 from tpt_aqa.models.parsers import AdaptivePoolParser, MeanPoolParser
 from tpt_aqa.models.tpt import TPT, Parsed, TPTOutput
@@ -28,10 +29,14 @@ __all__ = [
     "TPT",
     "AdaptivePoolParser",
     "GroupHeads",
+    "I3DEncoder",
+    "I3DWeightsError",
+    "InceptionI3d",
     "MeanPoolParser",
     "PairStage",
     "Parsed",
     "PrecomputedEncoder",
     "TPTOutput",
     "TemporalParsingDecoder",
+    "load_i3d_weights",
 ]

@@ -1,0 +1,190 @@
+"""A tiny rendered-video synthetic benchmark (``dataset=synthetic_video``) for the end-to-end path.
+
+The same idea as ``dataset=synthetic`` (ordered phases of random duration, one quality per phase,
+unequally weighted in the score), rendered as small RGB frames so the whole video path runs on a
+CPU: frames → clip sampling → spatial transforms → I3D → TPT. Each phase has its own background
+colour (what a query can find); a square moving across the frame shows the phase's quality as its
+brightness. Frames are generated in memory, deterministically from ``data_seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from tpt_aqa.data.base import AQADataModule, SampleTable
+from tpt_aqa.data.clips import ClipSampler
+from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
+
+
+@dataclass
+class RenderedVideos:
+    """Rendered frames and their annotations."""
+
+    frames: np.ndarray  # (N, F, H, W, 3) uint8
+    frame_phases: np.ndarray  # (N, F) int64
+    raw: np.ndarray  # (N,)
+    difficulty: np.ndarray  # (N,)
+    difficulty_id: np.ndarray  # (N,)
+    split: np.ndarray  # (N,)
+
+
+def render(
+    num_train: int = 48,
+    num_test: int = 16,
+    num_frames: int = 40,
+    size: int = 40,
+    num_phases: int = 5,
+    min_phase_len: int = 4,
+    phase_weights: tuple[float, ...] = (0.5, 2.0, 1.0, 3.0, 0.5),
+    difficulties: tuple[float, ...] = (2.0, 3.0),
+    pixel_noise: float = 8.0,
+    judge_noise: float = 0.1,
+    seed: int = 0,
+) -> RenderedVideos:
+    """Render the benchmark (see the module docstring); train rows first, then test rows."""
+    if len(phase_weights) != num_phases:
+        raise ValueError(
+            f"dataset.phase_weights has {len(phase_weights)} values for dataset.num_phases={num_phases}"
+        )
+    if num_phases * min_phase_len > num_frames:
+        raise ValueError(
+            f"{num_phases} phases of {min_phase_len} frames do not fit in {num_frames}"
+        )
+    rng = np.random.default_rng(seed)
+    n = num_train + num_test
+    colours = rng.uniform(30, 160, size=(num_phases, 3))  # background colour per phase
+    qualities = rng.uniform(0, 1, size=(n, num_phases))
+    spare = num_frames - num_phases * min_phase_len
+    phases = np.empty((n, num_frames), dtype=np.int64)
+    for i in range(n):
+        cuts = np.sort(rng.integers(0, spare + 1, size=num_phases - 1))
+        lengths = np.diff(np.concatenate([[0], cuts, [spare]])) + min_phase_len
+        phases[i] = np.repeat(np.arange(num_phases), lengths)
+    frames = np.empty((n, num_frames, size, size, 3), dtype=np.float32)
+    frames[:] = colours[phases][:, :, None, None, :]
+    side = size // 3
+    xs = np.linspace(0, size - side, num_frames).astype(int)  # the square moves left to right
+    top = (size - side) // 2
+    q_frame = np.take_along_axis(qualities, phases, axis=1)  # (N, F)
+    for f in range(num_frames):
+        frames[:, f, top : top + side, xs[f] : xs[f] + side, :] = (60 + 195 * q_frame[:, f])[
+            :, None, None, None
+        ]
+    frames += pixel_noise * rng.standard_normal(frames.shape, dtype=np.float32)
+    weights = np.asarray(phase_weights)
+    raw = 10 * qualities @ weights / weights.sum() + judge_noise * rng.standard_normal(n)
+    difficulty_id = rng.integers(0, len(difficulties), size=n)
+    return RenderedVideos(
+        frames=np.clip(frames, 0, 255).astype(np.uint8),
+        frame_phases=phases,
+        raw=raw,
+        difficulty=np.asarray(difficulties)[difficulty_id],
+        difficulty_id=difficulty_id,
+        split=np.array(["train"] * num_train + ["test"] * num_test),
+    )
+
+
+class SyntheticVideoDataModule(AQADataModule):
+    """Rendered synthetic videos through the shared clip sampler and transforms (``dataset=synthetic_video``).
+
+    Args:
+        sampler: temporal sampling of the clips.
+        train_transform: spatial transform of training videos (random crop, flip).
+        test_transform: spatial transform of evaluated videos and exemplars (center crop).
+        num_train: training videos (before the validation carve).
+        num_test: test videos.
+        num_frames: frames per video.
+        size: frame height and width in pixels.
+        num_phases: phases per video.
+        min_phase_len: shortest phase in frames.
+        phase_weights: weight of each phase in the score.
+        difficulties: difficulty values (exemplar groups and score multipliers).
+        pixel_noise: standard deviation of the pixel noise.
+        judge_noise: standard deviation of the score noise.
+        data_seed: seed of the renderer.
+        **kwargs: ``AQADataModule`` arguments.
+    """
+
+    def __init__(
+        self,
+        sampler: ClipSampler,
+        train_transform: VideoTransform,
+        test_transform: VideoTransform,
+        num_train: int = 48,
+        num_test: int = 16,
+        num_frames: int = 40,
+        size: int = 40,
+        num_phases: int = 5,
+        min_phase_len: int = 4,
+        phase_weights: tuple[float, ...] = (0.5, 2.0, 1.0, 3.0, 0.5),
+        difficulties: tuple[float, ...] = (2.0, 3.0),
+        pixel_noise: float = 8.0,
+        judge_noise: float = 0.1,
+        data_seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sampler = sampler
+        self.transforms = {
+            "train": train_transform,
+            "test": test_transform,
+            "exemplar": test_transform,
+        }
+        self.render_kwargs = dict(
+            num_train=num_train,
+            num_test=num_test,
+            num_frames=num_frames,
+            size=size,
+            num_phases=num_phases,
+            min_phase_len=min_phase_len,
+            phase_weights=tuple(phase_weights),
+            difficulties=tuple(difficulties),
+            pixel_noise=pixel_noise,
+            judge_noise=judge_noise,
+            seed=data_seed,
+        )
+        self.clip_index = sampler.indices(num_frames)  # (T, L), the same for every video
+
+    @property
+    def num_clips(self) -> int:
+        return self.sampler.num_clips
+
+    def video_settings(self) -> dict:
+        return {
+            "sampler": asdict(self.sampler),
+            "test_transform": {
+                k: v
+                for k, v in asdict(self.transforms["test"]).items()
+                if k != "seed" and not k.startswith("_")
+            },
+            "render": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.render_kwargs.items()
+            },
+        }
+
+    def build_table(self) -> SampleTable:
+        v = self.videos = render(**self.render_kwargs)
+        self._frames = torch.from_numpy(v.frames).permute(0, 1, 4, 2, 3)  # (N, F, 3, H, W)
+        # a clip's phase is the phase of its middle frame
+        middle = self.clip_index[:, self.clip_index.shape[1] // 2]
+        self._clip_phases = torch.from_numpy(v.frame_phases[:, middle])  # (N, T)
+        return SampleTable(
+            ids=[f"synthetic_video_{i:04d}" for i in range(len(v.raw))],
+            target=v.raw,
+            scale=v.difficulty,
+            group=v.difficulty_id,
+            class_id=np.zeros(len(v.raw), dtype=np.int64),
+            split=v.split.copy(),
+            class_names=["synthetic_video"],
+            group_names=[f"dd{x:g}" for x in self.render_kwargs["difficulties"]],
+        )
+
+    def load_video(self, row: int, view: str) -> torch.Tensor:
+        frames = self.transforms[view](self._frames[row])  # (F, 3, h, w), one draw per video
+        return frames_to_clips(frames, self.clip_index)  # (T, 3, L, h, w) uint8
+
+    def clip_labels(self, row: int) -> torch.Tensor:
+        return self._clip_phases[row]
