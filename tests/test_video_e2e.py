@@ -79,7 +79,7 @@ def test_extract_features_resume_and_manifest(tmp_path, capsys):
     assert "1 extracted, 15 already there" in capsys.readouterr().out
     assert files[0].stat().st_mtime_ns == mtime  # resumed: finished videos untouched
     assert np.array_equal(np.load(files[0]), first)  # random init seeded: same features
-    with pytest.raises(ConfigError, match="encoder.normalization"):
+    with pytest.raises(ConfigError, match=r"encoder\.normalization"):
         extract(tmp_path, out, "model.encoder.normalization=minus_one_one")
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no partial files
 

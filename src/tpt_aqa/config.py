@@ -17,6 +17,10 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on (see ENV.md).
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+# The I3D encoder keeps its BatchNorm layers in eval mode on purpose (frozen statistics, SPEC §6).
+warnings.filterwarnings(
+    "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
+)
 
 KNOWN_ENCODERS = {
     "tpt_aqa.models.PrecomputedEncoder": "precomputed",

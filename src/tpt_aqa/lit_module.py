@@ -73,12 +73,16 @@ class AQAModule(L.LightningModule):
         return self.optimizer_factory(groups)
 
     # ---- training --------------------------------------------------------------------------
-    def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
+    def compute_losses(self, batch: PairBatch) -> dict[str, torch.Tensor]:
+        """The named training losses of a batch of pairs (both pair orders)."""
         q, e = batch.query, batch.exemplar
         out = self.model(q.video, e.video)
         delta = torch.cat([q.target - e.target, e.target - q.target])  # (2B,) in the output's order
         labels, offsets = self.score_groups.encode(delta)
-        losses = self.criterion(out, labels, offsets.float())
+        return self.criterion(out, labels, offsets.float())
+
+    def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise FloatingPointError(
@@ -87,7 +91,7 @@ class AQAModule(L.LightningModule):
                 )
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in losses.items()},
-            batch_size=len(q),
+            batch_size=len(batch.query),
             on_step=False,
             on_epoch=True,
             prog_bar=False,
