@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format clean
+.PHONY: help install train test test-all bench lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned exactly: pip then takes the local CPU wheel on CPU machines.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv (if missing) and install the package with dev tools
+install: $(STAMP)  ## create .venv (if missing) and install the package with dev tools and simplejpeg
 
 train: $(STAMP)  ## train and test TPT on the embedded synthetic benchmark
 	$(PY) -m tpt_aqa.train $(ARGS)
@@ -27,6 +27,9 @@ test: $(STAMP)  ## fast test tier
 
 test-all: $(STAMP)  ## all tests, including the slow tier
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+bench: $(STAMP)  ## speed benchmark: prints a table, writes outputs/benchmark/<time>.json
+	$(PY) -m tpt_aqa.benchmark $(ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff check .

@@ -108,3 +108,25 @@ def test_cached_features_match_the_encoder_and_train(tmp_path):
     train_cfg.dataset.expect = {"view": "exemplar"}
     with pytest.raises(CacheMismatchError, match="view: cache has 'test', requested 'exemplar'"):
         train_entry.run(train_cfg)
+
+
+def test_benchmark_datamodule_on_its_feature_cache(tmp_path):
+    """A video datamodule with features_root trains on the cache and checks its manifest."""
+    out = tmp_path / "cache"
+    extract(tmp_path, out)
+    cfg = compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        *VIDEO,
+        "model/encoder=precomputed",
+        f"dataset.features_root={out}",
+        "debug=fast_dev_run",
+    )
+    assert "test/srcc" in train_entry.run(cfg)
+    cfg.dataset.sampler.stride = 7
+    with pytest.raises(CacheMismatchError, match="video.sampler.stride: cache has 8, requested 7"):
+        train_entry.run(cfg)
+    cfg.dataset.sampler.stride = 8
+    next(out.glob("*.npy")).unlink()
+    with pytest.raises(CacheMismatchError, match="lacks 1 of 16 videos"):
+        train_entry.run(cfg)

@@ -7,14 +7,18 @@ fixing the evaluation exemplars per seed, training pairs, and evaluation batches
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from tpt_aqa.cache import CacheMismatchError, check_manifest
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
 from tpt_aqa.scoring import pair_deltas
@@ -134,6 +138,12 @@ class AQADataModule(L.LightningDataModule):
         seed: seed of the validation carve and of the evaluation exemplar lists.
         delta_cap: largest |Δ| the score groups cover, on the training scale.
         num_workers: data loading processes.
+        features_root: a feature cache of this benchmark written by ``tpt_aqa.extract_features``
+            (``{id}.npy`` + ``manifest.json``); when set, samples are its ``(T,C)`` features (use
+            ``model/encoder=precomputed``) and the manifest must match this datamodule's clip
+            sampling and transforms and the test view.
+        features_expect: further manifest entries the cache must have, e.g.
+            ``{"encoder.normalization": "imagenet"}``.
     """
 
     def __init__(
@@ -145,6 +155,8 @@ class AQADataModule(L.LightningDataModule):
         seed: int = 12,
         delta_cap: float = 30.0,
         num_workers: int = 0,
+        features_root: str | None = None,
+        features_expect: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -154,6 +166,10 @@ class AQADataModule(L.LightningDataModule):
         self.seed = seed
         self.delta_cap = delta_cap
         self.num_workers = num_workers
+        self.features_root = Path(features_root) if features_root else None
+        if isinstance(features_expect, DictConfig):
+            features_expect = OmegaConf.to_container(features_expect, resolve=True)
+        self.features_expect = dict(features_expect or {})
         self.table: SampleTable | None = None
         self.eval_exemplars: dict[str, np.ndarray] = {}
 
@@ -199,6 +215,8 @@ class AQADataModule(L.LightningDataModule):
         if "val" not in set(table.split):
             carve_validation(table, self.val_fraction, self.seed)
         self.table = table
+        if self.features_root is not None:
+            self._check_feature_cache()
         pool = table.rows("train")
         for code, split in enumerate(("val", "test")):
             rows = table.rows(split)
@@ -209,6 +227,23 @@ class AQADataModule(L.LightningDataModule):
                 self.num_exemplars,
                 np.random.default_rng([self.seed, 23, code]),
             )
+
+    def _check_feature_cache(self) -> None:
+        """The cache holds every video, extracted with this datamodule's settings."""
+        root = self.features_root
+        expected = {"video": self.video_settings(), "view": "test", **self.features_expect}
+        check_manifest(root, json.loads(json.dumps(expected)))  # tuples → lists, as in the JSON
+        missing = [vid for vid in self.table.ids if not (root / f"{vid}.npy").is_file()]
+        if missing:
+            raise CacheMismatchError(
+                f"feature cache {root} lacks {len(missing)} of {len(self.table.ids)} videos "
+                f"(e.g. {missing[0]}.npy); run python -m tpt_aqa.extract_features again to resume"
+            )
+
+    def _video(self, row: int, view: str) -> torch.Tensor:
+        if self.features_root is None:
+            return self.load_video(row, view)
+        return torch.from_numpy(np.load(self.features_root / f"{self.table.ids[row]}.npy")).float()
 
     @property
     def class_names(self) -> list[str]:
@@ -229,7 +264,7 @@ class AQADataModule(L.LightningDataModule):
     def sample(self, row: int, view: str) -> dict[str, Any]:
         """One sample as a dict of the fields of ``Videos``."""
         t = self.table
-        video = self.load_video(row, view)
+        video = self._video(row, view)
         labels = self.clip_labels(row)
         if labels is None:
             labels = torch.full((video.shape[0],), -1, dtype=torch.long)

@@ -49,8 +49,8 @@ DECODERS = ("auto", "pil", "simplejpeg")
 ON_MISSING = ("error", "repeat_last")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 FIX_HINT = (
-    "Re-run the benchmark's frame preparation (scripts/prepare_*.py) and its verification, or "
-    "point the dataset config's frames path at the prepared frames."
+    "Check that the dataset config's frames path points at the extracted frames and that every "
+    "video was extracted completely (re-extract the ones named here)."
 )
 # Below this first needed frame, decoding from the start costs about what a seek saves.
 SEEK_MIN_FRAME = 16

@@ -1,0 +1,78 @@
+"""Restricted unpickling for annotation files downloaded from the internet.
+
+The benchmarks ship their annotations as pickles (MTL-AQA's annotation dict and split lists,
+JIGSAWS' ``splits.pkl``/``label.pkl``). ``pickle.load`` can run arbitrary code, so these files are
+read with an unpickler that only builds plain containers, numbers, strings and numpy arrays or
+scalars; any other global is refused with an error naming the file and the global.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+# Globals a pickle of plain data (and numpy arrays/scalars, from numpy 1.x or 2.x) may reference.
+ALLOWED = {
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "complex"),
+    ("builtins", "str"),
+    ("builtins", "bytes"),
+    ("builtins", "bool"),
+    ("_codecs", "encode"),  # how protocol-2 pickles store bytes (numpy array buffers)
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol-5 arrays
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class UnsafePickleError(ValueError):
+    """A pickle referenced something other than plain data."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+        super().__init__(file, encoding="latin1")  # python-2 pickles of numpy arrays need latin1
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in ALLOWED:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"{self.source}: refusing to unpickle {module}.{name}; annotation pickles may only hold "
+            "plain containers, numbers, strings and numpy arrays. If this file is what the "
+            "benchmark distributes, convert it to plain data in a trusted environment"
+        )
+
+
+def safe_load(path: str | Path) -> Any:
+    """Unpickle a file holding only plain data.
+
+    Raises:
+        UnsafePickleError: the pickle references a disallowed global.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} not found")
+    with open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f, str(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError) as err:
+            raise UnsafePickleError(f"{path}: not a readable pickle ({err})") from None
