@@ -13,7 +13,7 @@ import torch
 
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import train as train_entry
-from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.config import ConfigError, build_datamodule, build_module
 
 from .conftest import compose_cfg
 
@@ -123,3 +123,32 @@ def test_default_synthetic_training_reaches_target(tmp_path):
     cfg = compose_cfg(tmp_path, "callbacks.progress_bar=null")
     results = train_entry.run(cfg)
     assert results["test/srcc"] >= 0.90
+
+
+@pytest.mark.parametrize(
+    ("total", "limit", "devices", "batch", "accumulate"),
+    [
+        (24, None, 1, 24, 1),
+        (24, 3, 1, 3, 8),
+        (24, 3, 8, 3, 1),
+        (24, 5, 2, 4, 3),
+        (24, 16, 2, 12, 1),
+    ],
+)
+def test_global_batch_is_kept_across_devices(tiny_cfg, total, limit, devices, batch, accumulate):
+    cfg = tiny_cfg(f"global_batch_size={total}", f"max_device_batch_size={limit or 'null'}")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False
+    )
+    dm = type("DM", (), {"batch_size": None})()
+    train_entry.apply_global_batch(cfg, trainer, dm)
+    assert (dm.batch_size, trainer.accumulate_grad_batches) == (batch, accumulate)
+    assert dm.batch_size * trainer.accumulate_grad_batches * devices == total
+
+
+def test_global_batch_must_split_over_devices(tiny_cfg):
+    cfg = tiny_cfg()
+    cfg.global_batch_size = 24
+    trainer = L.Trainer(accelerator="cpu", devices=5, strategy="ddp", logger=False)
+    with pytest.raises(ConfigError, match="global_batch_size=24 does not split over 5 devices"):
+        train_entry.apply_global_batch(cfg, trainer, object())

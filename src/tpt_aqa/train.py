@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.config import (
     CONF_DIR,
+    ConfigError,
     build_datamodule,
     build_module,
     exit_on_user_error,
@@ -42,6 +43,38 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
 
 
+def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
+    """Keep the experiment's global batch whatever the number of devices.
+
+    ``global_batch_size`` pairs per optimizer step are split over the devices; when a device's share
+    exceeds ``max_device_batch_size`` it is accumulated over several steps. With frozen BatchNorm
+    statistics this gives the same gradients as one large batch (dropout aside).
+    """
+    total = cfg.get("global_batch_size")
+    if not total:
+        return
+    devices = trainer.num_devices * trainer.num_nodes
+    if total % devices:
+        raise ConfigError(
+            f"global_batch_size={total} does not split over {devices} devices: "
+            "choose a multiple of the device count"
+        )
+    share = total // devices
+    limit = cfg.get("max_device_batch_size") or share
+    accumulate = -(-share // limit)
+    while share % accumulate:
+        accumulate += 1
+    dm.batch_size = share // accumulate
+    trainer.accumulate_grad_batches = accumulate
+    log.info(
+        "global batch %d = %d devices x %d pairs x %d accumulation steps",
+        total,
+        devices,
+        dm.batch_size,
+        accumulate,
+    )
+
+
 def format_results(results: dict[str, float], title: str) -> str:
     """A short plain-text table of metrics."""
     width = max(len(k) for k in results) if results else 0
@@ -57,6 +90,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     dm = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_val=dm.has_val)
+    apply_global_batch(cfg, trainer, dm)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     ckpt = trainer.checkpoint_callback
     chosen = (ckpt.best_model_path if dm.has_val else ckpt.last_model_path) if ckpt else None
