@@ -41,6 +41,15 @@ def options(group: str) -> list[str]:
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
+# video benchmarks (value: whether the config needs a data root); instantiating reads no file
+VIDEO_DATASETS = {"synthetic_video": False, "mtl_aqa": True, "aqa7": True, "jigsaws": True}
+VIDEO_EXPERIMENTS = {
+    "synthetic_video_tpt": False,
+    "mtl_aqa_tpt": True,
+    "mtl_aqa_tpt_no_dd": True,
+    "aqa7_tpt": True,
+    "jigsaws_tpt": True,
+}
 
 
 def test_every_group_has_options():
@@ -53,8 +62,10 @@ def test_config_composes_and_instantiates(tmp_path, group, option):
     overrides = [*TINY, f"{group}={option}"]
     if option in ("features", "features_tpt"):
         overrides = [*TINY_MODEL, f"{group}={option}", f"dataset.root={tmp_path}"]
-    if option in ("synthetic_video", "synthetic_video_tpt"):
+    elif option in VIDEO_DATASETS or option in VIDEO_EXPERIMENTS:
         overrides = [*TINY_MODEL, f"{group}={option}", "model/encoder=i3d"]
+        if VIDEO_DATASETS.get(option, VIDEO_EXPERIMENTS.get(option)):  # reads files: needs a root
+            overrides.append(f"dataset.root={tmp_path}")
     if option == "none" and group == "callbacks":
         overrides.remove("callbacks.progress_bar=null")
     if option == "mean_pool":

@@ -152,3 +152,13 @@ def test_global_batch_must_split_over_devices(tiny_cfg):
     trainer = L.Trainer(accelerator="cpu", devices=5, strategy="ddp", logger=False)
     with pytest.raises(ConfigError, match="global_batch_size=24 does not split over 5 devices"):
         train_entry.apply_global_batch(cfg, trainer, object())
+
+
+def test_reports_last_epoch_and_paper_style_best(tiny_cfg):
+    results = train_entry.run(tiny_cfg("trainer.max_epochs=3", "dataset.test_every_epoch=true"))
+    assert results["checkpoint"].endswith(".ckpt") and "epoch" in results["checkpoint"]
+    # the selected checkpoint's test ρ is one of the per-epoch test values, so the best of them
+    # (picked on the test split, as the release reported) can only be higher or equal
+    assert results["paper_style_best_test/srcc"] >= results["test/srcc"] - 1e-6
+    assert results["paper_style_best_test/rl2"] <= results["test/rl2"] + 1e-6
+    assert {"last_epoch_test/srcc", "last_epoch_test/rl2"} <= set(results)

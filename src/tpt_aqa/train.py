@@ -24,10 +24,11 @@ from tpt_aqa.config import (
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
+def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None) -> L.Trainer:
     """The Lightning trainer with the configured callbacks and loggers.
 
-    Without a validation split, checkpoint selection falls back to the last epoch.
+    Without a validation split, checkpoint selection falls back to the last epoch; ``evaluates``
+    (default ``has_val``) says whether validation passes run at all.
     """
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
@@ -38,7 +39,7 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
         callbacks.append(instantiate(cb_cfg))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     extra: dict[str, Any] = {}
-    if not has_val:
+    if not (has_val if evaluates is None else evaluates):
         extra["limit_val_batches"] = 0
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
 
@@ -89,21 +90,40 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = build_trainer(cfg, has_val=dm.has_val)
+    trainer = build_trainer(cfg, has_val=dm.has_val, evaluates=bool(dm.val_splits))
     apply_global_batch(cfg, trainer, dm)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    paper_style = module.paper_style_best()  # before a checkpoint load replaces the history
+    results: dict[str, Any] = {}
     ckpt = trainer.checkpoint_callback
-    chosen = (ckpt.best_model_path if dm.has_val else ckpt.last_model_path) if ckpt else None
-    trainer.test(module, datamodule=dm, ckpt_path=chosen or None, verbose=False)
-    test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    results = {"checkpoint": chosen, "best_val_srcc": module.best_val_srcc, **test}
+    chosen = ckpt.best_model_path if (ckpt and dm.has_val) else ""
+    if chosen:  # the last epoch's weights are still in memory: test them first
+        results.update(_test(trainer, module, dm, None, prefix="last_epoch_test/"))
+    elif ckpt:
+        chosen = ckpt.last_model_path
+    test = _test(trainer, module, dm, chosen or None, prefix="test/")
+    results = {"checkpoint": chosen, "best_val_srcc": module.best_val_srcc, **test, **results}
+    results.update(paper_style)
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         selection = "best val/srcc" if dm.has_val else "last epoch"
         print(format_results(test, f"Test metrics (checkpoint: {selection}) — {out}"))
+        others = {k: v for k, v in results.items() if k.startswith(("last_epoch_test/", "paper_"))}
+        if others:
+            print(format_results(others, "\nFor reference (not model selection)"))
     return results
+
+
+def _test(trainer: L.Trainer, module, dm, ckpt_path: str | None, prefix: str) -> dict[str, float]:
+    """Test metrics of ``ckpt_path`` (or of the weights in memory), renamed with ``prefix``."""
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+    return {
+        prefix + k.removeprefix("test/"): float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("test/")
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

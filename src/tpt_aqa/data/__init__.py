@@ -1,5 +1,6 @@
 """Data: sample tables, exemplar pairing, typed batches and one datamodule per benchmark."""
 
+from tpt_aqa.data.aqa7 import AQA7DataModule
 from tpt_aqa.data.base import AQADataModule, SampleTable
 from tpt_aqa.data.batch import EvalBatch, PairBatch, Videos
 from tpt_aqa.data.clips import ClipSampler
@@ -10,6 +11,7 @@ from tpt_aqa.data.synthetic_video import SyntheticVideoDataModule
 from tpt_aqa.data.transforms import VideoTransform
 
 __all__ = [
+    "AQA7DataModule",
     "AQADataModule",
     "ClipSampler",
     "EvalBatch",

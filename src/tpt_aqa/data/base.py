@@ -144,6 +144,9 @@ class AQADataModule(L.LightningDataModule):
             sampling and transforms and the test view.
         features_expect: further manifest entries the cache must have, e.g.
             ``{"encoder.normalization": "imagenet"}``.
+        test_every_epoch: also evaluate the test split at every validation, to report the
+            release's best-on-test number beside the validation-selected one (never used for
+            selection).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class AQADataModule(L.LightningDataModule):
         num_workers: int = 0,
         features_root: str | None = None,
         features_expect: dict[str, Any] | None = None,
+        test_every_epoch: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -170,6 +174,7 @@ class AQADataModule(L.LightningDataModule):
         if isinstance(features_expect, DictConfig):
             features_expect = OmegaConf.to_container(features_expect, resolve=True)
         self.features_expect = dict(features_expect or {})
+        self.test_every_epoch = test_every_epoch
         self.table: SampleTable | None = None
         self.eval_exemplars: dict[str, np.ndarray] = {}
 
@@ -306,8 +311,13 @@ class AQADataModule(L.LightningDataModule):
         ds = _Queries(self, rows, self.eval_exemplars[split])
         return self._loader(ds, collate_eval, batch_size=self.eval_batch_size, shuffle=False)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+    @property
+    def val_splits(self) -> list[str]:
+        """Splits evaluated at each validation, in dataloader order."""
+        return (["val"] if self.has_val else []) + (["test"] if self.test_every_epoch else [])
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(split) for split in self.val_splits]
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")

@@ -1,0 +1,598 @@
+"""JIGSAWS surgical skill assessment (``dataset=jigsaws``; SPEC §7–8, §10).
+
+Three tasks, each its own benchmark: Suturing (39 trials), Needle_Passing (28) and Knot_Tying (36).
+A trial's score is the sum of its six GRS sub-scores (each 1–5, so 6–30); it is trained and reported
+on that scale (``scale = 1``), and the whole task is one exemplar group. Evaluation is 4-fold
+cross-validation: with ``fold=f`` fold ``f`` is the test split and the other three train (one model
+per task and fold; ``scripts/run_jigsaws_folds.py`` runs and pools them).
+
+Annotations, in either of two forms (``annotation_format``; ``auto`` picks the pickles when both
+exist, else the meta file):
+
+- ``pickle``: the prepared form of the AQA lineage. ``{root}/splits.pkl`` maps each task to four
+  folds of trial names (``Knot_Tying_H005``); ``{root}/label.pkl`` maps each trial name to its six
+  sub-scores. Read with ``safe_load`` (plain data only).
+- ``meta``: the original distribution's ``{root}/{Task}/meta_file_{Task}.txt``, one trial per line::
+
+      Knot_Tying_B001    N    13    2 2 2 2 2 3
+      trial name         skill  GRS total  six sub-scores
+
+  Columns are whitespace-separated and their number varies between copies, so the six sub-scores
+  are taken as the last six numeric columns and the total as the number before them. A total that
+  differs from the sum of its sub-scores is reported in one warning and the sum is used (the score
+  is defined as the sum). The distribution has no fold split, so four folds are built
+  deterministically (``meta_folds``):
+
+  - ``surgeon`` (default): by the surgeon letter in the trial name (``B`` in ``Knot_Tying_B001``).
+    Surgeons sorted by letter are dealt to folds in turn (surgeon ``i`` → fold ``i % 4``), so a
+    fold's test surgeons are never seen in training: with the eight surgeons B–I the test folds are
+    {B, F}, {C, G}, {D, H}, {E, I}. This is stricter than a random split of trials.
+  - ``seeded``: trials sorted by name, shuffled with ``fold_seed`` and dealt in turn (fold sizes
+    differ by at most one); surgeons then appear in training and test.
+
+  Neither reproduces the lineage's ``splits.pkl``; use the pickles to compare with the paper.
+
+Video: the left camera only (``capture1``), as ``{root}/{Task}/video/{trial}_capture1.avi``
+(``source: video``, decoded with PyAV) or as pre-extracted JPEG folders
+``{frames_root}/{trial}_capture1/`` (``source: frames``; ``scripts/prepare_frames.py``). Decoding
+the AVIs reads the whole video for every sample, as the 160 frames are spread over all of it; frame
+folders or a feature cache (``features_root``) are much faster for training.
+
+Clips: ``ClipSampler(scheme="linspace")`` takes 160 frames evenly over the whole video and cuts them
+into 20 non-overlapping clips of 8. Frames are center-cropped to 224 without resizing or flipping in
+every view, training included (the release augments nothing here).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpt_aqa.config import ConfigError
+from tpt_aqa.data.base import VIEWS, AQADataModule, SampleTable
+from tpt_aqa.data.clips import ClipSampler
+from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load
+from tpt_aqa.data.transforms import VideoTransform
+from tpt_aqa.data.video import VideoReadError, count_frames, load_clips, read_frames
+
+TASKS = ("Suturing", "Needle_Passing", "Knot_Tying")
+NUM_FOLDS = 4
+NUM_SUBSCORES = 6
+SUBSCORE_RANGE = (1.0, 5.0)
+ANNOTATION_FORMATS = ("auto", "meta", "pickle")
+SOURCES = ("video", "frames")
+META_FOLD_RULES = ("surgeon", "seeded")
+ON_MISSING = ("error", "repeat_last")
+# A trial name ends in the surgeon letter and the repetition number: Knot_Tying_B001.
+TRIAL_RE = re.compile(r"_(?P<surgeon>[A-Za-z])(?P<rep>\d+)$")
+
+
+class JIGSAWSDataError(ConfigError):
+    """A problem in the JIGSAWS data or its configuration; the message names the file and the fix.
+
+    A ``ConfigError`` so that the entry points report it as one message without a traceback.
+    """
+
+
+def resolve_task(task: str) -> str:
+    """The canonical task name, matched without regard to case (``suturing`` → ``Suturing``).
+
+    Raises:
+        JIGSAWSDataError: for an unknown task, listing the known ones.
+    """
+    for name in TASKS:
+        if str(task).lower() == name.lower():
+            return name
+    raise JIGSAWSDataError(
+        f"dataset.task={task!r} is not a JIGSAWS task: use one of {', '.join(TASKS)}"
+    )
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_subscores(values: np.ndarray, where: str) -> None:
+    lo, hi = SUBSCORE_RANGE
+    if not np.all(np.isfinite(values)) or values.min() < lo or values.max() > hi:
+        raise JIGSAWSDataError(
+            f"{where}: GRS sub-scores {values.tolist()} are not all in [{lo:g}, {hi:g}]; "
+            "check that the file is a JIGSAWS annotation file"
+        )
+
+
+def parse_meta_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a ``meta_file_{Task}.txt`` of the original distribution.
+
+    Each non-empty line is a trial name followed by whitespace-separated columns; the last six
+    numbers are the GRS sub-scores and the number before them the GRS total. When a total differs
+    from the sum of its sub-scores, one ``UserWarning`` lists the lines and the sum is used.
+
+    Args:
+        path: the meta file.
+
+    Returns:
+        Sub-scores ``(6,)`` float64 per trial name, in file order.
+
+    Raises:
+        JIGSAWSDataError: missing or empty file, or a line without a trial name and seven numbers,
+            with sub-scores outside 1–5, or repeating a trial; the message names file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise JIGSAWSDataError(f"meta file {path} not found")
+    scores: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
+    mismatched: list[str] = []
+    for number, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        tokens = raw.split()
+        if not tokens:
+            continue
+        where = f"{path}, line {number}"
+        name, numbers = tokens[0], [float(t) for t in tokens[1:] if _is_number(t)]
+        if _is_number(name) or len(numbers) < NUM_SUBSCORES + 1:
+            raise JIGSAWSDataError(
+                f"{where}: expected a trial name followed by the GRS total and six sub-scores "
+                f"('Knot_Tying_B001 N 13 2 2 2 2 2 3'), found {raw.strip()!r}"
+            )
+        if name in scores:
+            raise JIGSAWSDataError(
+                f"{where}: trial {name} is listed again (first on line {first_line[name]})"
+            )
+        total, sub = numbers[-NUM_SUBSCORES - 1], np.asarray(numbers[-NUM_SUBSCORES:])
+        _check_subscores(sub, f"{where} ({name})")
+        if not np.isclose(total, sub.sum()):
+            mismatched.append(f"line {number} ({name}: total {total:g}, sum {sub.sum():g})")
+        scores[name], first_line[name] = sub, number
+    if not scores:
+        raise JIGSAWSDataError(f"meta file {path} lists no trials")
+    if mismatched:
+        warnings.warn(
+            f"{path}: the GRS total differs from the sum of the six sub-scores on "
+            f"{'; '.join(mismatched)}; using the sum, which defines the score",
+            UserWarning,
+            stacklevel=2,
+        )
+    return scores
+
+
+def _load_pickle(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise JIGSAWSDataError(f"{what} {path} not found")
+    try:
+        return safe_load(path)
+    except UnsafePickleError as err:
+        raise JIGSAWSDataError(str(err)) from err
+
+
+def read_pickle_annotations(
+    splits_path: str | Path, labels_path: str | Path, task: str
+) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+    """Read the prepared ``splits.pkl`` / ``label.pkl`` form for one task.
+
+    Args:
+        splits_path: pickled dict task → four folds, each a list of trial names. Task keys are
+            matched without regard to case.
+        labels_path: pickled dict trial name → six sub-scores.
+        task: canonical task name.
+
+    Returns:
+        ``(folds, scores)``: the task's four folds of trial names, and sub-scores ``(6,)`` float64
+        of every trial in them.
+
+    Raises:
+        JIGSAWSDataError: a missing or unsafe file, a missing task, not four folds, a trial in two
+            folds, a trial without sub-scores, or sub-scores that are not six values in 1–5.
+    """
+    splits_path, labels_path = Path(splits_path), Path(labels_path)
+    splits = _load_pickle(splits_path, "split file")
+    if not isinstance(splits, dict):
+        raise JIGSAWSDataError(
+            f"{splits_path}: expected a dict task → four folds, found {type(splits).__name__}"
+        )
+    keys = [k for k in splits if str(k).lower() == task.lower()]
+    if not keys:
+        raise JIGSAWSDataError(
+            f"{splits_path} has no folds for task {task}: its keys are "
+            f"{sorted(map(str, splits))}; choose one with dataset.task"
+        )
+    folds_raw = splits[keys[0]]
+    if not isinstance(folds_raw, list | tuple) or len(folds_raw) != NUM_FOLDS:
+        found = len(folds_raw) if isinstance(folds_raw, list | tuple) else type(folds_raw).__name__
+        raise JIGSAWSDataError(
+            f"{splits_path}[{keys[0]!r}]: expected a list of {NUM_FOLDS} folds, found {found}"
+        )
+    folds: list[list[str]] = []
+    seen: dict[str, int] = {}
+    for f, fold in enumerate(folds_raw):
+        if isinstance(fold, str) or not isinstance(fold, list | tuple | np.ndarray):
+            raise JIGSAWSDataError(
+                f"{splits_path}[{keys[0]!r}][{f}]: expected a list of trial names, found "
+                f"{type(fold).__name__}"
+            )
+        names = [str(name) for name in fold]
+        for name in names:
+            if name in seen:
+                raise JIGSAWSDataError(
+                    f"{splits_path}: trial {name} is in fold {seen[name]} and fold {f} of {task}"
+                )
+            seen[name] = f
+        folds.append(names)
+    labels = _load_pickle(labels_path, "label file")
+    if not isinstance(labels, dict):
+        raise JIGSAWSDataError(
+            f"{labels_path}: expected a dict trial name → six GRS sub-scores, found "
+            f"{type(labels).__name__}"
+        )
+    labels = {str(k): v for k, v in labels.items()}
+    scores = {}
+    for name, f in seen.items():
+        if name not in labels:
+            raise JIGSAWSDataError(
+                f"{labels_path} has no sub-scores for trial {name} (fold {f} of {task} in "
+                f"{splits_path}); the two files must come from the same preparation"
+            )
+        try:
+            sub = np.asarray(labels[name], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            sub = np.zeros(0)
+        if sub.size != NUM_SUBSCORES:
+            raise JIGSAWSDataError(
+                f"{labels_path}[{name!r}]: expected {NUM_SUBSCORES} GRS sub-scores, found "
+                f"{labels[name]!r}"
+            )
+        _check_subscores(sub, f"{labels_path}[{name!r}]")
+        scores[name] = sub
+    return folds, scores
+
+
+def surgeon_of(trial: str) -> str:
+    """The surgeon letter of a trial name (``Knot_Tying_B001`` → ``B``).
+
+    Raises:
+        JIGSAWSDataError: when the name does not end in a letter and a repetition number.
+    """
+    match = TRIAL_RE.search(trial)
+    if match is None:
+        raise JIGSAWSDataError(
+            f"trial name {trial!r} does not end in a surgeon letter and a repetition number "
+            "(like Knot_Tying_B001), so folds cannot be built by surgeon; set "
+            "dataset.meta_folds=seeded"
+        )
+    return match["surgeon"].upper()
+
+
+def surgeon_folds(trials: Sequence[str], num_folds: int = NUM_FOLDS) -> list[list[str]]:
+    """Folds by surgeon: surgeons sorted by letter, surgeon ``i`` → fold ``i % num_folds``.
+
+    Args:
+        trials: trial names.
+        num_folds: number of folds.
+
+    Returns:
+        ``num_folds`` lists of trial names (sorted), each surgeon in exactly one fold.
+
+    Raises:
+        JIGSAWSDataError: a name without a surgeon letter, or fewer surgeons than folds.
+    """
+    surgeons = {t: surgeon_of(t) for t in trials}
+    letters = sorted(set(surgeons.values()))
+    if len(letters) < num_folds:
+        raise JIGSAWSDataError(
+            f"{len(letters)} surgeons ({', '.join(letters)}) cannot fill {num_folds} folds by "
+            "surgeon; set dataset.meta_folds=seeded"
+        )
+    fold_of = {s: i % num_folds for i, s in enumerate(letters)}
+    return [sorted(t for t in trials if fold_of[surgeons[t]] == f) for f in range(num_folds)]
+
+
+def seeded_folds(trials: Sequence[str], seed: int, num_folds: int = NUM_FOLDS) -> list[list[str]]:
+    """Folds of a seeded shuffle: trials sorted by name, permuted, dealt to folds in turn.
+
+    Args:
+        trials: trial names.
+        seed: seed of the permutation (``dataset.fold_seed``), independent of the training seed
+            so that folds stay the same across training seeds.
+        num_folds: number of folds.
+
+    Returns:
+        ``num_folds`` lists of trial names (sorted) whose sizes differ by at most one.
+    """
+    names = sorted(trials)
+    order = np.random.default_rng([seed, num_folds]).permutation(len(names))
+    return [sorted(names[i] for i in order[f::num_folds]) for f in range(num_folds)]
+
+
+class JIGSAWSDataModule(AQADataModule):
+    """One JIGSAWS task and fold (``dataset=jigsaws``): see the module docstring.
+
+    Args:
+        sampler: temporal sampling (``linspace``, 20 clips of 8).
+        train_transform: spatial transform of training videos (center crop 224 as released).
+        test_transform: spatial transform of evaluated videos and exemplars (center crop 224).
+        root: the JIGSAWS folder: ``{Task}/meta_file_{Task}.txt`` and ``{Task}/video/``, and/or
+            ``splits.pkl`` and ``label.pkl``.
+        task: ``Suturing``, ``Needle_Passing`` or ``Knot_Tying`` (any case).
+        fold: the test fold, 0–3; the other three folds train.
+        annotation_format: ``meta``, ``pickle``, or ``auto`` (pickles when both files exist).
+        meta_template: the meta file, relative to ``root``; ``{task}`` is replaced.
+        splits_file: the split pickle, relative to ``root`` (or absolute).
+        labels_file: the label pickle, relative to ``root`` (or absolute).
+        meta_folds: how folds are built from a meta file: ``surgeon`` or ``seeded``.
+        fold_seed: seed of ``meta_folds=seeded``.
+        source: ``video`` (AVI files) or ``frames`` (JPEG folders).
+        video_template: a trial's video, relative to ``root``; ``{task}`` and ``{trial}`` are
+            replaced.
+        frames_root: the folder of frame folders; ``None`` means ``{root}/frames``.
+        frames_template: a trial's frame folder, relative to ``frames_root``.
+        exact_frame_count: count a video's frames by decoding it instead of trusting its container
+            (for AVIs whose header over-counts); ``source: video`` only.
+        on_missing: ``error``, or ``repeat_last`` to repeat the last frame when a video yields
+            fewer frames than counted (warned).
+        **kwargs: ``AQADataModule`` arguments.
+    """
+
+    def __init__(
+        self,
+        sampler: ClipSampler,
+        train_transform: VideoTransform,
+        test_transform: VideoTransform,
+        root: str,
+        task: str = "Suturing",
+        fold: int = 0,
+        annotation_format: str = "auto",
+        meta_template: str = "{task}/meta_file_{task}.txt",
+        splits_file: str = "splits.pkl",
+        labels_file: str = "label.pkl",
+        meta_folds: str = "surgeon",
+        fold_seed: int = 0,
+        source: str = "video",
+        video_template: str = "{task}/video/{trial}_capture1.avi",
+        frames_root: str | None = None,
+        frames_template: str = "{trial}_capture1",
+        exact_frame_count: bool = False,
+        on_missing: str = "error",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.task = resolve_task(task)
+        if isinstance(fold, bool) or int(fold) != fold or not 0 <= fold < NUM_FOLDS:
+            raise JIGSAWSDataError(
+                f"dataset.fold={fold!r} is out of range: JIGSAWS has {NUM_FOLDS} folds, "
+                f"use 0–{NUM_FOLDS - 1}"
+            )
+        for key, value, allowed in (
+            ("annotation_format", annotation_format, ANNOTATION_FORMATS),
+            ("meta_folds", meta_folds, META_FOLD_RULES),
+            ("source", source, SOURCES),
+            ("on_missing", on_missing, ON_MISSING),
+        ):
+            if value not in allowed:
+                raise JIGSAWSDataError(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
+        self.fold = int(fold)
+        self.sampler = sampler
+        self.transforms = {"train": train_transform, "test": test_transform}
+        self.transforms["exemplar"] = test_transform
+        self.root = Path(root)
+        self.annotation_format = annotation_format
+        self.meta_template = meta_template
+        self.splits_file = splits_file
+        self.labels_file = labels_file
+        self.meta_folds = meta_folds
+        self.fold_seed = fold_seed
+        self.source = source
+        self.video_template = video_template
+        self.frames_root = Path(frames_root) if frames_root else self.root / "frames"
+        self.frames_template = frames_template
+        self.exact_frame_count = exact_frame_count
+        self.on_missing = on_missing
+        self.subscores: np.ndarray | None = None  # (N, 6), set by build_table
+        self.format_used: str | None = None  # "meta" or "pickle", set by build_table
+        self._frame_counts: dict[int, int] = {}
+
+    # ---- annotations ---------------------------------------------------------------------------
+    @property
+    def meta_path(self) -> Path:
+        """This task's meta file."""
+        return self.root / self.meta_template.format(task=self.task)
+
+    @property
+    def pickle_paths(self) -> tuple[Path, Path]:
+        """``(splits.pkl, label.pkl)``."""
+        return self.root / self.splits_file, self.root / self.labels_file
+
+    def _format(self) -> str:
+        """The annotation form to read, checking that its files exist."""
+        splits, labels = self.pickle_paths
+        if self.annotation_format == "auto":
+            if splits.is_file() and labels.is_file():
+                return "pickle"
+            if self.meta_path.is_file():
+                return "meta"
+            raise JIGSAWSDataError(
+                f"no JIGSAWS annotations for {self.task} under dataset.root={self.root}: expected "
+                f"{self.meta_path} (the original distribution) or both {splits} and {labels} "
+                "(the prepared form); fix dataset.root, or the file names with "
+                "dataset.meta_template / dataset.splits_file / dataset.labels_file"
+            )
+        if self.annotation_format == "meta" and not self.meta_path.is_file():
+            raise JIGSAWSDataError(
+                f"meta file {self.meta_path} not found (dataset.annotation_format=meta): fix "
+                "dataset.root or dataset.meta_template, or use dataset.annotation_format=auto"
+            )
+        if self.annotation_format == "pickle":
+            for path, key in ((splits, "splits_file"), (labels, "labels_file")):
+                if not path.is_file():
+                    raise JIGSAWSDataError(
+                        f"{path} not found (dataset.annotation_format=pickle): fix dataset.root "
+                        f"or dataset.{key}, or use dataset.annotation_format=auto"
+                    )
+        return self.annotation_format
+
+    def read_folds(self) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+        """The task's four folds and every trial's six sub-scores, from the configured form."""
+        self.format_used = self._format()
+        if self.format_used == "pickle":
+            return read_pickle_annotations(*self.pickle_paths, self.task)
+        scores = parse_meta_file(self.meta_path)
+        if self.meta_folds == "surgeon":
+            return surgeon_folds(list(scores)), scores
+        return seeded_folds(list(scores), self.fold_seed), scores
+
+    def build_table(self) -> SampleTable:
+        if not self.root.is_dir():
+            raise JIGSAWSDataError(
+                f"dataset.root={self.root} is not a folder: point it at the JIGSAWS folder holding "
+                f"{'/, '.join(TASKS)}/ (or splits.pkl and label.pkl)"
+            )
+        folds, scores = self.read_folds()
+        fold_of = {name: f for f, names in enumerate(folds) for name in names}
+        ids = sorted(fold_of)
+        if not folds[self.fold]:
+            raise JIGSAWSDataError(f"fold {self.fold} of {self.task} has no trials")
+        self.subscores = np.stack([scores[name] for name in ids])  # (N, 6)
+        n = len(ids)
+        table = SampleTable(
+            ids=ids,
+            target=self.subscores.sum(1),  # GRS total, 6–30
+            scale=np.ones(n),
+            group=np.zeros(n, dtype=np.int64),
+            class_id=np.zeros(n, dtype=np.int64),
+            split=np.array(["test" if fold_of[i] == self.fold else "train" for i in ids]),
+            class_names=[self.task],
+            group_names=[self.task],
+        )
+        if self.features_root is None:  # a feature cache needs no videos
+            self._check_sources(ids)
+        return table
+
+    # ---- videos --------------------------------------------------------------------------------
+    def _fix_hint(self) -> str:
+        return (
+            f"check dataset.source={self.source} and "
+            + (
+                f"dataset.video_template={self.video_template!r}"
+                if self.source == "video"
+                else f"dataset.frames_root / dataset.frames_template={self.frames_template!r}"
+            )
+            + "; extract frame folders with scripts/prepare_frames.py; list every problem with "
+            f"python -m tpt_aqa.verify dataset=jigsaws dataset.root={self.root} "
+            f"dataset.task={self.task}"
+        )
+
+    def source_path(self, trial: str) -> Path:
+        """A trial's video file (``source: video``) or frame folder (``source: frames``)."""
+        if self.source == "video":
+            return self.root / self.video_template.format(task=self.task, trial=trial)
+        return self.frames_root / self.frames_template.format(task=self.task, trial=trial)
+
+    def _check_sources(self, ids: list[str]) -> None:
+        exists = Path.is_file if self.source == "video" else Path.is_dir
+        missing = [self.source_path(t) for t in ids if not exists(self.source_path(t))]
+        if missing:
+            what = "video" if self.source == "video" else "frame folder"
+            shown = ", ".join(map(str, missing[:3])) + (", …" if len(missing) > 3 else "")
+            raise VideoReadError(
+                f"{len(missing)} of {len(ids)} {self.task} trials have no {what}: {shown}. "
+                + self._fix_hint()
+            )
+
+    @property
+    def num_clips(self) -> int:
+        return self.sampler.num_clips
+
+    def video_settings(self) -> dict[str, Any]:
+        frame_count = "files"
+        if self.source == "video":
+            frame_count = "decoded" if self.exact_frame_count else "container"
+        return {
+            "sampler": asdict(self.sampler),
+            "test_transform": {
+                k: v
+                for k, v in asdict(self.transforms["test"]).items()
+                if k != "seed" and not k.startswith("_")
+            },
+            "source": self.source,
+            "frame_count": frame_count,
+            "on_missing": self.on_missing,
+        }
+
+    def num_video_frames(self, row: int) -> int:
+        """Frames of a row's video or frame folder (counted once per process)."""
+        if row not in self._frame_counts:
+            path = self.source_path(self.table.ids[row])
+            self._frame_counts[row] = count_frames(path, exact=self.exact_frame_count)
+        return self._frame_counts[row]
+
+    def clip_index(self, row: int) -> np.ndarray:
+        """Frame numbers of a row's clips ``(T, L)``.
+
+        Raises:
+            VideoReadError: when the video is missing, unreadable or shorter than the clips need.
+        """
+        count = self.num_video_frames(row)
+        try:
+            return self.sampler.indices(count)
+        except ValueError as err:
+            path = self.source_path(self.table.ids[row])
+            raise VideoReadError(f"{path}: {err} {self._fix_hint()}") from err
+
+    def load_video(self, row: int, view: str) -> torch.Tensor:
+        """A trial's clips ``(T, 3, L, crop, crop)`` uint8; the same crop in every view."""
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        path = self.source_path(self.table.ids[row])
+        index = self.clip_index(row)  # (T, L)
+        return load_clips(path, index, self.transforms[view], on_missing=self.on_missing)
+
+    def check_sample(self, row: int) -> list[str]:
+        """Problems of one trial's video on disk, each naming the path and the fix.
+
+        Checks that the video or frame folder exists, has the frames the clips need, and that the
+        first and last needed frames decode (not every frame, to stay fast).
+
+        Args:
+            row: table row (``setup`` must have run).
+
+        Returns:
+            Human-readable problems; empty when the trial is usable.
+        """
+        assert self.table is not None, "call setup() first"
+        trial = self.table.ids[row]
+        path = self.source_path(trial)
+        what = "video" if self.source == "video" else "frame folder"
+        exists = path.is_file() if self.source == "video" else path.is_dir()
+        if not exists:
+            return [f"{trial}: {what} {path} not found; {self._fix_hint()}"]
+        try:
+            count = count_frames(path, exact=self.exact_frame_count)
+        except VideoReadError as err:
+            return [f"{trial}: {err}"]
+        try:
+            index = self.sampler.indices(count)  # (T, L)
+        except ValueError as err:
+            return [f"{trial}: {path} is too short: {err} {self._fix_hint()}"]
+        problems = []
+        for frame in (int(index.min()), int(index.max())):
+            try:
+                read_frames(path, [frame], on_missing=self.on_missing)
+            except VideoReadError as err:
+                hint = ""
+                if self.source == "video" and not self.exact_frame_count:
+                    hint = (
+                        " If the container over-counts its frames, set "
+                        "dataset.exact_frame_count=true."
+                    )
+                problems.append(f"{trial}: frame {frame} cannot be read: {err}{hint}")
+        return problems

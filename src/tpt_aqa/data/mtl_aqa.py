@@ -1,0 +1,621 @@
+"""MTL-AQA (``dataset=mtl_aqa``): 1412 dives from 10 m platform diving, 1059 train / 353 test.
+
+Implements the benchmark of SPEC §8 with the score groups of §5 and the protocol of §7. On disk::
+
+    root/
+      final_annotations_dict.pkl   {(video_no, clip_no): {"difficulty", "final_score",
+                                     "start_frame", "end_frame", "judge_scores", ...}}
+      train_split_0.pkl            [(video_no, clip_no), ...]   (1059 dives)
+      test_split_0.pkl             [(video_no, clip_no), ...]   (353 dives)
+      frames/                      frames_layout=dive_folders: 01_01/*.jpg, one folder per dive
+                                   frames_layout=video_folders: 01/00000001.jpg …, whole videos
+      videos/01.mp4                frames_layout=videos: the raw broadcast videos
+
+The annotation file may also be ``augmented_final_annotations_dict.pkl`` or
+``final_annotations_dict_with_dive_number.pkl`` (searched in that order when
+``annotation_file`` is null). Every pickle is read with ``safe_load``: only plain data, never code.
+
+Scores (``use_dd``):
+
+- w/ DD (default, as released): the model is trained on raw = final_score / difficulty (0–29) and
+  the reported score is raw × difficulty, compared with final_score. Exemplars share the query's
+  difficulty (rounded to one decimal, so 3.2 and 3.2000000001 are one group). Score-group cap 30.
+- w/o DD (the release cannot run it; the paper reports it): the model is trained on final_score
+  itself, exemplars come from the whole training split, cap 100.
+
+Which frames make a dive (the 103-frame window, cut into 20 clips of 8 frames starting at
+0, 5, …, 95 by the configured ``ClipSampler``):
+
+- ``dive_folders``: a folder of JPEGs per dive, in name order. The window starts at an offset:
+  uniform in 0–6 in training, 0 for test queries, 3 for exemplars at evaluation, so a folder needs
+  at least 6 + 103 = 109 frames, as in the release.
+- ``video_folders`` / ``videos``: whole videos (JPEG folders ``{video:02d}/{frame:08d}.jpg`` or
+  files ``{video:02d}.mp4``). A dive is the 103 frames ending at its annotated ``end_frame``
+  (inclusive); training moves that end by a uniform integer in ±3. ``start_frame`` only has to be
+  ≤ ``end_frame``: a dive shorter than 103 frames gets a window reaching back before its
+  ``start_frame`` (as the reference does), a longer one loses its first frames. Frame numbers count
+  from ``frame_number_start`` (1: ffmpeg numbers extracted frames from ``00000001``, which makes the
+  window the reference's positions ``[end_frame - 103, end_frame)`` of the sorted file list).
+
+Differences from the release: a test difficulty without training dives, a split listing dives the
+annotation file lacks, a window reaching before the first frame of its video or a folder with too
+few frames are errors naming the file and the fix, never a crash deep in a loader or a silently
+shorter clip; the training jitter of whole videos is kept inside the video.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from tpt_aqa.config import ConfigError
+from tpt_aqa.data.base import VIEWS, AQADataModule, SampleTable
+from tpt_aqa.data.clips import ClipSampler
+from tpt_aqa.data.safe_pickle import safe_load
+from tpt_aqa.data.transforms import VideoTransform
+from tpt_aqa.data.video import (
+    VideoReadError,
+    count_frames,
+    load_clips,
+    read_frame_folder,
+    read_video_file,
+)
+
+LAYOUTS = ("dive_folders", "video_folders", "videos")
+# Names the annotation dict is distributed under, searched in this order (SPEC §8).
+ANNOTATION_FILES = (
+    "final_annotations_dict.pkl",
+    "augmented_final_annotations_dict.pkl",
+    "final_annotations_dict_with_dive_number.pkl",
+)
+# Difficulties are one-decimal values; rounding makes float noise in the pickles harmless.
+DD_DECIMALS = 1
+# Largest |Δ| the score groups cover (SPEC §5): raw scores are 0–29, final scores 0–104.5.
+DELTA_CAP_WITH_DD = 30.0
+DELTA_CAP_WITHOUT_DD = 100.0
+VERIFY = "python -m tpt_aqa.verify dataset=mtl_aqa dataset.root=..."
+PREPARE = "scripts/prepare_frames.py"
+
+Layout = Literal["dive_folders", "video_folders", "videos"]
+DiveKey = tuple[int, int]
+
+
+def dive_id(key: DiveKey) -> str:
+    """Sample id of a dive, ``"{video:02d}_{clip:02d}"`` (also its folder name)."""
+    return f"{key[0]:02d}_{key[1]:02d}"
+
+
+def _as_key(value: Any, path: Path) -> DiveKey:
+    """A ``(video_no, clip_no)`` key from a pickle (tuple or list of two ints, numpy ints too)."""
+    try:
+        video, clip = value
+        return operator.index(video), operator.index(clip)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{path}: expected dives as (video_no, clip_no) pairs of integers, found {value!r}; "
+            "is this an MTL-AQA annotation or split file?"
+        ) from None
+
+
+def _field(record: dict, name: str, key: DiveKey, path: Path) -> Any:
+    if name not in record:
+        raise ConfigError(
+            f"{path}: dive {key} has no {name!r} (its fields: {sorted(record)}); use the "
+            "annotation file of the MTL-AQA release (dataset.annotation_file)"
+        )
+    return record[name]
+
+
+def read_annotations(path: Path) -> dict[DiveKey, dict]:
+    """The annotation dict of ``path``, keyed by ``(video_no, clip_no)`` tuples of Python ints.
+
+    Raises:
+        ConfigError: the pickle is not a dict of dicts keyed by pairs of integers.
+        UnsafePickleError: the pickle references anything but plain data.
+    """
+    data = safe_load(path)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a dict keyed by (video_no, clip_no), found {type(data).__name__}; "
+            "set dataset.annotation_file to the annotation dict of the MTL-AQA release"
+        )
+    out = {}
+    for key, record in data.items():
+        key = _as_key(key, path)
+        if not isinstance(record, dict):
+            raise ConfigError(
+                f"{path}: the annotation of dive {key} is a {type(record).__name__}, not a dict"
+            )
+        out[key] = record
+    return out
+
+
+def read_split(path: Path, config_key: str) -> list[DiveKey]:
+    """The dives of one split file, in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist (naming ``config_key``).
+        ConfigError: it is not a list of ``(video_no, clip_no)`` pairs, or lists a dive twice.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MTL-AQA split file {path} not found: set {config_key} to its name under "
+            "dataset.root (the release ships train_split_0.pkl and test_split_0.pkl)"
+        )
+    data = safe_load(path)
+    if not isinstance(data, list | tuple | set | frozenset):
+        raise ConfigError(
+            f"{path}: expected a list of (video_no, clip_no) pairs, found {type(data).__name__}"
+        )
+    keys = [_as_key(k, path) for k in data]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{path} lists some dives more than once; use the release's split file")
+    return keys
+
+
+class MTLAQADataModule(AQADataModule):
+    """MTL-AQA dives through the shared clip sampler and transforms (``dataset=mtl_aqa``).
+
+    See the module docstring for the files, the score modes and the frame windows.
+
+    Args:
+        root: folder of the annotation and split pickles.
+        sampler: temporal sampling of the clips in the 103-frame window (20 × 8, stride 5).
+        train_transform: spatial transform of training videos (resize, random crop, flip).
+        test_transform: spatial transform of evaluated videos and exemplars (resize, center crop).
+        annotation_file: the annotation dict, a name under ``root`` or a path; ``None`` searches
+            ``ANNOTATION_FILES`` under ``root`` in order.
+        train_split: training split file, a name under ``root`` or a path.
+        test_split: test split file, a name under ``root`` or a path.
+        use_dd: w/ DD (train on final_score / difficulty, exemplars of the same difficulty) or
+            w/o DD (train on final_score, exemplars from the whole training split).
+        frames_layout: ``"dive_folders"``, ``"video_folders"`` or ``"videos"``.
+        frames_root: folder of the frame folders; ``None`` means ``{root}/frames``.
+        videos_root: folder of the video files (``videos`` layout); ``None`` means
+            ``{root}/videos``.
+        video_ext: file name extension of the videos, e.g. ``".mp4"``.
+        frame_pattern: file name of frame ``n`` in whole-video folders, ``pattern.format(n)``.
+        frame_number_start: number of a video's first frame in the annotations and in
+            ``frame_pattern`` names (whole-video layouts).
+        train_offset_max: largest random window offset in training (``dive_folders``).
+        test_offset: window offset of evaluated videos (``dive_folders``).
+        exemplar_offset: window offset of exemplars at evaluation (``dive_folders``).
+        train_end_jitter: the window end moves by a uniform integer in
+            ``[-train_end_jitter, train_end_jitter]`` in training (whole-video layouts).
+        delta_cap: largest |Δ| the score groups cover; ``None`` means 30 w/ DD and 100 w/o DD.
+        **kwargs: ``AQADataModule`` arguments.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        sampler: ClipSampler,
+        train_transform: VideoTransform,
+        test_transform: VideoTransform,
+        annotation_file: str | None = None,
+        train_split: str = "train_split_0.pkl",
+        test_split: str = "test_split_0.pkl",
+        use_dd: bool = True,
+        frames_layout: Layout = "dive_folders",
+        frames_root: str | None = None,
+        videos_root: str | None = None,
+        video_ext: str = ".mp4",
+        frame_pattern: str = "{:08d}.jpg",
+        frame_number_start: int = 1,
+        train_offset_max: int = 6,
+        test_offset: int = 0,
+        exemplar_offset: int = 3,
+        train_end_jitter: int = 3,
+        delta_cap: float | None = None,
+        **kwargs,
+    ) -> None:
+        if delta_cap is None:
+            delta_cap = DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
+        super().__init__(delta_cap=delta_cap, **kwargs)
+        if frames_layout not in LAYOUTS:
+            raise ConfigError(
+                f"dataset.frames_layout={frames_layout!r}: use one of {', '.join(LAYOUTS)}"
+            )
+        for name, value in (
+            ("train_offset_max", train_offset_max),
+            ("test_offset", test_offset),
+            ("exemplar_offset", exemplar_offset),
+            ("train_end_jitter", train_end_jitter),
+        ):
+            if int(value) != value or value < 0:
+                raise ConfigError(f"dataset.{name}={value!r}: must be a non-negative integer")
+        self.root = Path(root)
+        self.sampler = sampler
+        self.transforms = {
+            "train": train_transform,
+            "test": test_transform,
+            "exemplar": test_transform,
+        }
+        self.annotation_file = annotation_file
+        self.train_split = train_split
+        self.test_split = test_split
+        self.use_dd = bool(use_dd)
+        self.frames_layout = frames_layout
+        self.frames_root = Path(frames_root) if frames_root else self.root / "frames"
+        self.videos_root = Path(videos_root) if videos_root else self.root / "videos"
+        self.video_ext = video_ext
+        self.frame_pattern = frame_pattern
+        self.frame_number_start = int(frame_number_start)
+        # window offset per view (dive folders); the training one is the largest random draw
+        self.offsets = {
+            "train": int(train_offset_max),
+            "test": int(test_offset),
+            "exemplar": int(exemplar_offset),
+        }
+        self.train_end_jitter = int(train_end_jitter)
+        self.dives: list[DiveKey] = []
+        self.annotations: dict[DiveKey, dict] = {}
+        self._frame_counts: dict[Path, int] = {}
+
+    # ---- files ---------------------------------------------------------------------------------
+    def annotation_path(self) -> Path:
+        """The annotation file: the configured one, else the first of ``ANNOTATION_FILES`` found.
+
+        Raises:
+            FileNotFoundError: naming the file(s) looked for and ``dataset.annotation_file``.
+        """
+        if self.annotation_file:
+            path = self.root / self.annotation_file  # an absolute name replaces root
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"MTL-AQA annotation file {path} not found: set dataset.annotation_file to "
+                    f"the annotation dict's name under dataset.root={self.root} (or a path), or "
+                    f"null to search {', '.join(ANNOTATION_FILES)}"
+                )
+            return path
+        for name in ANNOTATION_FILES:
+            if (self.root / name).is_file():
+                return self.root / name
+        raise FileNotFoundError(
+            f"no MTL-AQA annotation file in {self.root}: looked for {', '.join(ANNOTATION_FILES)}. "
+            "Point dataset.root at the folder holding the annotation and split pickles, or set "
+            "dataset.annotation_file to the annotation dict's name or path"
+        )
+
+    def source(self, row: int) -> Path:
+        """The frame folder or video file a dive's frames are read from."""
+        video, clip = self.dives[row]
+        if self.frames_layout == "dive_folders":
+            return self.frames_root / dive_id((video, clip))
+        if self.frames_layout == "video_folders":
+            return self.frames_root / f"{video:02d}"
+        return self.videos_root / f"{video:02d}{self.video_ext}"
+
+    def _check_sources_root(self) -> None:
+        """The frames (or videos) folder exists: a wrong path fails here, not mid-epoch."""
+        where = self.videos_root if self.frames_layout == "videos" else self.frames_root
+        if where.is_dir():
+            return
+        example = {
+            "dive_folders": "01_01/*.jpg (one folder per dive)",
+            "video_folders": f"01/{self.frame_pattern.format(self.frame_number_start)} … "
+            "(one folder per video)",
+            "videos": f"01{self.video_ext} …",
+        }[self.frames_layout]
+        key = "videos_root" if self.frames_layout == "videos" else "frames_root"
+        raise FileNotFoundError(
+            f"MTL-AQA {'videos' if key == 'videos_root' else 'frames'} folder {where} does not "
+            f"exist; dataset.frames_layout={self.frames_layout} expects {where}/{example}. Set "
+            f"dataset.{key} (or dataset.frames_layout), or extract the frames with {PREPARE}; "
+            f"then check every dive with {VERIFY}"
+        )
+
+    # ---- the table -----------------------------------------------------------------------------
+    def build_table(self) -> SampleTable:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist: pass dataset.root=/path/to/MTL-AQA, "
+                "the folder holding the annotation dict and train_split_0.pkl / test_split_0.pkl"
+            )
+        ann_path = self.annotation_path()
+        annotations = read_annotations(ann_path)
+        train = read_split(self.root / self.train_split, "dataset.train_split")
+        test = read_split(self.root / self.test_split, "dataset.test_split")
+        both = sorted(set(train) & set(test))
+        if both:
+            raise ConfigError(
+                f"{len(both)} dives are in both {self.train_split} and {self.test_split} "
+                f"(e.g. {both[:3]}); use the split files of one MTL-AQA release "
+                "(dataset.train_split, dataset.test_split)"
+            )
+        dives = train + test
+        missing = [k for k in dives if k not in annotations]
+        if missing:
+            raise ConfigError(
+                f"the split files list {len(missing)} dives that {ann_path} lacks (e.g. "
+                f"{missing[:3]}): use an annotation file and split files of the same MTL-AQA "
+                "release (dataset.annotation_file, dataset.train_split, dataset.test_split)"
+            )
+        final = np.array([float(_field(annotations[k], "final_score", k, ann_path)) for k in dives])
+        difficulty = np.array(
+            [float(_field(annotations[k], "difficulty", k, ann_path)) for k in dives]
+        )
+        bad = [
+            k
+            for k, d, s in zip(dives, difficulty, final, strict=True)
+            if not (math.isfinite(d) and d > 0 and math.isfinite(s))
+        ]
+        if bad:
+            raise ConfigError(
+                f"{ann_path}: dives {bad[:3]} have a difficulty that is not positive or a final "
+                "score that is not a number; use the release's annotation file"
+            )
+        if self.frames_layout != "dive_folders":
+            self._check_frame_numbers(dives, annotations, ann_path)
+        split = np.array(["train"] * len(train) + ["test"] * len(test))
+        if self.use_dd:
+            target, scale = final / difficulty, difficulty
+            rounded = np.round(difficulty, DD_DECIMALS)
+            values = np.unique(rounded)
+            group = np.searchsorted(values, rounded)
+            group_names = [f"dd{v:g}" for v in values]
+            self._check_test_groups(group, split, group_names, dives)
+        else:
+            target, scale = final, np.ones_like(final)
+            group = np.zeros(len(dives), dtype=np.int64)
+            group_names = ["all"]
+        self._check_delta_cap(target[split == "train"], group[split == "train"])
+        if self.features_root is None:
+            self._check_sources_root()
+        self.dives, self.annotations = dives, annotations
+        return SampleTable(
+            ids=[dive_id(k) for k in dives],
+            target=target,
+            scale=scale,
+            group=group.astype(np.int64),
+            class_id=np.zeros(len(dives), dtype=np.int64),
+            split=split,
+            class_names=["diving"],
+            group_names=group_names,
+        )
+
+    def _check_frame_numbers(
+        self, dives: list[DiveKey], annotations: dict[DiveKey, dict], path: Path
+    ) -> None:
+        """Whole-video layouts cut dives by their annotated frames: they must be integers in order."""
+        for k in dives:
+            start = _field(annotations[k], "start_frame", k, path)
+            end = _field(annotations[k], "end_frame", k, path)
+            try:
+                start, end = operator.index(start), operator.index(end)
+            except TypeError:
+                raise ConfigError(
+                    f"{path}: dive {k} has start_frame={start!r}, end_frame={end!r}; frame "
+                    "numbers must be integers"
+                ) from None
+            if end < start:
+                raise ConfigError(
+                    f"{path}: dive {k} ends (end_frame={end}) before it starts "
+                    f"(start_frame={start}); fix the annotation or use dataset.frames_layout="
+                    "dive_folders with per-dive frame folders"
+                )
+
+    def _check_test_groups(
+        self, group: np.ndarray, split: np.ndarray, names: list[str], dives: list[DiveKey]
+    ) -> None:
+        """Every test difficulty has training dives to serve as its exemplars (SPEC §7)."""
+        lonely = sorted(set(group[split == "test"]) - set(group[split == "train"]))
+        if lonely:
+            rows = np.flatnonzero(np.isin(group, lonely) & (split == "test"))
+            raise ConfigError(
+                f"test dives {[dives[r] for r in rows[:3]]} have a difficulty "
+                f"({', '.join(names[g] for g in lonely)}) that no training dive has, so they have "
+                "no exemplars: use the release's split files, or dataset.use_dd=false"
+            )
+
+    def _check_delta_cap(self, target: np.ndarray, group: np.ndarray) -> None:
+        """The score groups must cover every within-group training Δ (SPEC §5)."""
+        spread = max(float(np.ptp(target[group == g])) for g in np.unique(group))
+        if spread > self.delta_cap:
+            mode = "raw scores (use_dd=true)" if self.use_dd else "final scores (use_dd=false)"
+            cap = DELTA_CAP_WITH_DD if self.use_dd else DELTA_CAP_WITHOUT_DD
+            raise ConfigError(
+                f"dataset.delta_cap={self.delta_cap:g} is below the largest score difference "
+                f"between training dives of one exemplar group ({spread:.4g}, on {mode}): pass "
+                f"dataset.delta_cap={cap:g} (SPEC §5)"
+            )
+
+    # ---- frames --------------------------------------------------------------------------------
+    @property
+    def num_clips(self) -> int:
+        return self.sampler.num_clips
+
+    @property
+    def window(self) -> int:
+        """Frames one dive spans: 103 for 20 clips of 8 at stride 5."""
+        return self.sampler.frames_needed
+
+    def folder_frames_needed(self) -> int:
+        """Frames a dive folder needs for every view: the largest offset + the window (109)."""
+        return max(self.offsets.values()) + self.window
+
+    def _missing(self, row: int) -> str | None:
+        """Why a dive's frame folder or video is absent, naming the path and the fix; else None."""
+        source = self.source(row)
+        if self.frames_layout == "videos":
+            if source.is_file():
+                return None
+            return (
+                f"dive {self.table.ids[row]}: video file {source} is missing; put video "
+                f"{self.dives[row][0]:02d} there or fix dataset.videos_root / video_ext"
+            )
+        if source.is_dir():
+            return None
+        return (
+            f"dive {self.table.ids[row]}: frame folder {source} is missing; extract it with "
+            f"{PREPARE} or fix dataset.frames_layout / frames_root"
+        )
+
+    def _count(self, source: Path) -> int:
+        if self.frames_layout == "dive_folders":
+            return count_frames(source)  # the folder listing is cached by the reader
+        if source not in self._frame_counts:
+            if self.frames_layout == "video_folders":
+                n = count_frames(source, self.frame_pattern, self.frame_number_start)
+            else:
+                n = count_frames(source)  # container metadata; clamps the jitter only
+            self._frame_counts[source] = n
+        return self._frame_counts[source]
+
+    def _randint(self, low: int, high: int, generator: torch.Generator | None) -> int:
+        """Uniform integer in ``[low, high]``, from torch's RNG (seeded per DataLoader worker)."""
+        return int(torch.randint(low, high + 1, (), generator=generator))
+
+    def clip_frames(
+        self, row: int, view: str, generator: torch.Generator | None = None
+    ) -> tuple[Path, np.ndarray]:
+        """Where a dive's clips come from and which frames they are.
+
+        Args:
+            row: table row.
+            view: ``"train"`` (random window offset or end jitter), ``"test"`` or ``"exemplar"``.
+            generator: randomness of the training draw; ``None`` uses torch's global RNG.
+
+        Returns:
+            ``(source, index)``: the frame folder or video file, and the position of every clip
+            frame in it ``(T, L)`` (0 = its first JPEG in name order, or its first frame).
+
+        Raises:
+            VideoReadError: a dive folder with too few frames, or a window that would start before
+                the first frame of its video; the message names the path and the fix.
+        """
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        source = self.source(row)
+        missing = self._missing(row)
+        if missing:
+            raise VideoReadError(f"MTL-AQA {missing}; then check every dive with {VERIFY}")
+        if self.frames_layout == "dive_folders":
+            n = self._count(source)
+            needed = self.offsets[view] + self.window
+            if n < needed:
+                raise VideoReadError(
+                    f"MTL-AQA dive {self.table.ids[row]}: {source} has {n} JPEG frames but the "
+                    f"{view} view needs {needed} (a {self.window}-frame window at offset "
+                    f"{self.offsets[view]}{' at most' if view == 'train' else ''}); re-extract it "
+                    f"with {PREPARE}, and check every dive with {VERIFY}"
+                )
+            offset = self.offsets[view]
+            if view == "train":
+                offset = self._randint(0, self.offsets["train"], generator)
+            return source, self.sampler.indices(n, offset)
+        end = self._end_position(row)
+        if view == "train" and self.train_end_jitter:
+            n = self._count(source)
+            jittered = end + self._randint(-self.train_end_jitter, self.train_end_jitter, generator)
+            # Stay inside the video, but never move an annotated end that is itself outside it:
+            # that is reported by the window check below or by the reader.
+            jittered = min(jittered, max(end, n - 1))
+            end = max(jittered, min(end, self.window - 1))
+        first = end - self.window + 1
+        if first < 0:
+            raise VideoReadError(
+                f"MTL-AQA dive {self.table.ids[row]} ends at frame {self.end_frame(row)}, so its "
+                f"{self.window}-frame window would start {-first} frame(s) before the first frame "
+                f"(number {self.frame_number_start}) of {source}; check its end_frame and "
+                f"dataset.frame_number_start, and check every dive with {VERIFY}"
+            )
+        return source, self.sampler.indices(end + 1, first)
+
+    def end_frame(self, row: int) -> int:
+        """The annotated ``end_frame`` of a dive."""
+        return int(self.annotations[self.dives[row]]["end_frame"])
+
+    def _end_position(self, row: int) -> int:
+        return self.end_frame(row) - self.frame_number_start
+
+    def _reader_options(self) -> dict[str, Any]:
+        if self.frames_layout == "video_folders":
+            return {"pattern": self.frame_pattern, "start": self.frame_number_start}
+        return {}
+
+    def load_video(self, row: int, view: str) -> torch.Tensor:
+        """The clips of one dive, uint8 ``(T, 3, L, H, W)``, read from disk now."""
+        source, index = self.clip_frames(row, view)
+        try:
+            return load_clips(source, index, self.transforms[view], **self._reader_options())
+        except VideoReadError as err:
+            raise VideoReadError(
+                f"MTL-AQA dive {self.table.ids[row]}: {err} Re-extract it with {PREPARE} (or fix "
+                f"dataset.frames_layout / frames_root / videos_root); {VERIFY} lists every "
+                "problem at once"
+            ) from err
+
+    def video_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "frames_layout": self.frames_layout,
+            "sampler": asdict(self.sampler),
+            "test_transform": {
+                k: v
+                for k, v in asdict(self.transforms["test"]).items()
+                if k != "seed" and not k.startswith("_")
+            },
+        }
+        if self.frames_layout == "dive_folders":
+            settings["test_offset"] = self.offsets["test"]
+        else:
+            settings["window_end"] = "end_frame"
+            settings["frame_number_start"] = self.frame_number_start
+        if self.frames_layout == "video_folders":
+            settings["frame_pattern"] = self.frame_pattern
+        return settings
+
+    # ---- checks for the verify command --------------------------------------------------------
+    def check_sample(self, row: int) -> list[str]:
+        """Problems of one dive on disk, each naming the path and the fix (empty when fine).
+
+        Looks for a missing frame folder or video, too few frames for every view, a window
+        reaching before the first frame, and an unreadable first or last needed frame (only those
+        two are decoded, to stay fast).
+        """
+        assert self.table is not None, "call setup() first"
+        name = self.table.ids[row]
+        source = self.source(row)
+        missing = self._missing(row)
+        if missing:
+            return [missing]
+        fix = f"re-extract it with {PREPARE} or fix dataset.frames_layout / frames_root"
+        if self.frames_layout == "videos":
+            fix = "replace the video or fix dataset.videos_root / video_ext"
+        problems = []
+        if self.frames_layout == "dive_folders":
+            n = self._count(source)
+            needed = self.folder_frames_needed()
+            if n < needed:
+                problems.append(
+                    f"dive {name}: {source} has {n} JPEG frames, {needed} needed (window of "
+                    f"{self.window} at offsets up to {needed - self.window}); {fix}"
+                )
+            first = min(self.offsets.values())
+            last = min(n, needed) - 1
+        else:
+            last = self._end_position(row)
+            first = last - self.window + 1
+            if first < 0:
+                problems.append(
+                    f"dive {name}: ends at frame {self.end_frame(row)}, so its {self.window}-frame "
+                    f"window would start before the first frame of {source}; check its end_frame "
+                    f"in the annotation file and dataset.frame_number_start"
+                )
+                first = 0
+        if last < first:
+            return problems
+        try:
+            if self.frames_layout == "videos":
+                read_video_file(source, [first, last])
+            else:
+                read_frame_folder(source, [first, last], **self._reader_options())
+        except VideoReadError as err:
+            problems.append(f"dive {name}: {err} ({fix})")
+        return problems
