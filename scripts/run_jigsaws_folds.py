@@ -210,7 +210,9 @@ def aggregate(runs: list[FoldRun]) -> dict[str, Any]:
             "num_tasks": len(values["srcc_fold_mean"]),
             "srcc_fold_mean": fisher_z_mean(values["srcc_fold_mean"]),
             # a task without predictions would silently drop out of the pooled average
-            "srcc_pooled": math.nan if any(math.isnan(v) for v in pooled) else fisher_z_mean(pooled),
+            "srcc_pooled": math.nan
+            if any(math.isnan(v) for v in pooled)
+            else fisher_z_mean(pooled),
             "rl2_fold_mean": statistics.fmean(rl2) if rl2 else math.nan,
         }
     average = {

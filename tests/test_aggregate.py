@@ -41,3 +41,13 @@ def test_aggregate_groups_by_setting(tmp_path, capsys):
 def test_aggregate_rejects_a_folder_without_runs(tmp_path):
     with pytest.raises(SystemExit, match=r"no \*/results\.json"):
         main([str(tmp_path)])
+
+
+def test_aggregate_puts_the_paper_beside_known_experiments(tmp_path, capsys):
+    for num, (ablation, seed) in enumerate([("none", 1), ("none", 2), ("baseline_pool", 1)]):
+        overrides = ["experiment=mtl_aqa_tpt", f"seed={seed}", f"ablation={ablation}"]
+        write_job(tmp_path, num, overrides, {"test/srcc": 0.95, "test/rl2": 0.25})
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| ablation=none | 2 | 0.9500 ± 0.0000 | 0.2500 ± 0.0000 | 0.9607 / 0.2378 |" in out
+    assert "| ablation=baseline_pool | 1 | 0.9500 ± 0.0000 | 0.2500 ± 0.0000 | 0.9498 / 0.2893 |" in out

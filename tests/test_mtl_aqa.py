@@ -286,6 +286,9 @@ def test_split_and_root_errors(tmp_path):
     write_pickle(root / "overlap.pkl", [*TEST, (1, 1)])
     with pytest.raises(ConfigError, match=r"1 dives are in both"):
         datamodule(tmp_path, root, "dataset.test_split=overlap.pkl")
+    write_pickle(root / "empty.pkl", [])
+    with pytest.raises(ConfigError, match=r"empty.pkl lists no dives"):
+        datamodule(tmp_path, root, "dataset.train_split=empty.pkl")
     write_pickle(root / "bad.pkl", ["01_01"])
     with pytest.raises(ConfigError, match=r"bad.pkl: expected dives as \(video_no, clip_no\)"):
         datamodule(tmp_path, root, "dataset.test_split=bad.pkl")
@@ -311,6 +314,21 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- dive folders
+
+
+def test_config_defaults_are_the_released_ones(tmp_path, release):
+    cfg = compose_cfg(tmp_path, "dataset=mtl_aqa", f"dataset.root={release['dive_folders']}")
+    dm = instantiate(cfg.dataset)
+    assert (dm.sampler.num_clips, dm.sampler.clip_len, dm.sampler.stride) == (20, 8, 5)
+    assert dm.offsets == {"train": 6, "test": 0, "exemplar": 3} and dm.train_end_jitter == 3
+    assert (dm.batch_size, dm.num_exemplars, dm.delta_cap, dm.use_dd) == (3, 10, 30.0, True)
+    train, test = dm.transforms["train"], dm.transforms["exemplar"]
+    assert train.resize_size == test.resize_size == (256, 455)
+    assert train.crop_size == test.crop_size == 224 and train.train and not test.train
+    cfg.dataset.train_transform.reference_resize_quirk = True  # one key switches both views
+    quirk = instantiate(cfg.dataset)
+    assert quirk.transforms["train"].resize_size == quirk.transforms["test"].resize_size
+    assert quirk.transforms["test"].resize_size == (455, 256)
 
 
 def test_default_window_arithmetic(tmp_path):
@@ -454,10 +472,15 @@ def test_end_before_start_is_rejected(tmp_path):
     root = make_mtl_aqa(tmp_path / "data", "video_folders")
     ann = {k: annotation(*v) for k, v in {**TRAIN, **TEST}.items()}
     ann[(2, 1)]["start_frame"] = 30
+    ann[(2, 2)]["end_frame"] = 45.0  # an integral float is a frame number too
     write_pickle(root / ANNOTATION_FILES[0], ann)
     with pytest.raises(ConfigError, match=r"dive \(2, 1\) ends \(end_frame=25\) before it starts"):
         datamodule(tmp_path, root, "dataset.frames_layout=video_folders")
     assert datamodule(tmp_path, root).table  # dive folders do not cut by frame numbers
+    ann[(2, 1)]["start_frame"] = 3
+    write_pickle(root / ANNOTATION_FILES[0], ann)
+    dm = datamodule(tmp_path, root, "dataset.frames_layout=video_folders")
+    assert dm.clip_frames(dm.table.ids.index("02_02"), "test")[1][-1, -1] == 44
 
 
 # -------------------------------------------------------------------------------- training runs

@@ -18,10 +18,23 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-METRICS = ("test/srcc", "test/rl2", "test/phase_alignment")
+from tpt_aqa.paper import paper_numbers
+
+METRICS = (
+    "test/srcc",
+    "test/rl2",
+    "test/srcc_avg",
+    "test/rl2_avg",
+    "last_epoch_test/srcc",
+    "paper_style_best_test/srcc",
+    "paper_style_best_test/rl2",
+    "test/phase_alignment",
+)
 
 
-def collect(multirun: Path) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
+def collect(
+    multirun: Path,
+) -> tuple[dict[str, list[dict[str, float]]], list[str], dict[str, list[str]]]:
     """Results per setting over the seeds, and the overrides that every job shares."""
     jobs = sorted(p.parent for p in multirun.glob("*/results.json"))
     if not jobs:
@@ -35,10 +48,12 @@ def collect(multirun: Path) -> tuple[dict[str, list[dict[str, float]]], list[str
         overrides[job] = [o for o in found if not o.startswith("seed=")]
     common = [o for o in overrides[jobs[0]] if all(o in v for v in overrides.values())]
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    full: dict[str, list[str]] = {}
     for job in jobs:
         setting = " ".join(o for o in overrides[job] if o not in common) or "(defaults)"
         rows[setting].append(json.loads((job / "results.json").read_text()))
-    return rows, common
+        full[setting] = overrides[job]
+    return rows, common, full
 
 
 def summarise(values: list[float]) -> tuple[float, float]:
@@ -49,10 +64,13 @@ def summarise(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def table(rows: dict[str, list[dict[str, float]]]) -> tuple[str, list[dict[str, object]]]:
-    """Markdown table and CSV records."""
+def table(
+    rows: dict[str, list[dict[str, float]]], overrides: dict[str, list[str]] | None = None
+) -> tuple[str, list[dict[str, object]]]:
+    """Markdown table and CSV records, with the paper's numbers where the paper has them."""
     metrics = [m for m in METRICS if any(m in r for runs in rows.values() for r in runs)]
-    header = ["setting", "seeds", *metrics]
+    paper = {k: paper_numbers(v) for k, v in (overrides or {}).items()}
+    header = ["setting", "seeds", *metrics] + (["paper ρ / R-ℓ2"] if any(paper.values()) else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     records = []
     for setting, runs in rows.items():
@@ -62,6 +80,12 @@ def table(rows: dict[str, list[dict[str, float]]]) -> tuple[str, list[dict[str, 
             mean, std = summarise([r.get(m, math.nan) for r in runs])
             record[f"{m}_mean"], record[f"{m}_std"] = mean, std
             cells.append("—" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}")
+        if any(paper.values()):
+            found = paper.get(setting)
+            record["paper_srcc"], record["paper_rl2"] = found if found else (None, None)
+            cells.append(
+                f"{found[0]:.4f} / {found[1] if found[1] is not None else '—'}" if found else "—"
+            )
         lines.append("| " + " | ".join(cells) + " |")
         records.append(record)
     return "\n".join(lines), records
@@ -73,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         "multirun", type=Path, help="a multirun folder (outputs/train/multiruns/<time>)"
     )
     args = parser.parse_args(argv)
-    rows, common = collect(args.multirun)
-    markdown, records = table(rows)
+    rows, common, overrides = collect(args.multirun)
+    markdown, records = table(rows, overrides)
     if common:
         markdown = f"Common overrides: `{' '.join(common)}`\n\n{markdown}"
     (args.multirun / "results.md").write_text(markdown + "\n")

@@ -82,6 +82,14 @@ def validate_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: on the first problem found.
     """
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        hint = {
+            "model.encoder.weights": "/path/to/model_rgb.pth (or null for a random-init backbone)",
+            "dataset.root": "/path/to/data",
+        }.get(key, "<value>")
+        raise ConfigError(f"{key} is not set: pass {key}={hint}")
     k = _get(cfg, "model.num_queries")
     if not isinstance(k, int) or k < 1:
         raise ConfigError(
@@ -103,6 +111,16 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.encoder._target_={target!r} is not a known encoder: choose one of "
             f"{sorted(set(KNOWN_ENCODERS.values()))} with model/encoder=<name>"
+        )
+    if (
+        cfg.get("require_encoder_weights")
+        and "weights" in cfg.model.encoder
+        and not cfg.model.encoder.weights
+    ):
+        raise ConfigError(
+            "model.encoder.weights is not set, and this experiment fine-tunes a pretrained backbone: "
+            "pass model.encoder.weights=/path/to/model_rgb.pth (or require_encoder_weights=false "
+            "to train from a random init)"
         )
     dataset = cfg.get("dataset") or OmegaConf.create({})
     if "root" in dataset.keys():  # noqa: SIM118 (`in` on a DictConfig skips ??? values)

@@ -112,6 +112,13 @@ def _field(record: dict, name: str, key: DiveKey, path: Path) -> Any:
     return record[name]
 
 
+def _frame_number(value: Any) -> int:
+    """An annotated frame number as an int; integral floats (``1234.0``) are accepted too."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)
+    return operator.index(value)
+
+
 def read_annotations(path: Path) -> dict[DiveKey, dict]:
     """The annotation dict of ``path``, keyed by ``(video_no, clip_no)`` tuples of Python ints.
 
@@ -322,6 +329,11 @@ class MTLAQADataModule(AQADataModule):
         annotations = read_annotations(ann_path)
         train = read_split(self.root / self.train_split, "dataset.train_split")
         test = read_split(self.root / self.test_split, "dataset.test_split")
+        if not train:
+            raise ConfigError(
+                f"{self.root / self.train_split} lists no dives; set dataset.train_split to the "
+                "release's train_split_0.pkl"
+            )
         both = sorted(set(train) & set(test))
         if both:
             raise ConfigError(
@@ -388,8 +400,8 @@ class MTLAQADataModule(AQADataModule):
             start = _field(annotations[k], "start_frame", k, path)
             end = _field(annotations[k], "end_frame", k, path)
             try:
-                start, end = operator.index(start), operator.index(end)
-            except TypeError:
+                start, end = _frame_number(start), _frame_number(end)
+            except (TypeError, ValueError):
                 raise ConfigError(
                     f"{path}: dive {k} has start_frame={start!r}, end_frame={end!r}; frame "
                     "numbers must be integers"
@@ -530,7 +542,7 @@ class MTLAQADataModule(AQADataModule):
 
     def end_frame(self, row: int) -> int:
         """The annotated ``end_frame`` of a dive."""
-        return int(self.annotations[self.dives[row]]["end_frame"])
+        return _frame_number(self.annotations[self.dives[row]]["end_frame"])
 
     def _end_position(self, row: int) -> int:
         return self.end_frame(row) - self.frame_number_start
@@ -553,6 +565,7 @@ class MTLAQADataModule(AQADataModule):
             ) from err
 
     def video_settings(self) -> dict[str, Any]:
+        """What determines the test-view clips, recorded in and checked against feature caches."""
         settings: dict[str, Any] = {
             "frames_layout": self.frames_layout,
             "sampler": asdict(self.sampler),
