@@ -109,14 +109,18 @@ def load_runs(out: Path) -> list[FoldRun]:
         match = RUN_DIR_RE.search(path.parent.as_posix())
         if match is None:
             continue
+        results = json.loads(path.read_text())
         preds = path.parent / PREDICTIONS
+        predictions = results.get("predictions")  # should tpt_aqa.train ever save them itself
+        if predictions is None and preds.is_file():
+            predictions = json.loads(preds.read_text())
         runs.append(
             FoldRun(
                 task=match["task"],
                 fold=int(match["fold"]),
                 seed=int(match["seed"]),
-                results=json.loads(path.read_text()),
-                predictions=json.loads(preds.read_text()) if preds.is_file() else None,
+                results=results,
+                predictions=predictions,
             )
         )
     if not runs:
@@ -301,12 +305,14 @@ def predict_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     ckpt, cfg = load_checkpoint(ckpt_path)
     single = {"devices": 1, "num_nodes": 1, "strategy": "auto", "fast_dev_run": False}
     cfg.trainer = OmegaConf.merge(cfg.trainer, single)
+    # replaced, not merged: merging {} would keep the run's checkpoint callback and loggers
+    cfg.callbacks, cfg.logger = None, None
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
     module.load_state_dict(ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
-    trainer = build_trainer(OmegaConf.merge(cfg, {"callbacks": {}, "logger": {}}), has_val=False)
+    trainer = build_trainer(cfg, has_val=False)
     trainer.test(module, datamodule=dm, verbose=False)
     rec = module.last_predictions
     return {
@@ -323,9 +329,9 @@ def write_predictions(folder: Path) -> bool:
     Returns:
         Whether the file exists afterwards (a run without a checkpoint has none).
     """
-    if (folder / PREDICTIONS).is_file():
-        return True
     results = json.loads((folder / RESULTS).read_text())
+    if (folder / PREDICTIONS).is_file() or "predictions" in results:
+        return True
     ckpt = results.get("checkpoint")
     if not ckpt or not Path(ckpt).is_file():
         print(f"  no checkpoint in {folder / RESULTS}: no per-trial predictions for this fold")
@@ -380,6 +386,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out.resolve()
+    failed: list[str] = []
     if not args.aggregate_only:
         if not (Path(CONF_DIR) / "experiment" / f"{args.experiment}.yaml").is_file():
             names = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -388,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"available: {', '.join(names)}"
             )
         jobs = [(t, f, s) for t in args.tasks for f in args.folds for s in args.seeds]
-        failed = []
         for n, (task, fold, seed) in enumerate(jobs, start=1):
             folder = run_dir(out, task, fold, seed)
             command = train_command(args.experiment, task, fold, seed, out, args.overrides)
@@ -410,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = aggregate(load_runs(out))
     print(write_summary(out, summary))
     print(f"written: {out / 'jigsaws_results.md'}, {out / 'jigsaws_results.json'}")
-    return 1 if not args.aggregate_only and failed else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -50,4 +50,7 @@ def test_aggregate_puts_the_paper_beside_known_experiments(tmp_path, capsys):
     main([str(tmp_path)])
     out = capsys.readouterr().out
     assert "| ablation=none | 2 | 0.9500 ± 0.0000 | 0.2500 ± 0.0000 | 0.9607 / 0.2378 |" in out
-    assert "| ablation=baseline_pool | 1 | 0.9500 ± 0.0000 | 0.2500 ± 0.0000 | 0.9498 / 0.2893 |" in out
+    assert (
+        "| ablation=baseline_pool | 1 | 0.9500 ± 0.0000 | 0.2500 ± 0.0000 | 0.9498 / 0.2893 |"
+        in out
+    )

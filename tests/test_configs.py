@@ -67,7 +67,9 @@ def test_config_composes_and_instantiates(tmp_path, group, option):
         if VIDEO_DATASETS.get(option, VIDEO_EXPERIMENTS.get(option)):  # reads files: needs a root
             overrides.append(f"dataset.root={tmp_path}")
         if option in VIDEO_EXPERIMENTS:
-            overrides.append("require_encoder_weights=false")  # the paper experiments require a path
+            overrides.append(
+                "require_encoder_weights=false"
+            )  # the paper experiments require a path
     if option == "none" and group == "callbacks":
         overrides.remove("callbacks.progress_bar=null")
     if option == "mean_pool":

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import pickle
+import sys
 from pathlib import Path
 
 import av
@@ -461,10 +462,13 @@ def test_fast_dev_run_i3d(tmp_path, videos):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("run_jigsaws_folds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``scripts/run_jigsaws_folds.py`` as a module (scripts/ is not a package)."""
+    if "run_jigsaws_folds" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_jigsaws_folds", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules["run_jigsaws_folds"]
 
 
 def test_feature_cache_training_and_predictions(tmp_path, videos):
@@ -486,7 +490,13 @@ def test_feature_cache_training_and_predictions(tmp_path, videos):
     ]
     assert "test/srcc" in train_entry.run(compose_cfg(tmp_path, *cached, "debug=fast_dev_run"))
     # one real epoch with a checkpoint: the script's re-test recovers per-trial predictions
-    run_cfg = compose_cfg(tmp_path, *cached, "trainer.max_epochs=1", "logger=none")
+    run_cfg = compose_cfg(
+        tmp_path / "epoch",
+        *cached,
+        "trainer.max_epochs=1",
+        "logger=none",
+        "dataset.val_fraction=0.4",
+    )
     results = train_entry.run(run_cfg)
     folder = Path(run_cfg.paths.output_dir)
     assert load_script().write_predictions(folder)

@@ -124,7 +124,9 @@ def test_benchmark_datamodule_on_its_feature_cache(tmp_path):
     )
     assert "test/srcc" in train_entry.run(cfg)
     cfg.dataset.sampler.stride = 7
-    with pytest.raises(CacheMismatchError, match=r"video\.sampler\.stride: cache has 8, requested 7"):
+    with pytest.raises(
+        CacheMismatchError, match=r"video\.sampler\.stride: cache has 8, requested 7"
+    ):
         train_entry.run(cfg)
     cfg.dataset.sampler.stride = 8
     next(out.glob("*.npy")).unlink()

@@ -115,7 +115,8 @@ def _check_subscores(values: np.ndarray, where: str) -> None:
 def parse_meta_file(path: str | Path) -> dict[str, np.ndarray]:
     """Read a ``meta_file_{Task}.txt`` of the original distribution.
 
-    Each non-empty line is a trial name followed by whitespace-separated columns; the last six
+    Each line other than blank and ``#`` comment lines is a trial name followed by
+    whitespace-separated columns; the last six
     numbers are the GRS sub-scores and the number before them the GRS total. When a total differs
     from the sum of its sub-scores, one ``UserWarning`` lists the lines and the sum is used.
 
@@ -137,7 +138,7 @@ def parse_meta_file(path: str | Path) -> dict[str, np.ndarray]:
     mismatched: list[str] = []
     for number, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         tokens = raw.split()
-        if not tokens:
+        if not tokens or tokens[0].startswith("#"):
             continue
         where = f"{path}, line {number}"
         name, numbers = tokens[0], [float(t) for t in tokens[1:] if _is_number(t)]
@@ -367,7 +368,7 @@ class JIGSAWSDataModule(AQADataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.task = resolve_task(task)
-        if isinstance(fold, bool) or int(fold) != fold or not 0 <= fold < NUM_FOLDS:
+        if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < NUM_FOLDS:
             raise JIGSAWSDataError(
                 f"dataset.fold={fold!r} is out of range: JIGSAWS has {NUM_FOLDS} folds, "
                 f"use 0–{NUM_FOLDS - 1}"

@@ -1,0 +1,103 @@
+"""Data preparation scripts on tiny fixtures, and the verify / export_table entry points."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_video(path: Path, num_frames: int, size=(48, 64)) -> None:
+    """Frame i is a flat grey of value 8·i, so decoded frames can be told apart."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0"}
+        for i in range(num_frames):
+            rgb = np.full((*size, 3), 8 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("script", ["prepare_frames", "export_synthetic", "run_jigsaws_folds"])
+def test_scripts_have_help(script):
+    if not (REPO / "scripts" / f"{script}.py").is_file():
+        pytest.skip(f"{script} not present")
+    proc = subprocess.run(
+        [sys.executable, f"scripts/{script}.py", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_prepare_whole_videos_and_resume(tmp_path, capsys):
+    prepare = load_script("prepare_frames")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "01.mp4", 12)
+    write_video(videos / "02.mp4", 7)
+    out = tmp_path / "frames"
+    assert prepare.main([str(videos), str(out), "--pattern", "{:08d}.jpg"]) == 0
+    assert "2 written, 0 already there, 0 failed" in capsys.readouterr().out
+    files = sorted((out / "01").iterdir())
+    assert [f.name for f in files[:2]] == ["00000000.jpg", "00000001.jpg"] and len(files) == 12
+    assert len(list((out / "02").iterdir())) == 7
+
+    assert abs(np.asarray(Image.open(files[5])).mean() - 40) < 4  # frame 5 is grey 8·5
+    assert prepare.main([str(videos), str(out)]) == 0
+    assert "0 written, 2 already there" in capsys.readouterr().out
+    assert not list(out.glob(".*partial"))
+
+
+def test_prepare_mtl_dives(tmp_path, capsys):
+    prepare = load_script("prepare_frames")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "01.mp4", 30)
+    annotations = {
+        (1, 1): {"start_frame": 10, "end_frame": 25},  # 16 frames, longer than min 12: as is
+        (1, 2): {"start_frame": 20, "end_frame": 24},  # 5 frames: extended back to 13..24
+        (2, 1): {"start_frame": 0, "end_frame": 5},  # no video 02.mp4
+    }
+    ann = tmp_path / "ann.pkl"
+    ann.write_bytes(pickle.dumps(annotations))
+    out = tmp_path / "dives"
+    code = prepare.main(
+        [str(videos), str(out), "--mtl-annotations", str(ann), "--min-frames", "12"]
+    )
+    text = capsys.readouterr().out
+    assert code == 1 and "02_01: video" in text and "2 written, 0 already there, 1 failed" in text
+    assert len(list((out / "01_01").iterdir())) == 16
+    second = sorted((out / "01_02").iterdir())
+    assert len(second) == 12
+
+    assert abs(np.asarray(Image.open(second[0])).mean() - 8 * 13) < 4  # starts at frame 13
+
+
+def test_prepare_refuses_a_malicious_annotation_pickle(tmp_path):
+    prepare = load_script("prepare_frames")
+    (tmp_path / "videos").mkdir()
+    ann = tmp_path / "evil.pkl"
+    ann.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    from tpt_aqa.data.safe_pickle import UnsafePickleError
+
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle os.system"):
+        prepare.main([str(tmp_path / "videos"), str(tmp_path / "o"), "--mtl-annotations", str(ann)])
