@@ -99,5 +99,5 @@ def test_prepare_refuses_a_malicious_annotation_pickle(tmp_path):
     ann.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     from tpt_aqa.data.safe_pickle import UnsafePickleError
 
-    with pytest.raises(UnsafePickleError, match="refusing to unpickle os.system"):
+    with pytest.raises(UnsafePickleError, match=r"refusing to unpickle os\.system"):
         prepare.main([str(tmp_path / "videos"), str(tmp_path / "o"), "--mtl-annotations", str(ann)])
