@@ -38,6 +38,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's config or data, reported as one message without a traceback."""
     from tpt_aqa.cache import CacheMismatchError
     from tpt_aqa.data.features import FeatureDataError
+    from tpt_aqa.data.safe_pickle import UnsafePickleError
     from tpt_aqa.data.video import VideoReadError
     from tpt_aqa.models.i3d import I3DWeightsError
 
@@ -45,6 +46,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ConfigError,
         CacheMismatchError,
         FeatureDataError,
+        UnsafePickleError,
         VideoReadError,
         I3DWeightsError,
         FileNotFoundError,

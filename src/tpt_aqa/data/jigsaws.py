@@ -481,7 +481,7 @@ class JIGSAWSDataModule(AQADataModule):
     # ---- videos --------------------------------------------------------------------------------
     def _fix_hint(self) -> str:
         return (
-            f"check dataset.source={self.source} and "
+            f"Check dataset.source={self.source} and "
             + (
                 f"dataset.video_template={self.video_template!r}"
                 if self.source == "video"
@@ -503,7 +503,9 @@ class JIGSAWSDataModule(AQADataModule):
         missing = [self.source_path(t) for t in ids if not exists(self.source_path(t))]
         if missing:
             what = "video" if self.source == "video" else "frame folder"
-            shown = ", ".join(map(str, missing[:3])) + (", …" if len(missing) > 3 else "")
+            shown = ", ".join(map(str, missing[:3]))
+            if len(missing) > 3:
+                shown += f" and {len(missing) - 3} more"
             raise VideoReadError(
                 f"{len(missing)} of {len(ids)} {self.task} trials have no {what}: {shown}. "
                 + self._fix_hint()
@@ -575,7 +577,7 @@ class JIGSAWSDataModule(AQADataModule):
         what = "video" if self.source == "video" else "frame folder"
         exists = path.is_file() if self.source == "video" else path.is_dir()
         if not exists:
-            return [f"{trial}: {what} {path} not found; {self._fix_hint()}"]
+            return [f"{trial}: {what} {path} not found. {self._fix_hint()}"]
         try:
             count = count_frames(path, exact=self.exact_frame_count)
         except VideoReadError as err:

@@ -49,8 +49,8 @@ DECODERS = ("auto", "pil", "simplejpeg")
 ON_MISSING = ("error", "repeat_last")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 FIX_HINT = (
-    "Check that the dataset config's frames path points at the extracted frames and that every "
-    "video was extracted completely (re-extract the ones named here)."
+    "Check the dataset's frames path, re-run scripts/prepare_frames.py for the videos named here, "
+    "and list every problem with python -m tpt_aqa.verify dataset=<name> dataset.root=..."
 )
 # Below this first needed frame, decoding from the start costs about what a seek saves.
 SEEK_MIN_FRAME = 16
