@@ -6,8 +6,9 @@ Whole videos (one folder per video, frames numbered from --start):
     python scripts/prepare_frames.py videos/ frames/ --pattern "{:08d}.jpg"
 
 MTL-AQA dives (one folder {video:02d}_{clip:02d}/ per annotated dive, cut from the whole videos
-{video:02d}.mp4 by the annotation's start/end frames; dives shorter than --min-frames are extended
-backwards from their end frame, as the training window of 103 frames ending at end_frame is):
+{video:02d}.mp4 by the annotation's start/end frame numbers, which count from --frame-number-start
+like the dataset's frame_number_start; dives shorter than --min-frames are extended backwards from
+their end frame, as the training window of 103 frames ending at end_frame is):
 
     python scripts/prepare_frames.py videos/ frames/ --mtl-annotations final_annotations_dict.pkl
 
@@ -69,12 +70,14 @@ def jobs_whole(videos: Path, out: Path) -> list[tuple[str, Path, int, int]]:
     return [(p.stem, p, 0, 10**9) for p in files]
 
 
-def jobs_mtl(videos: Path, annotations: Path, suffix: str, min_frames: int):
+def jobs_mtl(videos: Path, annotations: Path, suffix: str, min_frames: int, number_start: int):
     table = safe_load(annotations)
     jobs = []
     for key, ann in sorted(table.items()):
         video, clip = int(key[0]), int(key[1])
-        start, end = int(ann["start_frame"]), int(ann["end_frame"])
+        # frame numbers → decoded frame indices
+        start = int(ann["start_frame"]) - number_start
+        end = int(ann["end_frame"]) - number_start
         first = max(0, min(start, end - min_frames + 1))
         jobs.append((f"{video:02d}_{clip:02d}", videos / f"{video:02d}{suffix}", first, end))
     return jobs
@@ -101,11 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mtl-annotations", type=Path, help="MTL-AQA annotation pickle: cut dives")
     parser.add_argument("--suffix", default=".mp4", help="MTL-AQA video file suffix (default .mp4)")
     parser.add_argument("--min-frames", type=int, default=109, help="MTL-AQA: shortest dive folder")
+    parser.add_argument(
+        "--frame-number-start",
+        type=int,
+        default=1,
+        help="MTL-AQA: number of a video's first frame in the annotations (default 1, as ffmpeg)",
+    )
     args = parser.parse_args(argv)
     if not args.videos.is_dir():
         parser.error(f"{args.videos} is not a folder of videos")
     if args.mtl_annotations:
-        jobs = jobs_mtl(args.videos, args.mtl_annotations, args.suffix, args.min_frames)
+        jobs = jobs_mtl(
+            args.videos, args.mtl_annotations, args.suffix, args.min_frames, args.frame_number_start
+        )
     else:
         jobs = jobs_whole(args.videos, args.out)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -73,9 +73,10 @@ def test_prepare_mtl_dives(tmp_path, capsys):
     videos.mkdir()
     write_video(videos / "01.mp4", 30)
     annotations = {
-        (1, 1): {"start_frame": 10, "end_frame": 25},  # 16 frames, longer than min 12: as is
-        (1, 2): {"start_frame": 20, "end_frame": 24},  # 5 frames: extended back to 13..24
-        (2, 1): {"start_frame": 0, "end_frame": 5},  # no video 02.mp4
+        # frame numbers count from 1: frame n is decoded frame n - 1
+        (1, 1): {"start_frame": 11, "end_frame": 26},  # 16 frames, longer than min 12: as is
+        (1, 2): {"start_frame": 21, "end_frame": 25},  # 5 frames: extended back to 14..25
+        (2, 1): {"start_frame": 1, "end_frame": 6},  # no video 02.mp4
     }
     ann = tmp_path / "ann.pkl"
     ann.write_bytes(pickle.dumps(annotations))
@@ -85,11 +86,13 @@ def test_prepare_mtl_dives(tmp_path, capsys):
     )
     text = capsys.readouterr().out
     assert code == 1 and "02_01: video" in text and "2 written, 0 already there, 1 failed" in text
-    assert len(list((out / "01_01").iterdir())) == 16
+    first = sorted((out / "01_01").iterdir())
+    assert len(first) == 16
+    assert abs(np.asarray(Image.open(first[0])).mean() - 8 * 10) < 4  # frame 11 = decoded 10
     second = sorted((out / "01_02").iterdir())
     assert len(second) == 12
 
-    assert abs(np.asarray(Image.open(second[0])).mean() - 8 * 13) < 4  # starts at frame 13
+    assert abs(np.asarray(Image.open(second[0])).mean() - 8 * 13) < 4  # frame 14 = decoded 13
 
 
 def test_prepare_refuses_a_malicious_annotation_pickle(tmp_path):
