@@ -2,7 +2,9 @@
 """Run JIGSAWS 4-fold cross-validation per task and pool the folds (SPEC §7, §10).
 
     python scripts/run_jigsaws_folds.py --tasks all --seeds 12 13 14 --out outputs/jigsaws \\
-        dataset.root=/data/JIGSAWS model.encoder.weights=/weights/model_rgb.pth
+        -- dataset.root=/data/JIGSAWS model.encoder.weights=/weights/model_rgb.pth
+
+(``--`` ends the options: everything after it is passed to every run as Hydra overrides.)
 
 For every task T, fold F (0–3) and seed S it runs, one after another, in a subprocess::
 
@@ -23,12 +25,17 @@ How folds are pooled. The original protocol is unpublished, so both usual readin
 R-ℓ2 ×100 is the arithmetic mean of the four fold values (each fold normalised by the score range of
 its own test trials). Across tasks: the Fisher-z mean of the per-task ρ (for either reading) and the
 arithmetic mean of the per-task R-ℓ2. With several seeds every number is computed per seed and given
-as mean ± sample std over seeds.
+as mean ± sample std over seeds. A fold or task without a number (NaN, or a key missing from
+results.json) leaves the average it belongs to empty instead of silently dropping out of it.
 
-Per-trial predictions: ``tpt_aqa.train`` writes only metrics to results.json. When a run folder has
-no predictions.json, this script tests the run's chosen checkpoint again, in this process (one GPU or
-the CPU), and writes predictions.json (trial ids, predicted and true scores). A run without a
-checkpoint (e.g. fast_dev_run) has no predictions; the pooled ρ of its task is then left empty.
+These are computed for the checkpoint each run selects on its validation carve (``test/*`` in
+results.json, the headline). When the runs also report them, a second table gives the same fold
+means for the last epoch (``last_epoch_test/*``) and for the release's optimistic pick of the best
+test epoch (``paper_style_best_test/*``), clearly labelled as not model selection (SPEC §7).
+
+Per-trial predictions come from each run's results.json (``predictions``: trial ids, predicted and
+true scores of the selected checkpoint, written by ``tpt_aqa.train``). When a fold lacks them, the
+pooled ρ of its task is left empty.
 """
 
 from __future__ import annotations
@@ -50,18 +57,28 @@ import torch
 from tpt_aqa.config import CONF_DIR
 from tpt_aqa.data.jigsaws import NUM_FOLDS, TASKS, resolve_task
 from tpt_aqa.metrics import fisher_z_mean, spearman
+from tpt_aqa.paper import PAPER as PAPER_NUMBERS
 
-# SPEC §10 (R-ℓ2 ×100).
+# The paper's numbers (SPEC §10; R-ℓ2 ×100), from the package's shared table.
 PAPER = {
-    "Suturing": {"srcc": 0.88, "rl2": 2.722},
-    "Needle_Passing": {"srcc": 0.88, "rl2": 5.259},
-    "Knot_Tying": {"srcc": 0.91, "rl2": 3.022},
-    "average": {"srcc": 0.89, "rl2": 3.668},
+    name: dict(zip(("srcc", "rl2"), PAPER_NUMBERS[("jigsaws_tpt", name)], strict=True))
+    for name in (*TASKS, "average")
+}
+# What results.json reports per fold: the validation-selected checkpoint (test/, the headline, with
+# per-trial predictions) and, for reference, the last epoch and the release's best-on-test pick.
+SELECTIONS = {
+    "": "test/",
+    "last_epoch_": "last_epoch_test/",
+    "paper_style_": "paper_style_best_test/",
 }
 RESULTS = "results.json"
-PREDICTIONS = "predictions.json"
 RUN_DIR_RE = re.compile(r"(?P<task>[^/]+)/fold(?P<fold>\d+)/seed(?P<seed>-?\d+)$")
-READINGS = ("srcc_fold_mean", "srcc_pooled", "rl2_fold_mean")
+READINGS = (
+    "srcc_fold_mean",
+    "srcc_pooled",
+    "rl2_fold_mean",
+    *(f"{name}{metric}_fold_mean" for name in SELECTIONS if name for metric in ("srcc", "rl2")),
+)
 
 
 @dataclass
@@ -110,10 +127,7 @@ def load_runs(out: Path) -> list[FoldRun]:
         if match is None:
             continue
         results = json.loads(path.read_text())
-        preds = path.parent / PREDICTIONS
-        predictions = results.get("predictions")  # should tpt_aqa.train ever save them itself
-        if predictions is None and preds.is_file():
-            predictions = json.loads(preds.read_text())
+        predictions = results.get("predictions")
         runs.append(
             FoldRun(
                 task=match["task"],
@@ -160,6 +174,37 @@ def pooled_srcc(runs: list[FoldRun]) -> tuple[float, int]:
     return spearman(pred, target), len(ids)
 
 
+def _pool(key: str, values: list[float]) -> float:
+    """ρ's through Fisher's z, R-ℓ2's arithmetically; NaN if any value is NaN, so that a fold or
+    task without the number never silently drops out of the average."""
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    return fisher_z_mean(values) if "srcc" in key else statistics.fmean(values)
+
+
+def fold_readings(runs: list[FoldRun]) -> dict[str, Any]:
+    """The readings of one task and seed from its folds (see the module docstring).
+
+    Args:
+        runs: the task's runs of one seed, one per fold.
+
+    Returns:
+        Per-fold metrics under ``folds``, ``num_folds``, ``pooled_trials`` and every reading of
+        ``READINGS`` (NaN where a fold lacks the number).
+    """
+    runs = sorted(runs, key=lambda r: r.fold)
+    folds = {str(r.fold): {} for r in runs}
+    entry: dict[str, Any] = {"folds": folds, "num_folds": len(runs)}
+    for name, prefix in SELECTIONS.items():
+        for metric in ("srcc", "rl2"):
+            values = [_number(r.results.get(f"{prefix}{metric}")) for r in runs]
+            for r, v in zip(runs, values, strict=True):
+                folds[str(r.fold)][f"{name}{metric}"] = v
+            entry[f"{name}{metric}_fold_mean"] = _pool(metric, values)
+    entry["srcc_pooled"], entry["pooled_trials"] = pooled_srcc(runs)
+    return entry
+
+
 def aggregate(runs: list[FoldRun]) -> dict[str, Any]:
     """Pool folds per task and seed, then tasks per seed, then summarise over seeds.
 
@@ -167,11 +212,10 @@ def aggregate(runs: list[FoldRun]) -> dict[str, Any]:
         runs: finished runs (any tasks, folds and seeds).
 
     Returns:
-        ``{"tasks": {task: {...}}, "average": {...}}``. Per task: ``seeds`` maps each seed to its
-        fold metrics and the three readings (``srcc_fold_mean``, ``srcc_pooled``,
-        ``rl2_fold_mean``), and every reading has ``{"mean", "std", "n"}`` over seeds, with the
-        paper's numbers under ``paper``. ``average`` is the same across tasks (per seed: Fisher-z
-        mean of the task ρ's, arithmetic mean of the task R-ℓ2's).
+        ``{"tasks": {task: {...}}, "average": {...}}``. Per task, ``seeds`` maps each seed to
+        ``fold_readings``; each reading of ``READINGS`` is summarised as ``{"mean", "std", "n"}``
+        over seeds; ``paper`` holds the paper's numbers. ``average`` is the same across tasks (per
+        seed: Fisher-z mean of the task ρ's, arithmetic mean of the task R-ℓ2's).
     """
     by_task_seed: dict[str, dict[int, list[FoldRun]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
@@ -180,45 +224,22 @@ def aggregate(runs: list[FoldRun]) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     across: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for task in order:
-        seeds = {}
-        for seed, fold_runs in sorted(by_task_seed[task].items()):
-            fold_runs = sorted(fold_runs, key=lambda r: r.fold)
-            rhos = [_number(r.results.get("test/srcc")) for r in fold_runs]
-            rl2s = [_number(r.results.get("test/rl2")) for r in fold_runs]
-            finite_rl2 = [v for v in rl2s if not math.isnan(v)]
-            pooled, trials = pooled_srcc(fold_runs)
-            entry = {
-                "folds": {
-                    str(r.fold): {"srcc": rho, "rl2": rl2}
-                    for r, rho, rl2 in zip(fold_runs, rhos, rl2s, strict=True)
-                },
-                "num_folds": len(fold_runs),
-                "srcc_fold_mean": fisher_z_mean(rhos),
-                "srcc_pooled": pooled,
-                "pooled_trials": trials,
-                "rl2_fold_mean": statistics.fmean(finite_rl2) if finite_rl2 else math.nan,
-            }
-            seeds[str(seed)] = entry
+        seeds = {str(s): fold_readings(r) for s, r in sorted(by_task_seed[task].items())}
+        for seed, entry in seeds.items():
             for key in READINGS:
-                across[seed][key].append(entry[key])
+                across[int(seed)][key].append(entry[key])
         tasks[task] = {
             "seeds": seeds,
             **{key: _mean_std([s[key] for s in seeds.values()]) for key in READINGS},
             "paper": PAPER.get(task),
         }
-    per_seed = {}
-    for seed, values in sorted(across.items()):
-        rl2 = [v for v in values["rl2_fold_mean"] if not math.isnan(v)]
-        pooled = values["srcc_pooled"]
-        per_seed[str(seed)] = {
+    per_seed = {
+        str(seed): {
             "num_tasks": len(values["srcc_fold_mean"]),
-            "srcc_fold_mean": fisher_z_mean(values["srcc_fold_mean"]),
-            # a task without predictions would silently drop out of the pooled average
-            "srcc_pooled": math.nan
-            if any(math.isnan(v) for v in pooled)
-            else fisher_z_mean(pooled),
-            "rl2_fold_mean": statistics.fmean(rl2) if rl2 else math.nan,
+            **{key: _pool(key, values[key]) for key in READINGS},
         }
+        for seed, values in sorted(across.items())
+    }
     average = {
         "seeds": per_seed,
         **{key: _mean_std([s[key] for s in per_seed.values()]) for key in READINGS},
@@ -235,45 +256,61 @@ def _cell(stat: dict[str, float | int], digits: int) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table with the paper's numbers beside ours."""
-    header = [
-        "task",
-        "folds × seeds",
-        "ρ (Fisher-z over folds)",
-        "ρ (pooled folds)",
-        "R-ℓ2 ×100 (fold mean)",
-        "paper ρ",
-        "paper R-ℓ2",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def _rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = list(summary["tasks"].items())
-    num_tasks = len(rows)
-    rows.append((f"average ({num_tasks} tasks)", summary["average"]))
-    for name, entry in rows:
+    return [*rows, (f"average ({len(rows)} tasks)", summary["average"])]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary as Markdown: the validation-selected checkpoint with the paper's numbers beside
+    it, then (when the runs report them) the last epoch and the paper-style best on test."""
+    rows = []
+    for name, entry in _rows(summary):
         seeds = entry["seeds"]
-        if "num_folds" in next(iter(seeds.values()), {}):
-            folds = sorted({s["num_folds"] for s in seeds.values()})
-            size = f"{'/'.join(map(str, folds))} × {len(seeds)}"
+        if name in summary["tasks"]:
+            folds = "/".join(map(str, sorted({s["num_folds"] for s in seeds.values()})))
         else:
-            size = f"— × {len(seeds)}"
+            folds = "—"
         paper = entry.get("paper") or {}
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    name,
-                    size,
-                    _cell(entry["srcc_fold_mean"], 4),
-                    _cell(entry["srcc_pooled"], 4),
-                    _cell(entry["rl2_fold_mean"], 3),
-                    f"{paper['srcc']:.2f}" if paper else "—",
-                    f"{paper['rl2']:.3f}" if paper else "—",
-                ]
-            )
-            + " |"
+        rows.append(
+            [
+                name,
+                f"{folds} × {len(seeds)}",
+                _cell(entry["srcc_fold_mean"], 4),
+                _cell(entry["srcc_pooled"], 4),
+                _cell(entry["rl2_fold_mean"], 3),
+                f"{paper['srcc']:.2f}" if paper else "—",
+                f"{paper['rl2']:.3f}" if paper else "—",
+            ]
         )
-    return "\n".join(lines)
+    header = ["task", "folds × seeds", "ρ (Fisher-z over folds)", "ρ (pooled folds)"]
+    header += ["R-ℓ2 ×100 (fold mean)", "paper ρ", "paper R-ℓ2"]
+    text = _table(header, rows)
+    reference = [k for k in READINGS[3:] if any(e[k]["n"] for _, e in _rows(summary))]
+    if reference:
+        names = {"last_epoch_": "last epoch", "paper_style_": "paper-style best on test"}
+        header = ["task"]
+        for key in reference:
+            name = next(n for n in names if key.startswith(n))
+            metric = "ρ" if "srcc" in key else "R-ℓ2 ×100"
+            header.append(f"{metric}, {names[name]}")
+        rows = [
+            [name] + [_cell(entry[k], 4 if "srcc" in k else 3) for k in reference]
+            for name, entry in _rows(summary)
+        ]
+        note = "fold means as above"
+        if any(k.startswith("paper_style_") for k in reference):
+            note += (
+                "; the paper-style numbers pick the best test epoch per fold, ρ and R-ℓ2 "
+                "independently, as the release did"
+            )
+        text += f"\n\nFor reference, not model selection ({note}):\n\n" + _table(header, rows)
+    return text
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> str:
@@ -287,60 +324,6 @@ def write_summary(out: Path, summary: dict[str, Any]) -> str:
     clean = json.loads(json.dumps(summary), parse_constant=lambda _: None)
     (out / "jigsaws_results.json").write_text(json.dumps(clean, indent=2, allow_nan=False))
     return markdown
-
-
-def predict_checkpoint(ckpt_path: Path) -> dict[str, Any]:
-    """Test a checkpoint again and return its per-trial test predictions.
-
-    Rebuilds data and model from the configuration stored in the checkpoint (so the split and the
-    exemplar lists are those of training), on one device, without callbacks or loggers.
-    """
-    import lightning as L
-    from omegaconf import OmegaConf
-
-    from tpt_aqa.config import build_datamodule, build_module
-    from tpt_aqa.eval import load_checkpoint
-    from tpt_aqa.train import build_trainer
-
-    ckpt, cfg = load_checkpoint(ckpt_path)
-    single = {"devices": 1, "num_nodes": 1, "strategy": "auto", "fast_dev_run": False}
-    cfg.trainer = OmegaConf.merge(cfg.trainer, single)
-    # replaced, not merged: merging {} would keep the run's checkpoint callback and loggers
-    cfg.callbacks, cfg.logger = None, None
-    L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg)
-    module.load_state_dict(ckpt["state_dict"])
-    module.on_load_checkpoint(ckpt)
-    trainer = build_trainer(cfg, has_val=False)
-    trainer.test(module, datamodule=dm, verbose=False)
-    rec = module.last_predictions
-    return {
-        "checkpoint": str(ckpt_path),
-        "ids": [dm.table.ids[int(i)] for i in rec["index"]],
-        "pred": rec["pred"].double().tolist(),
-        "target": rec["target"].double().tolist(),
-    }
-
-
-def write_predictions(folder: Path) -> bool:
-    """Write ``predictions.json`` for a finished run from its chosen checkpoint.
-
-    Returns:
-        Whether the file exists afterwards (a run without a checkpoint has none).
-    """
-    results = json.loads((folder / RESULTS).read_text())
-    if (folder / PREDICTIONS).is_file() or "predictions" in results:
-        return True
-    ckpt = results.get("checkpoint")
-    if not ckpt or not Path(ckpt).is_file():
-        print(f"  no checkpoint in {folder / RESULTS}: no per-trial predictions for this fold")
-        return False
-    predictions = predict_checkpoint(Path(ckpt))
-    (folder / PREDICTIONS).write_text(json.dumps(predictions, indent=2))
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return True
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -366,11 +349,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/jigsaws"), help="output root")
     parser.add_argument("--rerun", action="store_true", help="run again where results exist")
-    parser.add_argument(
-        "--no-predictions",
-        action="store_true",
-        help="do not re-test checkpoints for per-trial predictions (no pooled ρ)",
-    )
     parser.add_argument(
         "--aggregate-only", action="store_true", help="only pool the runs already under --out"
     )
@@ -406,9 +384,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {RESULTS} exists: skipped (--rerun runs it again)")
             elif subprocess.run(command).returncode != 0:
                 failed.append(f"{task} fold {fold} seed {seed}")
-                continue
-            if not args.no_predictions:
-                write_predictions(folder)
         if args.dry_run:
             return 0
         if failed:

@@ -262,17 +262,18 @@ def test_meta_seeded_folds(tmp_path, videos):
 
 def test_exemplars_from_training_deterministic_all_when_few(tmp_path, videos):
     root = meta_root(tmp_path, videos)
-    dm = make_dm(tmp_path, root, "dataset.fold=1")
+    dm = make_dm(tmp_path, root, "dataset.fold=1", "dataset.val_fraction=0.1")
     t = dm.table
     train = set(t.rows("train"))
-    assert len(t.rows("val")) == 1  # ceil(0.1 × 7) carved from the training folds
+    assert len(t.rows("val")) == 2  # ceil(0.1 × 7) = 1, raised to the 2 that ρ needs
     ex = dm.eval_exemplars["test"]
     for row, exemplars in zip(t.rows("test"), ex, strict=True):
         real = exemplars[exemplars >= 0]
         assert set(real) == train and row not in real  # M=10 > 6 members: all of them
-    few = make_dm(tmp_path, root, "dataset.fold=1", "dataset.num_exemplars=3")
-    same = make_dm(tmp_path, root, "dataset.fold=1", "dataset.num_exemplars=3")
-    other = make_dm(tmp_path, root, "dataset.fold=1", "dataset.num_exemplars=3", "seed=5")
+    few_exemplars = ("dataset.fold=1", "dataset.num_exemplars=3", "dataset.val_fraction=0.1")
+    few = make_dm(tmp_path, root, *few_exemplars)
+    same = make_dm(tmp_path, root, *few_exemplars)
+    other = make_dm(tmp_path, root, *few_exemplars, "seed=5")
     chosen = few.eval_exemplars["test"]
     assert np.array_equal(chosen, same.eval_exemplars["test"])  # fixed per seed
     assert (chosen >= 0).all() and set(chosen.ravel()) <= set(few.table.rows("train"))
@@ -489,7 +490,7 @@ def test_feature_cache_training_and_predictions(tmp_path, videos):
         "dataset.video_template='gone/{trial}.avi'",  # a cache needs no videos
     ]
     assert "test/srcc" in train_entry.run(compose_cfg(tmp_path, *cached, "debug=fast_dev_run"))
-    # one real epoch with a checkpoint: the script's re-test recovers per-trial predictions
+    # one real epoch with a checkpoint: results.json carries the per-trial test predictions
     run_cfg = compose_cfg(
         tmp_path / "epoch",
         *cached,
@@ -499,8 +500,7 @@ def test_feature_cache_training_and_predictions(tmp_path, videos):
     )
     results = train_entry.run(run_cfg)
     folder = Path(run_cfg.paths.output_dir)
-    assert load_script().write_predictions(folder)
-    preds = json.loads((folder / "predictions.json").read_text())
+    preds = json.loads((folder / "results.json").read_text())["predictions"]
     assert sorted(preds["ids"]) == sorted(PICKLE_FOLDS[3])
     pred, target = torch.tensor(preds["pred"]), torch.tensor(preds["target"])
     assert spearman(pred, target) == pytest.approx(results["test/srcc"], abs=1e-6)
@@ -521,10 +521,13 @@ def fake_run(out: Path, task: str, fold: int, seed: int, rng, with_predictions: 
     t, p = torch.tensor(target), torch.tensor(pred)
     rl2 = float(100 * (((p - t) / (t.max() - t.min())) ** 2).mean())
     results = {"checkpoint": None, "test/srcc": spearman(p, t), "test/rl2": rl2}
-    (folder / "results.json").write_text(json.dumps(results))
-    if with_predictions:
-        record = {"ids": ids, "pred": pred.tolist(), "target": target.tolist()}
-        (folder / "predictions.json").write_text(json.dumps(record))
+    if with_predictions:  # as a run with a validation split reports them
+        results["last_epoch_test/srcc"] = results["test/srcc"] / 2
+        results["last_epoch_test/rl2"] = rl2 * 2
+    record = dict(results)
+    if with_predictions:  # as tpt_aqa.train writes them into results.json
+        record["predictions"] = {"ids": ids, "pred": pred.tolist(), "target": target.tolist()}
+    (folder / "results.json").write_text(json.dumps(record))
     return {"ids": ids, "pred": pred, "target": target, **results}
 
 
@@ -565,6 +568,9 @@ def test_fold_aggregation_on_fake_results(tmp_path, capsys):
         np.mean([tasks[t]["seeds"]["12"]["rl2_fold_mean"] for t in tasks])
     )
     assert math.isnan(avg["srcc_pooled"])  # Knot_Tying has none: no silent partial average
+    last = [f["test/rl2"] * 2 for f in runs[("Suturing", 12)]]
+    assert sut["seeds"]["12"]["last_epoch_rl2_fold_mean"] == pytest.approx(np.mean(last))
+    assert math.isnan(avg["last_epoch_rl2_fold_mean"])
     assert list(tasks) == ["Suturing", TASK]  # SPEC order
     assert script.main(["--aggregate-only", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -575,7 +581,10 @@ def test_fold_aggregation_on_fake_results(tmp_path, capsys):
     table = [
         line for line in (out / "jigsaws_results.md").read_text().splitlines() if line[:1] == "|"
     ]
-    assert len(table) == 5  # header, rule, two tasks, average
+    assert len(table) == 10  # twice: header, rule, two tasks, average
+    reference = printed.split("For reference")[1]
+    assert "| ρ, last epoch | R-ℓ2 ×100, last epoch |" in reference
+    assert "paper-style best on test |" not in reference  # no run reported it
 
 
 def test_script_commands(tmp_path, capsys):

@@ -55,7 +55,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module = build_module(run_cfg)
     module.load_state_dict(ckpt["state_dict"])  # includes the fitted score groups
     module.on_load_checkpoint(ckpt)
-    trainer = build_trainer(OmegaConf.merge(run_cfg, {"callbacks": {}}), has_val=False)
+    run_cfg.callbacks = None  # evaluation writes no checkpoints
+    trainer = build_trainer(run_cfg, has_val=False)
     trainer.test(module, datamodule=dm, verbose=False)
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if trainer.is_global_zero:

@@ -161,7 +161,8 @@ class AQAModule(L.LightningModule):
             metrics["phase_alignment"] = phase_alignment(
                 rec["attn"].cpu(), rec["clip_labels"].cpu()
             )
-        metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+        # ρ stays even when undefined (NaN): checkpoint selection monitors it and treats NaN as worst
+        metrics = {k: v for k, v in metrics.items() if k == "srcc" or not math.isnan(v)}
         self.last_metrics[split] = metrics
         self.last_predictions = {k: rec[k].cpu() for k in ("index", "pred", "target")}
         return metrics

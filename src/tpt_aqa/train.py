@@ -104,6 +104,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     test = _test(trainer, module, dm, chosen or None, prefix="test/")
     results = {"checkpoint": chosen, "best_val_srcc": module.best_val_srcc, **test, **results}
     results.update(paper_style)
+    preds = module.last_predictions  # of the final test: the chosen checkpoint
+    results["predictions"] = {
+        "ids": [dm.table.ids[int(i)] for i in preds["index"]],
+        "pred": preds["pred"].double().tolist(),
+        "target": preds["target"].double().tolist(),
+    }
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)

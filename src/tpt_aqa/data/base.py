@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from tpt_aqa.cache import CacheMismatchError, check_manifest
+from tpt_aqa.config import ConfigError
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
 from tpt_aqa.scoring import pair_deltas
@@ -62,15 +63,16 @@ class SampleTable:
 def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
     """Move a seeded random fraction of the training rows to ``"val"``, in place.
 
-    A row is kept in training when moving it would leave its exemplar group without training
-    members, so every validation sample has exemplars to be compared with.
+    At least two rows move (Spearman's ρ needs two). A row is kept in training when moving it would
+    leave its exemplar group without training members, so every validation sample has exemplars to
+    be compared with.
     """
     if fraction <= 0:
         return
     if fraction >= 1:
         raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
     train = table.rows("train")
-    wanted = int(np.ceil(fraction * len(train)))
+    wanted = max(2, int(np.ceil(fraction * len(train))))  # ρ needs at least two videos
     left = {
         g: int(n) for g, n in zip(*np.unique(table.group[train], return_counts=True), strict=True)
     }
@@ -219,6 +221,11 @@ class AQADataModule(L.LightningDataModule):
         self.source_split = table.split.copy()  # as annotated, before the validation carve
         if "val" not in set(table.split):
             carve_validation(table, self.val_fraction, self.seed)
+        if 0 < len(table.rows("val")) < 2:
+            raise ConfigError(
+                f"the validation split has {len(table.rows('val'))} video: Spearman's ρ needs at "
+                "least 2; raise dataset.val_fraction, or set it to 0 to keep the last epoch"
+            )
         self.table = table
         if self.features_root is not None:
             self._check_feature_cache()
