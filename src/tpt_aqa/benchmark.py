@@ -218,11 +218,11 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--pairs", type=int, default=1, help="training pairs per end-to-end step")
+    parser.add_argument("--pairs", type=int, default=2, help="training pairs per end-to-end step")
     parser.add_argument("--clips", type=int, default=4, help="clips per video end to end (T)")
     parser.add_argument("--clip-len", type=int, default=8, help="frames per clip (L)")
-    parser.add_argument("--size", type=int, default=112, help="frame size end to end (pixels)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--size", type=int, default=160, help="frame size end to end (pixels)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default outputs/benchmark/<time>.json)"
     )
