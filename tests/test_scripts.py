@@ -104,3 +104,28 @@ def test_prepare_refuses_a_malicious_annotation_pickle(tmp_path):
 
     with pytest.raises(UnsafePickleError, match=r"refusing to unpickle os\.system"):
         prepare.main([str(tmp_path / "videos"), str(tmp_path / "o"), "--mtl-annotations", str(ann)])
+
+
+def test_verify_lists_planted_problems_and_export_table(tmp_path, capsys):
+    from tpt_aqa import export_table, verify
+
+    from .conftest import compose_cfg
+    from .test_aqa7 import AQA7_CLASSES, FAST, make_aqa7
+
+    root = make_aqa7(tmp_path / "aqa7")
+    diving = root / "frames" / f"{AQA7_CLASSES[0]}-out"
+    frames = sorted((diving / "001").iterdir())
+    frames[-1].write_bytes(b"not a jpeg")  # corrupt last frame
+    for f in sorted((diving / "002").iterdir())[3:]:
+        f.unlink()  # a folder with too few frames
+    args = [*FAST, f"dataset.root={root}", "dataset=aqa7"]
+    problems = verify.run(compose_cfg(tmp_path, "dataset=aqa7", *args, config="verify"))
+    out = capsys.readouterr().out
+    assert any(p.startswith("diving_001:") for p in problems)
+    assert any(p.startswith("diving_002:") for p in problems)
+    assert not any(p.startswith("diving_003:") for p in problems)
+    assert "problem(s) found" in out and "split" in out
+    table = tmp_path / "table.csv"
+    export_table.run(compose_cfg(tmp_path, *args, f"out={table}", config="export_table"))
+    lines = table.read_text().splitlines()
+    assert lines[0] == "id,score,split,group,scale,class" and len(lines) > 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -26,7 +27,9 @@ def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_annotations(out, dm)
-    print(f"wrote {len(dm.table)} rows to {out}")
+    splits, counts = np.unique(dm.source_split, return_counts=True)
+    per_split = ", ".join(f"{n} {s}" for s, n in zip(splits, counts, strict=True))
+    print(f"wrote {len(dm.table)} rows ({per_split}) to {out}")
     return out
 
 
