@@ -442,3 +442,22 @@ def test_param_groups_cover_every_parameter_once():
     assert len(seen) == len(set(seen))
     assert set(seen) == {id(p) for p in model.parameters()}
     assert {id(p) for p in groups["heads"]} == {id(p) for p in model.heads.parameters()}
+
+
+def test_temporal_conv_parser_makes_k_parts_of_consecutive_clips():
+    from tpt_aqa.models import TemporalConvParser
+
+    parser = TemporalConvParser(in_dim=4, d_model=6, num_queries=3, num_clips=10)
+    assert parser.conv.kernel_size == (3,) and parser.conv.stride == (3,)
+    memory = torch.randn(2, 10, 4)
+    parts, attn = parser(memory)
+    assert parts.shape == (2, 3, 6) and attn is None
+    # part k sees clips 3k..3k+2 only: changing clip 9 (left out, 10 = 3·3 + 1) changes nothing
+    changed = memory.clone()
+    changed[:, 9] += 5
+    assert torch.allclose(parser(changed)[0], parts)
+    changed[:, 4] += 5  # clip 4 belongs to part 1
+    diff = (parser(changed)[0] - parts).abs().sum(-1)
+    assert diff[:, 1].min() > 0 and diff[:, 0].max() == 0 and diff[:, 2].max() == 0
+    with pytest.raises(ValueError, match="built for 10 clips, got 8"):
+        parser(torch.randn(1, 8, 4))

@@ -24,6 +24,13 @@ PAPER: dict[tuple[str, ...], tuple[float, float | None]] = {
     # MTL-AQA w/ DD ablations (Tab. 4–5)
     ("mtl_aqa_tpt", "baseline_pool"): (0.9498, 0.2893),
     ("mtl_aqa_tpt", "adaptive_pool"): (0.9509, 0.2757),
+    ("mtl_aqa_tpt", "no_aux_losses"): (0.9522, None),
+    ("mtl_aqa_tpt", "no_sparsity_loss"): (0.9583, None),
+    ("mtl_aqa_tpt", "temporal_conv"): (0.9526, 0.2758),
+    ("mtl_aqa_tpt", "diversity_loss"): (0.9538, 0.2655),
+    ("mtl_aqa_tpt", "pe_memory_query"): (0.9526, 0.2741),
+    ("mtl_aqa_tpt", "pe_memory"): (0.9532, 0.2651),
+    ("mtl_aqa_tpt", "part_enhanced_holistic"): (0.9578, 0.2391),
 }
 
 

@@ -22,7 +22,7 @@ from tpt_aqa.models.encoders import PrecomputedEncoder
 from tpt_aqa.models.heads import GroupHeads
 from tpt_aqa.models.i3d import I3DEncoder, I3DWeightsError, InceptionI3d, load_i3d_weights
 from tpt_aqa.models.pair import PairStage
-from tpt_aqa.models.parsers import AdaptivePoolParser, MeanPoolParser
+from tpt_aqa.models.parsers import AdaptivePoolParser, MeanPoolParser, TemporalConvParser
 from tpt_aqa.models.tpt import TPT, Parsed, TPTOutput
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Parsed",
     "PrecomputedEncoder",
     "TPTOutput",
+    "TemporalConvParser",
     "TemporalParsingDecoder",
     "load_i3d_weights",
 ]

@@ -58,3 +58,42 @@ class AdaptivePoolParser(nn.Module):
         """Pool clip features ``(B,T,C)`` into K contiguous parts ``(B,K,D)``."""
         pooled = F.adaptive_avg_pool1d(memory.transpose(1, 2), self.num_queries)  # (B, C, K)
         return self.proj(pooled.transpose(1, 2)), None  # (B, K, D)
+
+
+class TemporalConvParser(nn.Module):
+    """Temporal convolution with kernel = stride = ⌊T/K⌋ into K parts (paper Tab. 5a).
+
+    The kernel depends on T, so the number of clips is a constructor argument and checked on every
+    batch; with T not a multiple of K the last clips are left out, as a strided convolution does.
+
+    Args:
+        in_dim: clip feature width C.
+        d_model: part width D.
+        num_queries: number of parts K.
+        num_clips: T, the clips per video of the data.
+    """
+
+    def __init__(
+        self, in_dim: int, d_model: int, num_queries: int = 5, num_clips: int = 20
+    ) -> None:
+        super().__init__()
+        if not 1 <= num_queries <= num_clips:
+            raise ValueError(
+                f"temporal convolution needs 1 <= model.num_queries <= model.parser.num_clips, "
+                f"got {num_queries} and {num_clips}"
+            )
+        step = num_clips // num_queries
+        self.conv = nn.Conv1d(in_dim, d_model, kernel_size=step, stride=step)
+        self.out_dim = d_model
+        self.num_queries = num_queries
+        self.num_clips = num_clips
+
+    def forward(self, memory: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Convolve clip features ``(B,T,C)`` into K parts ``(B,K,D)``."""
+        if memory.shape[1] != self.num_clips:
+            raise ValueError(
+                f"temporal convolution was built for {self.num_clips} clips, got {memory.shape[1]}; "
+                "set model.parser.num_clips to the data's clips per video"
+            )
+        parts = self.conv(memory.transpose(1, 2)).transpose(1, 2)  # (B, T // step, D)
+        return parts[:, : self.num_queries], None  # (B, K, D)
