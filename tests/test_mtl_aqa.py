@@ -546,5 +546,5 @@ def test_video_settings_record_the_test_view(tmp_path, release):
         setup=False,
     ).video_settings()
     assert quirk["test_transform"]["reference_resize_quirk"] is True  # follows the train key
-    assert quirk["test_transform"]["resize"] == (64, 96)
+    assert quirk["test_transform"]["resize"] == [64, 96]  # JSON-ready, as in the manifest
     assert quirk["frame_number_start"] == 1 and "test_offset" not in quirk

@@ -312,11 +312,7 @@ class AQA7DataModule(AQADataModule):
             "sampler": asdict(self.sampler),
             "offset": 0,
             "frames": self.frames_needed,
-            "test_transform": {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in asdict(test).items()
-                if k != "seed" and not k.startswith("_")
-            },
+            "test_transform": test.settings(),
         }
 
     def build_table(self) -> SampleTable:

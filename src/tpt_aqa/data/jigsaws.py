@@ -521,11 +521,7 @@ class JIGSAWSDataModule(AQADataModule):
             frame_count = "decoded" if self.exact_frame_count else "container"
         return {
             "sampler": asdict(self.sampler),
-            "test_transform": {
-                k: v
-                for k, v in asdict(self.transforms["test"]).items()
-                if k != "seed" and not k.startswith("_")
-            },
+            "test_transform": self.transforms["test"].settings(),
             "source": self.source,
             "frame_count": frame_count,
             "on_missing": self.on_missing,

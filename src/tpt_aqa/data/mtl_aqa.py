@@ -569,11 +569,7 @@ class MTLAQADataModule(AQADataModule):
         settings: dict[str, Any] = {
             "frames_layout": self.frames_layout,
             "sampler": asdict(self.sampler),
-            "test_transform": {
-                k: v
-                for k, v in asdict(self.transforms["test"]).items()
-                if k != "seed" and not k.startswith("_")
-            },
+            "test_transform": self.transforms["test"].settings(),
         }
         if self.frames_layout == "dive_folders":
             settings["test_offset"] = self.offsets["test"]

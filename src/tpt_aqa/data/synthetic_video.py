@@ -155,11 +155,7 @@ class SyntheticVideoDataModule(AQADataModule):
     def video_settings(self) -> dict:
         return {
             "sampler": asdict(self.sampler),
-            "test_transform": {
-                k: v
-                for k, v in asdict(self.transforms["test"]).items()
-                if k != "seed" and not k.startswith("_")
-            },
+            "test_transform": self.transforms["test"].settings(),
             "render": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in self.render_kwargs.items()
             },

@@ -16,6 +16,7 @@ torchvision is not available here (see ENV.md); these are a few lines of torch i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,6 +143,15 @@ class VideoTransform:
                 raise ValueError(f"resize must be (height, width) or None, got {self.resize!r}")
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"crop_size must be positive or None, got {self.crop_size!r}")
+
+    def settings(self) -> dict:
+        """What determines the output (public fields, seed left out), JSON-ready: recorded in
+        feature-cache manifests."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+            if k != "seed" and not k.startswith("_")
+        }
 
     @property
     def resize_size(self) -> tuple[int, int] | None:
