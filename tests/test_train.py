@@ -15,7 +15,7 @@ from tpt_aqa import eval as eval_entry
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
 
-from .conftest import compose_cfg
+from .conftest import TINY, compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,3 +162,18 @@ def test_reports_last_epoch_and_paper_style_best(tiny_cfg):
     assert results["paper_style_best_test/srcc"] >= results["test/srcc"] - 1e-6
     assert results["paper_style_best_test/rl2"] <= results["test/rl2"] + 1e-6
     assert {"last_epoch_test/srcc", "last_epoch_test/rl2"} <= set(results)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_run(tmp_path):
+    """Stopped after epoch 2 and resumed from its checkpoint == an uninterrupted 3-epoch run."""
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    whole = train_entry.run(compose_cfg(tmp_path / "whole", *tiny, "trainer.max_epochs=3"))
+    first = compose_cfg(tmp_path / "first", *tiny, "trainer.max_epochs=2")
+    train_entry.run(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = train_entry.run(
+        compose_cfg(tmp_path / "second", *tiny, "trainer.max_epochs=3", f"ckpt_path={last}")
+    )
+    for key in ("last_epoch_test/srcc", "last_epoch_test/rl2", "test/srcc", "best_val_srcc"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key

@@ -217,9 +217,17 @@ class AQAModule(L.LightningModule):
             "config": self.config,
             "best_val_srcc": self.best_val_srcc,
             "test_history": self.test_history,
+            # dropout and augmentation draw from torch's generators: a resumed run continues them
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("tpt_aqa", {})
         self.best_val_srcc = state.get("best_val_srcc", -math.inf)
         self.test_history = list(state.get("test_history", []))
+        if self._trainer is not None and self._trainer.state.fn == "fit":  # resuming, not evaluating
+            if "rng_cpu" in state:
+                torch.set_rng_state(state["rng_cpu"])
+            if state.get("rng_cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng_cuda"])

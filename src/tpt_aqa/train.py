@@ -87,12 +87,19 @@ def format_results(results: dict[str, float], title: str) -> str:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, select, test; returns the test metrics and writes them to ``results.json``."""
     validate_config(cfg)
+    resume = cfg.get("ckpt_path")
+    if resume and (cfg.get("callbacks") or {}).get("model_checkpoint"):
+        if not Path(resume).is_file():
+            raise ConfigError(f"ckpt_path={resume} is not a file: pass a checkpoint to resume from")
+        # keep writing into the resumed run's checkpoint folder, so the best-so-far checkpoint and
+        # score carry over (Lightning restores them only for the same folder)
+        cfg.callbacks.model_checkpoint.dirpath = str(Path(resume).resolve().parent)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_val=dm.has_val, evaluates=bool(dm.val_splits))
     apply_global_batch(cfg, trainer, dm)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
     paper_style = module.paper_style_best()  # before a checkpoint load replaces the history
     results: dict[str, Any] = {}
     ckpt = trainer.checkpoint_callback
