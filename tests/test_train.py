@@ -177,3 +177,25 @@ def test_resume_gives_the_same_run(tmp_path):
     )
     for key in ("last_epoch_test/srcc", "last_epoch_test/rl2", "test/srcc", "best_val_srcc"):
         assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+
+
+def test_cli_refuses_plain_ddp_in_a_local_multirun(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tpt_aqa.train",
+            "-m",
+            f"hydra.sweep.dir={tmp_path}",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "seed=1,2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "config error: trainer.strategy=ddp inside a local multirun" in proc.stderr

@@ -226,7 +226,9 @@ class AQAModule(L.LightningModule):
         state = checkpoint.get("tpt_aqa", {})
         self.best_val_srcc = state.get("best_val_srcc", -math.inf)
         self.test_history = list(state.get("test_history", []))
-        if self._trainer is not None and self._trainer.state.fn == "fit":  # resuming, not evaluating
+        if (
+            self._trainer is not None and self._trainer.state.fn == "fit"
+        ):  # resuming, not evaluating
             if "rng_cpu" in state:
                 torch.set_rng_state(state["rng_cpu"])
             if state.get("rng_cuda") and torch.cuda.is_available():

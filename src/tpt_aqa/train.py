@@ -9,6 +9,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,9 +86,35 @@ def format_results(results: dict[str, float], title: str) -> str:
     return "\n".join(lines)
 
 
+def check_multirun_strategy(cfg: DictConfig) -> None:
+    """Refuse the combination known to fail: Lightning's ``ddp`` (which re-launches the script for
+    every extra device) inside a local Hydra multirun, where each child would start its own sweep."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not running under @hydra.main (tests, notebooks)
+        return
+    local = "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    devices = cfg.trainer.get("devices", 1)
+    several = (
+        devices == -1 or (isinstance(devices, int) and devices > 1) or not isinstance(devices, int)
+    )
+    if (
+        hydra_cfg.mode == RunMode.MULTIRUN
+        and local
+        and cfg.trainer.get("strategy") == "ddp"
+        and several
+    ):
+        raise ConfigError(
+            "trainer.strategy=ddp inside a local multirun (-m) makes every child start its own sweep: "
+            "use trainer.strategy=ddp_spawn, one device per job, or a cluster launcher that starts one "
+            "job per grid point (DDP inside the job)"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, select, test; returns the test metrics and writes them to ``results.json``."""
     validate_config(cfg)
+    check_multirun_strategy(cfg)
     resume = cfg.get("ckpt_path")
     if resume and (cfg.get("callbacks") or {}).get("model_checkpoint"):
         if not Path(resume).is_file():
