@@ -95,9 +95,7 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
         return
     local = "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     devices = cfg.trainer.get("devices", 1)
-    several = (
-        devices == -1 or (isinstance(devices, int) and devices > 1) or not isinstance(devices, int)
-    )
+    several = not (isinstance(devices, int) and 0 <= devices <= 1)  # -1, "auto", lists count
     if (
         hydra_cfg.mode == RunMode.MULTIRUN
         and local
