@@ -54,6 +54,9 @@ class AQAModule(L.LightningModule):
         self.class_names: list[str] = ["all"]
         self.best_val_srcc = -math.inf
         self.last_metrics: dict[str, dict[str, float]] = {}
+        # the gathered records (index, pred, target, class_id, clip_labels, attn) of each split's
+        # latest evaluation, on the CPU: what plots and callbacks read
+        self.last_records: dict[str, dict[str, torch.Tensor]] = {}
         self.test_history: list[dict[str, float]] = []
         self._banks: dict[str, torch.Tensor] = {}
         self._records: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -164,6 +167,7 @@ class AQAModule(L.LightningModule):
         # ρ stays even when undefined (NaN): checkpoint selection monitors it and treats NaN as worst
         metrics = {k: v for k, v in metrics.items() if k == "srcc" or not math.isnan(v)}
         self.last_metrics[split] = metrics
+        self.last_records[split] = {k: v.cpu() for k, v in rec.items()}
         self.last_predictions = {k: rec[k].cpu() for k in ("index", "pred", "target")}
         return metrics
 

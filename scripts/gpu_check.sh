@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU check, run when a CUDA machine is at hand (about 5 minutes on one H100):
+#   bash scripts/gpu_check.sh [OUT_DIR]
+# 1. `tpt_aqa.benchmark --device cuda` at the default and at paper-scale end-to-end sizes;
+# 2. the default synthetic experiment trained on the GPU in fp32 and bf16-mixed (times, metrics);
+# 3. the end-to-end video path (I3D) on the GPU in bf16-mixed (fast_dev_run);
+# 4. the DDP strategy with NCCL on one device (the code path multi-GPU jobs take).
+# Writes a log and the JSON results into OUT_DIR (default outputs/gpu_check).
+set -uo pipefail
+OUT_DIR=${1:-outputs/gpu_check}
+PY=${PY:-python3}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME CMD...: run, time, keep going on failure
+  local name=$1; shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  "$@" || { echo "!!! $name failed (exit $?)"; status=1; }
+  echo "=== $name took $((SECONDS - start)) s"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+$PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
+step bench_default $PY -m tpt_aqa.benchmark --device cuda --out "$OUT_DIR/bench_default.json"
+step bench_paper $PY -m tpt_aqa.benchmark --device cuda --pairs 3 --clips 20 --clip-len 8 --size 224 \
+  --out "$OUT_DIR/bench_paper_scale.json"
+for precision in 32-true bf16-mixed; do
+  step "train_$precision" $PY -m tpt_aqa.train trainer=gpu trainer.precision=$precision \
+    paths.output_dir="$OUT_DIR/train_$precision"
+  cp "$OUT_DIR/train_$precision/results.json" "$OUT_DIR/results_$precision.json" 2>/dev/null
+done
+step video_bf16 $PY -m tpt_aqa.train experiment=synthetic_video_tpt trainer=gpu \
+  trainer.precision=bf16-mixed debug=fast_dev_run paths.output_dir="$OUT_DIR/video_bf16"
+step ddp_nccl $PY -m tpt_aqa.train trainer=ddp trainer.devices=1 trainer.max_epochs=3 \
+  paths.output_dir="$OUT_DIR/ddp_nccl"
+exit $status
