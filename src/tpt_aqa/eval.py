@@ -1,5 +1,8 @@
 """Re-evaluate a checkpoint on its test split: ``python -m tpt_aqa.eval ckpt_path=PATH``.
 
+With ``write_bank=true`` it also (re)builds the checkpoint's exemplar bank for ``tpt_aqa.predict``
+(``tpt_aqa.train`` writes one into the checkpoint it selects; other checkpoints get one this way).
+
 The run's configuration is read from the checkpoint, so the exemplar lists and splits are rebuilt
 exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
 ``+dataset.root=/new/location``.
@@ -15,6 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tpt_aqa.bank import attach_bank, build_bank
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -42,9 +46,19 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
     return ckpt, OmegaConf.create(config)
 
 
+def without_pretrained_file(run_cfg: DictConfig) -> None:
+    """The checkpoint holds every weight: do not read the pretrained encoder file again (it may
+    not exist where the checkpoint is used)."""
+    encoder = run_cfg.model.get("encoder") or {}
+    if "weights" in encoder:
+        run_cfg.model.encoder.weights = None
+    run_cfg.require_encoder_weights = False
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Rebuild data and model from the checkpoint's config and test."""
     ckpt, run_cfg = load_checkpoint(cfg.ckpt_path)
+    without_pretrained_file(run_cfg)
     run_cfg.dataset = OmegaConf.merge(run_cfg.dataset, cfg.get("dataset") or {})
     run_cfg.trainer = OmegaConf.merge(run_cfg.trainer, cfg.trainer)
     run_cfg.paths = cfg.paths
@@ -59,6 +73,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(run_cfg, has_val=False)
     trainer.test(module, datamodule=dm, verbose=False)
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if cfg.get("write_bank") and trainer.is_global_zero:
+        bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
+        attach_bank(cfg.ckpt_path, bank)
+        print(
+            f"exemplar bank of {len(bank)} videos ({bank.nbytes / 2**20:.2f} MiB) written to {cfg.ckpt_path}"
+        )
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)

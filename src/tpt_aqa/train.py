@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tpt_aqa.bank import attach_bank, build_bank
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -40,6 +41,9 @@ def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None)
             cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "mode": "max"})
         callbacks.append(instantiate(cb_cfg))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:  # the full resolved configuration (W&B: the run's config)
+        logger.log_hyperparams(config)
     extra: dict[str, Any] = {}
     if not (has_val if evaluates is None else evaluates):
         extra["limit_val_batches"] = 0
@@ -144,6 +148,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "target": preds["target"].double().tolist(),
     }
     out = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero and chosen:
+        # the selected weights are in memory (the last test loaded them): store what scoring a
+        # new video needs in their checkpoint (tpt_aqa.predict)
+        bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
+        attach_bank(chosen, bank)
+        results["bank_mib"] = round(bank.nbytes / 2**20, 3)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))

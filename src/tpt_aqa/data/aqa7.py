@@ -304,6 +304,14 @@ class AQA7DataModule(AQADataModule):
     def num_clips(self) -> int:
         return self.sampler.num_clips
 
+    def group_option(self) -> dict[str, Any]:
+        return {"option": "class", "values": list(self.table.group_names)}
+
+    def raw_score_ranges(self) -> dict[str, list[float]]:
+        return {
+            name: [float(v) for v in self.score_ranges[name]] for name in self.table.group_names
+        }
+
     def video_settings(self) -> dict[str, Any]:
         # Frame numbering (frame_start, pattern) only names files; the first frame is the same
         # picture either way, so it is left out and a cache survives renaming.

@@ -8,7 +8,7 @@ fixing the evaluation exemplars per seed, training pairs, and evaluation batches
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,35 @@ class AQADataModule(L.LightningDataModule):
     def num_clips(self) -> int:
         """T, the number of clips per video."""
         raise NotImplementedError
+
+    # ---- what ``tpt_aqa.predict`` needs, stored in the checkpoint's exemplar bank ---------------
+    def prediction_input(self) -> dict[str, Any]:
+        """How a new video is read to be scored like this benchmark's test videos.
+
+        ``{"kind": "video", "sampler": …, "transform": …, "start_frame": …}`` for benchmarks that
+        decode videos (ClipSampler fields, VideoTransform settings, first frame of the clip
+        window), ``{"kind": "features", "num_clips": T}`` when the model takes cached features.
+        """
+        sampler = getattr(self, "sampler", None)
+        transforms = getattr(self, "transforms", None)
+        if self.features_root is not None or sampler is None or transforms is None:
+            return {"kind": "features", "num_clips": self.num_clips}
+        return {
+            "kind": "video",
+            "sampler": asdict(sampler),
+            "transform": transforms["test"].settings(),
+            "start_frame": 0,
+        }
+
+    def group_option(self) -> dict[str, Any]:
+        """How a user names a new video's exemplar group: ``{"option": name or None, "values": […]}``
+        with one value per group id (``None`` option: a single group, nothing to give)."""
+        names = list(self.table.group_names)
+        return {"option": None if len(names) == 1 else "group", "values": names}
+
+    def raw_score_ranges(self) -> dict[str, list[float]] | None:
+        """Raw ``[lo, hi]`` per group name when scores are normalised to 0–100 for training."""
+        return None
 
     # ---- shared machinery ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -564,6 +564,20 @@ class MTLAQADataModule(AQADataModule):
                 "problem at once"
             ) from err
 
+    def prediction_input(self) -> dict[str, Any]:
+        # A user's dive is read like a dive folder: its clip window starts at the test offset
+        # (dive folders) or at its first frame (whole videos, whose window the annotations place).
+        settings = super().prediction_input()
+        if settings["kind"] == "video" and self.frames_layout == "dive_folders":
+            settings["start_frame"] = self.offsets["test"]
+        return settings
+
+    def group_option(self) -> dict[str, Any]:
+        if not self.use_dd:
+            return super().group_option()
+        # group names are dd<difficulty>: the difficulty is what a user knows
+        return {"option": "difficulty", "values": [float(n[2:]) for n in self.table.group_names]}
+
     def video_settings(self) -> dict[str, Any]:
         """What determines the test-view clips, recorded in and checked against feature caches."""
         settings: dict[str, Any] = {

@@ -225,5 +225,11 @@ class SyntheticDataModule(AQADataModule):
     def load_video(self, row: int, view: str) -> torch.Tensor:
         return self._features[row]
 
+    def group_option(self) -> dict:
+        return {
+            "option": "difficulty",
+            "values": [float(x) for x in self.gen_kwargs["difficulties"]],
+        }
+
     def clip_labels(self, row: int) -> torch.Tensor:
         return self._phases[row]

@@ -182,5 +182,11 @@ class SyntheticVideoDataModule(AQADataModule):
         frames = self.transforms[view](self._frames[row])  # (F, 3, h, w), one draw per video
         return frames_to_clips(frames, self.clip_index)  # (T, 3, L, h, w) uint8
 
+    def group_option(self) -> dict:
+        return {
+            "option": "difficulty",
+            "values": [float(x) for x in self.render_kwargs["difficulties"]],
+        }
+
     def clip_labels(self, row: int) -> torch.Tensor:
         return self._clip_phases[row]

@@ -1,0 +1,395 @@
+"""Score new videos with a trained checkpoint and show why.
+
+``python -m tpt_aqa.predict ckpt_path=CKPT input=PATH [difficulty=3.2 | class=diving | group=NAME]``
+
+``input`` is a video file, a folder of JPEG frames, a ``.npy`` feature file (checkpoints trained on
+cached features), or a folder of any of these (scored one after the other with a progress bar and a
+CSV of results). The video is read, sampled and cropped exactly as the benchmark's test videos were
+(the settings travel in the checkpoint's exemplar bank, ``tpt_aqa.bank``), encoded once, and
+compared with the M fixed exemplars of its group (``exemplars=all``: every training video of the
+group). For each input the command prints the score in the benchmark's units (× difficulty, and
+de-normalised for benchmarks trained on a 0–100 scale), the spread over exemplars, the time it took,
+and writes ``<name>.json`` and ``<name>.png``: the frames of the clip each query attends to most,
+in temporal order (paper Fig. 3), above the per-layer query × clip attention map (Fig. 4).
+
+Python: ``Predictor(ckpt_path).predict(path, difficulty=3.2)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
+from tpt_aqa.config import CONF_DIR, ConfigError, build_module, exit_on_user_error
+from tpt_aqa.data.clips import ClipSampler
+from tpt_aqa.data.transforms import VideoTransform
+from tpt_aqa.data.video import JPEG_SUFFIXES, VideoReadError, count_frames, load_clips
+from tpt_aqa.eval import load_checkpoint, without_pretrained_file
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+FEATURE_SUFFIX = ".npy"
+
+
+@dataclass
+class Prediction:
+    """The score of one video and what explains it.
+
+    Attributes:
+        input: the scored file or folder.
+        score: predicted score in the benchmark's reported units (× scale).
+        spread: standard deviation of the per-exemplar predictions, same units.
+        group: exemplar group name.
+        scale: multiplier from the training scale (difficulty, or 1).
+        raw_score: the score on the raw scale for benchmarks trained on 0–100, else ``None``.
+        exemplars: per exemplar: id, its score and the prediction through it (reported units).
+        attn: cross-attention of every decoder layer ``(Y,T,K)``, ``None`` for pooling parsers.
+        frames: the middle frame of every clip as the model saw it ``(T,H,W,3)`` uint8, ``None``
+            for feature inputs.
+        timings: seconds spent reading, encoding and comparing.
+    """
+
+    input: str
+    score: float
+    spread: float
+    group: str
+    scale: float
+    raw_score: float | None
+    exemplars: list[dict[str, Any]]
+    attn: torch.Tensor | None
+    frames: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready summary (attention included, frames left out)."""
+        from tpt_aqa.viz import top_clips
+
+        rec: dict[str, Any] = {
+            "input": self.input,
+            "score": self.score,
+            "spread": self.spread,
+            "group": self.group,
+            "scale": self.scale,
+        }
+        if self.raw_score is not None:
+            rec["raw_score"] = self.raw_score
+        rec["exemplars"] = self.exemplars
+        if self.attn is not None:
+            rec["top_clips"] = top_clips(self.attn[-1])
+            rec["attention"] = [[[round(x, 6) for x in r] for r in y] for y in self.attn.tolist()]
+        rec["timings_s"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return rec
+
+
+def _autocast(precision: str, device: torch.device):
+    """The autocast context of the run's ``trainer.precision``, so scores match its evaluation."""
+    if str(precision).startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if str(precision).startswith("16") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+class Predictor:
+    """A checkpoint ready to score videos.
+
+    Args:
+        ckpt_path: a checkpoint with an exemplar bank (``tpt_aqa.train`` writes one into the
+            checkpoint it selects).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        exemplars: ``"fixed"`` (the bank's M exemplars of the group, as in evaluation) or ``"all"``.
+
+    Raises:
+        BankError: when the checkpoint has no exemplar bank.
+    """
+
+    def __init__(self, ckpt_path: str | Path, device: str = "auto", exemplars: str = "fixed"):
+        start = time.perf_counter()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.ckpt_path = str(ckpt_path)
+        ckpt, run_cfg = load_checkpoint(ckpt_path)
+        self.bank: ExemplarBank = bank_from_checkpoint(ckpt, self.ckpt_path)
+        without_pretrained_file(run_cfg)
+        self.module = build_module(run_cfg)
+        self.module.load_state_dict(ckpt["state_dict"])
+        self.module.eval().to(self.device)
+        self.precision = str(run_cfg.trainer.get("precision", "32-true"))
+        self.exemplars = exemplars
+        self.bank.exemplar_rows(0, exemplars)  # reject an unknown ``exemplars`` now
+        spec = self.bank.input
+        self.kind = spec["kind"]
+        if self.kind == "video":
+            self.sampler = ClipSampler(**spec["sampler"])
+            self.transform = VideoTransform(**spec["transform"])
+            self.start_frame = int(spec.get("start_frame", 0))
+        self.load_seconds = time.perf_counter() - start
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def read(
+        self, source: str | Path, start_frame: int | None = None
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """One input as the model takes it, and the clip frames for the figure.
+
+        Returns:
+            clips ``(T,3,L,H,W)`` uint8 or features ``(T,C)``; frames ``(T,H,W,3)`` or ``None``.
+        """
+        source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"input={source} does not exist")
+        if self.kind == "features":
+            if source.suffix != FEATURE_SUFFIX:
+                raise ConfigError(
+                    f"input={source}: this checkpoint was trained on cached features, so it scores "
+                    f"{FEATURE_SUFFIX} feature files ((T, C) arrays written by python -m "
+                    "tpt_aqa.extract_features), not videos"
+                )
+            features = torch.from_numpy(np.load(source)).float()
+            expected = self.bank.input["num_clips"]
+            if features.ndim != 2 or features.shape[0] != expected:
+                raise ConfigError(
+                    f"input={source} holds an array of shape {tuple(features.shape)}; this "
+                    f"checkpoint takes (T={expected}, C) clip features"
+                )
+            return features, None
+        if source.suffix == FEATURE_SUFFIX:
+            raise ConfigError(
+                f"input={source} is a feature file, but this checkpoint encodes videos: pass a "
+                "video file or a folder of JPEG frames"
+            )
+        start = self.start_frame if start_frame is None else int(start_frame)
+        n = count_frames(source)
+        try:
+            index = self.sampler.indices(n, start)  # (T, L)
+        except ValueError as err:
+            raise VideoReadError(
+                f"{source}: {err} (the checkpoint samples {self.sampler.num_clips} clips of "
+                f"{self.sampler.clip_len} frames from frame {start}; pass start_frame= to move the "
+                "window)"
+            ) from None
+        clips = load_clips(source, index, self.transform)  # (T, 3, L, H, W)
+        middle = clips[:, :, clips.shape[2] // 2]  # (T, 3, H, W)
+        return clips, middle.permute(0, 2, 3, 1).numpy()
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        source: str | Path,
+        difficulty: float | None = None,
+        class_name: str | None = None,
+        group: str | None = None,
+        scale: float | None = None,
+        start_frame: int | None = None,
+    ) -> Prediction:
+        """Score one input (see the module docstring); the group options as in
+        ``ExemplarBank.resolve_group``."""
+        bank = self.bank
+        gid, scale = bank.resolve_group(difficulty, class_name, group, scale)
+        rows = bank.exemplar_rows(gid, self.exemplars)
+        t0 = time.perf_counter()
+        video, frames = self.read(source, start_frame)
+        t1 = time.perf_counter()
+        with _autocast(self.precision, self.device):
+            parsed = self.module.model.encode(video.unsqueeze(0).to(self.device))
+            t2 = time.perf_counter()
+            out = score_parts(self.module, bank, parsed.parts[0], rows)
+        t3 = time.perf_counter()
+        per = out["per_exemplar"].double()  # (M,) training scale
+        score = float(per.mean()) * scale
+        exemplars = [
+            {
+                "id": bank.ids[int(r)],
+                "score": float(bank.target[r]) * scale,
+                "delta": float(d) * scale,
+                "prediction": float(p) * scale,
+            }
+            for r, d, p in zip(rows, out["delta"], per, strict=True)
+        ]
+        attn = None if parsed.attn is None else parsed.attn[0].float().cpu()  # (Y, T, K)
+        return Prediction(
+            input=str(source),
+            score=score,
+            spread=float(per.std(unbiased=False)) * scale,
+            group=bank.group_names[gid],
+            scale=scale,
+            raw_score=bank.raw_score(gid, score),
+            exemplars=exemplars,
+            attn=attn,
+            frames=frames,
+            timings={"read": t1 - t0, "encode": t2 - t1, "compare": t3 - t2, "total": t3 - t0},
+        )
+
+
+def figure(pred: Prediction):
+    """Fig. 3 above Fig. 4 for video inputs; the attention map alone for feature inputs."""
+    from tpt_aqa import viz
+
+    title = f"{Path(pred.input).name}: {pred.score:.2f} ± {pred.spread:.2f} ({pred.group})"
+    if pred.attn is None:
+        return None
+    if pred.frames is None:
+        return viz.attention_map(pred.attn, title=title)
+    return viz.prediction_figure(
+        pred.frames, pred.attn, score=pred.score, spread=pred.spread, title=title
+    )
+
+
+def list_inputs(path: Path, kind: str) -> list[Path]:
+    """The inputs under ``path``: itself when it is one input, else its entries that are."""
+    if not path.exists():
+        raise FileNotFoundError(f"input={path} does not exist")
+    if path.is_file() or _is_frame_folder(path):
+        return [path]
+    inputs = sorted(
+        p
+        for p in path.iterdir()
+        if (kind == "features" and p.suffix == FEATURE_SUFFIX)
+        or (kind == "video" and (p.suffix.lower() in VIDEO_SUFFIXES or _is_frame_folder(p)))
+    )
+    if not inputs:
+        wanted = (
+            f"{FEATURE_SUFFIX} feature files"
+            if kind == "features"
+            else f"video files ({', '.join(VIDEO_SUFFIXES)}) or folders of JPEG frames"
+        )
+        raise ConfigError(f"input={path} is a folder without {wanted}")
+    return inputs
+
+
+def _is_frame_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() in JPEG_SUFFIXES for p in path.iterdir())
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _unique_stem(path: Path, taken: set[str]) -> str:
+    stem = path.stem if path.is_file() else path.name
+    name, k = stem, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    taken.add(name)
+    return name
+
+
+def run(cfg: DictConfig) -> list[Prediction]:
+    """Score ``cfg.input`` (one input or a folder of them) and write JSON, PNG and CSV."""
+    from rich.progress import Progress
+
+    from tpt_aqa.viz import save_figure
+
+    predictor = Predictor(cfg.ckpt_path, device=cfg.device, exemplars=cfg.exemplars)
+    options = {
+        "difficulty": cfg.get("difficulty"),
+        "class_name": cfg.get("class"),
+        "group": cfg.get("group"),
+        "scale": cfg.get("scale"),
+    }
+    predictor.bank.resolve_group(**options)  # a wrong option fails before any reading
+    inputs = list_inputs(Path(cfg.input), predictor.kind)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"checkpoint loaded in {predictor.load_seconds:.2f} s ({predictor.device})")
+    results: list[Prediction] = []
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    taken: set[str] = set()
+    with Progress(disable=len(inputs) == 1 or not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task("scoring", total=len(inputs))
+        for path in inputs:
+            name = _unique_stem(path, taken)
+            try:
+                pred = predictor.predict(path, start_frame=cfg.get("start_frame"), **options)
+            except (VideoReadError, ConfigError, ValueError, OSError) as err:
+                if len(inputs) == 1:
+                    raise
+                failed += 1
+                print(f"failed: {path}: {err}", file=sys.stderr)
+                rows.append({"input": str(path), "error": str(err)})
+                bar.advance(task)
+                continue
+            record = pred.record()
+            record["checkpoint"] = predictor.ckpt_path
+            _write_text(out / f"{name}.json", json.dumps(record, indent=2))
+            png = ""
+            if cfg.figure:
+                fig = figure(pred)
+                if fig is not None:
+                    png = str(save_figure(fig, out / f"{name}.png"))
+            results.append(pred)
+            unit = f" (raw {pred.raw_score:.2f})" if pred.raw_score is not None else ""
+            print(
+                f"{path}: {pred.score:.3f} ± {pred.spread:.3f}{unit}  group {pred.group}, "
+                f"{len(pred.exemplars)} exemplars, {pred.timings['total']:.2f} s "
+                f"(read {pred.timings['read']:.2f}, encode {pred.timings['encode']:.2f}, "
+                f"compare {pred.timings['compare']:.3f})"
+            )
+            rows.append(
+                {
+                    "input": str(path),
+                    "score": f"{pred.score:.6f}",
+                    "spread": f"{pred.spread:.6f}",
+                    "raw_score": "" if pred.raw_score is None else f"{pred.raw_score:.6f}",
+                    "group": pred.group,
+                    "scale": f"{pred.scale:g}",
+                    "seconds": f"{pred.timings['total']:.4f}",
+                    "json": str(out / f"{name}.json"),
+                    "png": png,
+                    "error": "",
+                }
+            )
+            bar.advance(task)
+    if len(inputs) > 1:
+        columns = ["input", "score", "spread", "raw_score", "group", "scale", "seconds"]
+        columns += ["json", "png", "error"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text(out / "predictions.csv", buffer.getvalue())
+        print(f"{len(results)} of {len(inputs)} scored; table: {out / 'predictions.csv'}")
+    print(f"records and figures in {out}")
+    if failed:
+        raise PredictionFailures(
+            f"{failed} of {len(inputs)} inputs could not be scored (see above)"
+        )
+    return results
+
+
+class PredictionFailures(RuntimeError):
+    """Some inputs of a folder could not be scored; the others were written."""
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except PredictionFailures as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Exemplar bank in the checkpoint and ``tpt_aqa.predict``: scoring new videos from a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tpt_aqa import eval as eval_entry
+from tpt_aqa import predict as predict_entry
+from tpt_aqa import train as train_entry
+from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
+from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.data.video import read_frames, write_frame_folder
+from tpt_aqa.eval import load_checkpoint
+
+from .conftest import TINY, TINY_MODEL, compose_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny synthetic-features run: its results, selected checkpoint and rebuilt datamodule."""
+    tmp = tmp_path_factory.mktemp("bank")
+    results = train_entry.run(compose_cfg(tmp, *TINY))
+    ckpt, cfg = load_checkpoint(results["checkpoint"])
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    return results, ckpt, dm, module, tmp
+
+
+def test_selected_checkpoint_carries_the_bank(trained):
+    results, ckpt, dm, module, _ = trained
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    train_rows = dm.table.rows("train")
+    assert len(bank) == len(train_rows) and bank.parts.dtype == torch.float16
+    assert bank.parts.shape[1:] == (module.model.num_queries, 32)  # (N, K, D) with D=32
+    assert bank.ids == [dm.table.ids[r] for r in train_rows]
+    assert torch.allclose(bank.target.double(), torch.as_tensor(dm.table.target[train_rows]))
+    assert bank.group_option == "difficulty" and bank.group_values == [2.0, 2.6, 3.2]
+    assert bank.input == {"kind": "features", "num_clips": dm.num_clips}
+    # each group's fixed exemplars are M members of that group
+    for gid in range(len(bank.group_names)):
+        rows = bank.exemplar_rows(gid)
+        assert len(rows) == dm.num_exemplars and len(set(rows.tolist())) == len(rows)
+        assert bool((bank.group[rows] == gid).all())
+    assert results["bank_mib"] == pytest.approx(bank.nbytes / 2**20, abs=1e-3)
+    # the checkpoint loads with weights_only (no pickled objects in the bank)
+    torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
+
+
+def test_bank_scores_reproduce_test_predictions(trained):
+    """Through a float32 bank and the evaluation exemplar lists, scoring cached parts gives the
+    test predictions of the selected checkpoint; through the float16 bank, nearly."""
+    results, ckpt, dm, module, _ = trained
+    preds = dict(zip(results["predictions"]["ids"], results["predictions"]["pred"], strict=True))
+    train_rows = dm.table.rows("train")
+    bank32 = build_bank(module, dm, dtype=torch.float32)
+    bank16 = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    test_rows = dm.table.rows("test")
+    for i, row in enumerate(test_rows[:8]):
+        ex = dm.eval_exemplars["test"][i]
+        rows = torch.as_tensor(np.searchsorted(train_rows, ex[ex >= 0]))
+        with torch.no_grad():
+            parts = module.model.encode(dm.sample(int(row), "test")["video"][None]).parts[0]
+        scale = float(dm.table.scale[row])
+        got32 = float(score_parts(module, bank32, parts, rows)["per_exemplar"].mean()) * scale
+        got16 = float(score_parts(module, bank16, parts, rows)["per_exemplar"].mean()) * scale
+        assert got32 == pytest.approx(preds[dm.table.ids[row]], abs=1e-4)
+        assert got16 == pytest.approx(preds[dm.table.ids[row]], abs=0.05 * scale)
+
+
+def test_predict_cli_scores_feature_files(trained):
+    results, ckpt, dm, module, tmp = trained
+    inputs = tmp / "inputs"
+    inputs.mkdir()
+    rows = [r for r in dm.table.rows("test") if dm.table.scale[r] == 3.2][:2]
+    for r in rows:
+        np.save(inputs / f"{dm.table.ids[r]}.npy", dm.sample(int(r), "test")["video"].numpy())
+    out = tmp / "predicted"
+    cfg = compose_cfg(
+        tmp,
+        f"ckpt_path={results['checkpoint']}",
+        f"input={inputs}",
+        "difficulty=3.2",
+        f"output_dir={out}",
+        config="predict",
+    )
+    preds = predict_entry.run(cfg)
+    assert len(preds) == 2
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    fixed = {bank.ids[int(r)] for r in bank.exemplar_rows(bank.group_names.index("dd3.2"))}
+    with open(out / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [Path(t["input"]).stem for t in table] == [dm.table.ids[r] for r in rows]
+    for row, pred in zip(rows, preds, strict=True):
+        record = json.loads((out / f"{dm.table.ids[row]}.json").read_text())
+        # the score is the mean of (exemplar score + Δ̂) × difficulty over the group's fixed M
+        assert {e["id"] for e in record["exemplars"]} == fixed
+        per = [e["prediction"] for e in record["exemplars"]]
+        assert record["score"] == pytest.approx(np.mean(per), rel=1e-6)
+        assert all(
+            e["prediction"] == pytest.approx(e["score"] + e["delta"], rel=1e-6)
+            for e in record["exemplars"]
+        )
+        assert record["spread"] == pytest.approx(np.std(per), rel=1e-5)
+        assert record["scale"] == 3.2 and record["group"] == "dd3.2"
+        y, t, k = np.asarray(record["attention"]).shape
+        assert (t, k) == (dm.num_clips, module.model.num_queries) and y >= 1
+        assert len(record["top_clips"]) == k and record["top_clips"] == sorted(record["top_clips"])
+        assert (out / f"{dm.table.ids[row]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert float(table[list(rows).index(row)]["score"]) == pytest.approx(pred.score, rel=1e-5)
+
+
+def test_predict_all_exemplars_of_the_group(trained):
+    results, _, dm, _, tmp = trained
+    row = dm.table.rows("test")[0]
+    path = tmp / "one.npy"
+    np.save(path, dm.sample(int(row), "test")["video"].numpy())
+    difficulty = float(dm.table.scale[row])
+    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu", exemplars="all")
+    pred = predictor.predict(path, difficulty=difficulty)
+    gid = predictor.bank.group_names.index(f"dd{difficulty:g}")
+    train = dm.table.rows("train")
+    assert len(pred.exemplars) == int((dm.table.group[train] == gid).sum()) > dm.num_exemplars
+
+
+def test_group_options_are_checked_with_the_valid_values(trained):
+    _, ckpt, *_ = trained
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    with pytest.raises(BankError, match=r"pass difficulty=<value>.*2, 2\.6, 3\.2"):
+        bank.resolve_group()
+    with pytest.raises(BankError, match=r"difficulty=3\.3 is not in the training data"):
+        bank.resolve_group(difficulty=3.3)
+    with pytest.raises(BankError, match=r"class= does not apply"):
+        bank.resolve_group(difficulty=3.2, class_name="diving")
+    assert bank.resolve_group(difficulty=2.6) == (1, 2.6)
+    assert bank.resolve_group(difficulty=2.6, scale=1.0) == (1, 1.0)
+    with pytest.raises(BankError, match="exemplars=some is unknown"):
+        bank.exemplar_rows(0, "some")
+
+
+def _class_bank() -> ExemplarBank:
+    """An AQA-7-like bank: groups are classes, scores on 0–100."""
+    return ExemplarBank(
+        parts=torch.zeros(4, 2, 3, dtype=torch.float16),
+        target=torch.tensor([10.0, 20.0, 30.0, 40.0]),
+        scale=torch.ones(4),
+        group=torch.tensor([0, 0, 1, 1]),
+        exemplars=torch.tensor([[0, 1, -1], [2, 3, -1]]),
+        ids=["a", "b", "c", "d"],
+        group_names=["diving", "snowboard"],
+        group_option="class",
+        group_values=["diving", "snowboard"],
+        class_names=["diving", "snowboard"],
+        score_ranges={"diving": [21.6, 102.6], "snowboard": [8.0, 50.0]},
+        input={"kind": "features", "num_clips": 2},
+        dataset="test",
+    )
+
+
+def test_class_banks_denormalise():
+    bank = _class_bank()
+    assert bank.resolve_group(class_name="snowboard") == (1, 1.0)
+    with pytest.raises(BankError, match=r"class=skiing is unknown.*diving, snowboard"):
+        bank.resolve_group(class_name="skiing")
+    assert bank.exemplar_rows(1).tolist() == [2, 3]  # padding dropped
+    assert bank.raw_score(0, 50.0) == pytest.approx(21.6 + 0.5 * 81.0)
+    state = ExemplarBank.from_state(bank.to_state()).to_state()
+    assert state.keys() == bank.to_state().keys()
+    del state["parts"]
+    with pytest.raises(BankError, match=r"lacks \['parts'\]"):
+        ExemplarBank.from_state(state)
+
+
+def test_checkpoint_without_bank_explains_the_fix(trained, tmp_path):
+    results, *_ = trained
+    last = Path(results["checkpoint"]).with_name("last.ckpt")
+    assert "bank" not in torch.load(last, map_location="cpu", weights_only=True)["tpt_aqa"]
+    with pytest.raises(BankError, match="write_bank=true"):
+        predict_entry.Predictor(last, device="cpu")
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(last.read_bytes())
+    eval_entry.run(
+        compose_cfg(tmp_path, f"ckpt_path={copy}", "write_bank=true", "logger=none", config="eval")
+    )
+    assert len(predict_entry.Predictor(copy, device="cpu").bank) > 0
+
+
+def test_predict_rejects_wrong_inputs(trained, tmp_path):
+    results, *_ = trained
+    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        predictor.read(tmp_path / "missing.npy")
+    (tmp_path / "v.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="trained on cached features"):
+        predictor.read(tmp_path / "v.mp4")
+    np.save(tmp_path / "bad.npy", np.zeros((3, 16), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \(3, 16\).*T=20"):
+        predictor.read(tmp_path / "bad.npy")
+
+
+VIDEO = [
+    "dataset=synthetic_video",
+    "model/encoder=i3d",
+    "dataset.num_train=12",
+    "dataset.num_test=4",
+    "dataset.val_fraction=0.25",
+    "model.num_queries=3",
+    "trainer.max_epochs=1",
+]
+
+
+def test_predict_a_frame_folder_end_to_end(tmp_path):
+    """Video path: the bank records how videos are read; a JPEG folder of a rendered test video
+    is sampled and cropped like the test view, and the figure shows the top frames."""
+    results = train_entry.run(compose_cfg(tmp_path, *TINY_MODEL, *VIDEO))
+    ckpt, cfg = load_checkpoint(results["checkpoint"])
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    assert bank.input["kind"] == "video" and bank.input["sampler"]["num_clips"] == 5
+    assert bank.input["transform"]["crop_size"] == 32 and not bank.input["transform"]["train"]
+    dm = build_datamodule(cfg)
+    row = int(dm.table.rows("test")[0])
+    folder = tmp_path / "dive"
+    write_frame_folder(folder, dm._frames[row], quality=95)
+    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
+    clips, frames = predictor.read(folder)
+    assert clips.shape == dm.load_video(row, "test").shape  # (T, 3, L, 32, 32)
+    # JPEG is lossy: the clips differ from the in-memory ones about as much as the frames do
+    jpeg_error = (read_frames(folder, range(40)).float() - dm._frames[row].float()).abs().mean()
+    diff = (clips.float() - dm.load_video(row, "test").float()).abs().mean()
+    assert diff < 1.2 * jpeg_error
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
+    pred = predictor.predict(folder, difficulty=float(dm.table.scale[row]))
+    assert np.isfinite(pred.score) and pred.attn.shape[1:] == (5, 3)
+    fig = predict_entry.figure(pred)
+    assert len(fig.axes) >= 3 + pred.attn.shape[0]  # K top frames + one map per layer
+    too_short = tmp_path / "short"
+    write_frame_folder(too_short, dm._frames[row][:10])
+    with pytest.raises(ValueError, match="start_frame="):
+        predictor.read(too_short)
