@@ -1,0 +1,141 @@
+"""Surviving interruptions: a resumable checkpoint on SIGTERM, and checkpoint files written atomically.
+
+SIGTERM is how schedulers stop a job (SLURM on preemption and at the time limit, ``scancel``,
+Kubernetes, ``kill``). Lightning 2.6 already turns it into a clean stop: its signal handler only sets
+``trainer.received_sigterm``, and the loops raise ``SIGTERMException`` at the next batch boundary (on
+every rank: rank 0's flag is broadcast before each training batch). ``CheckpointOnSignal`` saves the
+state at that boundary so that ``ckpt_path=<checkpoints>/sigterm.ckpt`` continues the run.
+
+Lightning writes a checkpoint by serializing it in memory, writing it to a temporary file in the
+*system* temporary folder and ``shutil.move``-ing it over the target. When that folder and the
+checkpoint folder are on different filesystems (node-local ``/tmp``, shared checkpoint storage: the
+usual cluster layout) the move is a copy onto the final path, and a process killed during the copy
+leaves a truncated checkpoint where the previous good one was. ``AtomicCheckpointIO`` writes next to
+the target and renames, which is atomic on POSIX filesystems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+
+class CheckpointOnSignal(Callback):
+    """Save a full, resumable checkpoint when SIGTERM stops training, then let the exit proceed.
+
+    The checkpoint holds what ``trainer.save_checkpoint`` holds at the end of the last finished batch:
+    weights, optimizer and scheduler states, loop progress (epoch, global step, batch within the
+    epoch) and callback states (the ``ModelCheckpoint`` best score). It is named ``sigterm.ckpt`` so
+    that ``last.ckpt`` keeps meaning "end of the last finished epoch". Resuming mid-epoch runs the
+    rest of that epoch on a freshly shuffled loader (Lightning warns that the loader is not
+    resumable), so the run takes the same number of optimizer steps, on slightly different pairs.
+
+    Lightning's ``SIGTERMException`` is a ``SystemExit`` without a code, so the process would exit
+    with status 0 as if the run had finished; the callback sets the code to 143 (128 + SIGTERM, the
+    status of a process killed by the signal) so that shells and schedulers see an interrupted run.
+
+    Only ``SIGTERMException`` triggers a save: it is raised at a batch boundary on every rank, so the
+    state is consistent and all ranks reach the save's barrier. Other exceptions (a bug, Ctrl-C,
+    submitit's own exit on its requeue signal) can arrive in the middle of an optimizer step or on
+    one rank only, and are left alone. A SIGTERM while testing saves nothing: there is no training
+    to resume.
+
+    Args:
+        dirpath: folder of ``sigterm.ckpt``; ``None`` puts it next to the ``ModelCheckpoint`` files
+            (following a resumed run into its original folder), or in
+            ``<default_root_dir>/checkpoints`` without a ``ModelCheckpoint``.
+    """
+
+    FILENAME = "sigterm.ckpt"
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+
+    def checkpoint_path(self, trainer: L.Trainer) -> Path:
+        """Where the checkpoint goes for this trainer."""
+        if self.dirpath is not None:
+            folder = Path(self.dirpath)
+        elif isinstance(trainer.checkpoint_callback, ModelCheckpoint) and (
+            trainer.checkpoint_callback.dirpath
+        ):
+            folder = Path(trainer.checkpoint_callback.dirpath)
+        else:
+            folder = Path(trainer.default_root_dir) / "checkpoints"
+        return folder / self.FILENAME
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        exception.code = 128 + signal.SIGTERM
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)  # every rank calls it (barrier); rank 0 writes
+        rank_zero_info(
+            f"SIGTERM: saved epoch {trainer.current_epoch}, step {trainer.global_step} to {path}; "
+            f"continue with ckpt_path={path}"
+        )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes never leave a partial file at the target path.
+
+    The checkpoint is serialized straight into a hidden temporary file in the target's folder (so the
+    rename cannot cross filesystems, and no in-memory copy of the whole checkpoint is made), flushed
+    to disk, then renamed over the target with ``os.replace``. Readers see the old file or the new
+    one, never a mixture; a failed or interrupted write leaves the previous checkpoint untouched. A
+    process killed outright (SIGKILL) may leave its ``.partial-*.tmp`` file behind, never a
+    ``*.ckpt``. Remote paths (``s3://`` …) keep Lightning's behaviour.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        fs, local_path = url_to_fs(str(path))  # "file://…" and plain paths alike
+        if not isinstance(fs, LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options for a local path, got {storage_options!r}"
+            )
+        target = Path(local_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".partial-{uuid.uuid4().hex}.tmp")
+        try:
+            with open(partial, "xb") as f:  # "x": a fresh file, mode from the umask like any other
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _fsync_folder(target.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; some filesystems cannot sync a folder, which is harmless."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

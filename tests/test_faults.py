@@ -1,0 +1,246 @@
+"""Interruptions: SIGTERM leaves a resumable checkpoint; checkpoint writes are atomic."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+from tpt_aqa import train as train_entry
+from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.faults import AtomicCheckpointIO, CheckpointOnSignal
+
+from .conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+BATCHES = 2  # training batches per epoch in these runs
+SHORT = [
+    "dataset.num_train=40",
+    f"+trainer.limit_train_batches={BATCHES}",
+    "trainer.log_every_n_steps=1",
+]
+
+
+class SigtermAt(L.Callback):
+    """Send this process SIGTERM after a given training batch, as a scheduler would."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)  # the Python-level handler runs between bytecodes of this thread
+
+
+def fit(cfg, ckpt_path=None, extra_callbacks=()):
+    """Build data, module and the configured trainer, and fit; returns (trainer, module)."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = train_entry.build_trainer(cfg, has_val=dm.has_val)
+    trainer.callbacks.extend(extra_callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, module
+
+
+def test_configured_trainer_checkpoints_on_sigterm_and_writes_atomically(tiny_cfg):
+    trainer = train_entry.build_trainer(tiny_cfg(), has_val=True)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert sum(isinstance(c, CheckpointOnSignal) for c in trainer.callbacks) == 1
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tiny_cfg):
+    cfg = tiny_cfg(*SHORT)
+    stopped_at = BATCHES + 1  # epoch 1, after its first batch
+    with pytest.raises(SystemExit) as stop:
+        fit(cfg, extra_callbacks=[SigtermAt(epoch=1, batch=0)])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Lightning restored the handler
+
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    path = folder / "sigterm.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, stopped_at)
+    progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert progress["current"]["completed"] == 1 and not progress["is_last_batch"]
+    adam = ckpt["optimizer_states"][0]["state"]
+    assert adam and all(int(s["step"]) == stopped_at for s in adam.values())
+    # the epoch-end checkpoints are untouched: last.ckpt is still the end of epoch 0
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == BATCHES
+
+    with pytest.warns(PossibleUserWarning, match="ended before the epoch ended"):
+        trainer, _ = fit(cfg, ckpt_path=str(path))
+    assert trainer.current_epoch == cfg.trainer.max_epochs == 2
+    assert trainer.global_step == 2 * BATCHES  # the interrupted epoch finished its remaining steps
+
+
+def test_sigterm_state_is_the_module_state_at_the_stop(tiny_cfg):
+    """The checkpoint is taken at the batch boundary: it equals the weights left in memory."""
+    cfg = tiny_cfg(*SHORT, "trainer.max_epochs=1")
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = train_entry.build_trainer(cfg, has_val=dm.has_val)
+    trainer.callbacks.append(SigtermAt(epoch=0, batch=0))
+    with pytest.raises(SystemExit):
+        trainer.fit(module, datamodule=dm)
+    saved = torch.load(
+        Path(cfg.paths.output_dir) / "checkpoints" / "sigterm.ckpt", weights_only=False
+    )
+    assert saved["global_step"] == 1
+    for name, value in module.state_dict().items():
+        assert torch.equal(saved["state_dict"][name], value), name
+
+
+def test_other_exceptions_save_nothing(tiny_cfg):
+    class Boom(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            raise RuntimeError("boom")
+
+    cfg = tiny_cfg(*SHORT, "trainer.max_epochs=1")
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(cfg, extra_callbacks=[Boom()])
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "sigterm.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_cli_sigterm_then_resume(tmp_path):
+    """A real run stopped by SIGTERM from outside, then continued from its checkpoint."""
+    run_dir = tmp_path / "run"
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    cmd = [sys.executable, "-m", "tpt_aqa.train", *tiny, *SHORT]
+    proc = subprocess.Popen(
+        [*cmd, "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    checkpoints = run_dir / "checkpoints"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(checkpoints.glob("epoch*.ckpt")):  # training is under way
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no epoch checkpoint after 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    path = checkpoints / "sigterm.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] >= 1 and ckpt["global_step"] >= BATCHES
+    assert ckpt["optimizer_states"][0]["state"]
+    assert not list(checkpoints.glob(".partial-*"))
+    assert f"continue with ckpt_path={path}" in output
+
+    epochs = ckpt["epoch"] + 1
+    resumed = subprocess.run(
+        [
+            *cmd,
+            f"trainer.max_epochs={epochs}",
+            f"ckpt_path={path}",
+            f"hydra.run.dir={tmp_path}/resumed",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == epochs * BATCHES  # it kept writing into the original folder
+    assert (tmp_path / "resumed" / "results.json").is_file()
+
+
+# --- atomic writes ---------------------------------------------------------------------------------
+
+
+def state(value: float) -> dict:
+    return {"weights": torch.full((256, 256), value), "epoch": int(value)}
+
+
+def cross_filesystem_copy_killed_halfway(monkeypatch) -> None:
+    """Make renames fail as they do across filesystems (EXDEV), and the copy that replaces them
+    stop halfway, as when the process is killed during the copy."""
+
+    def rename(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def copyfile(src, dst, *, follow_symlinks=True):
+        data = Path(src).read_bytes()
+        Path(dst).write_bytes(data[: len(data) // 2])
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+def test_lightning_checkpoint_io_can_leave_a_truncated_file(tmp_path, monkeypatch):
+    """Why AtomicCheckpointIO exists: Lightning's write goes through a file in the system temporary
+    folder and ``shutil.move``, which across filesystems copies onto the final path."""
+    path = tmp_path / "last.ckpt"
+    TorchCheckpointIO().save_checkpoint(state(1.0), path)
+    good = path.read_bytes()
+    cross_filesystem_copy_killed_halfway(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        TorchCheckpointIO().save_checkpoint(state(2.0), path)
+    monkeypatch.undo()
+    assert path.read_bytes() != good and len(path.read_bytes()) < len(good)
+    with pytest.raises(RuntimeError):
+        torch.load(path, weights_only=True)
+
+
+def test_atomic_write_survives_the_same_failure(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(state(1.0), path)
+    cross_filesystem_copy_killed_halfway(monkeypatch)
+    AtomicCheckpointIO().save_checkpoint(state(2.0), path)  # same folder: no copy, one rename
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], state(2.0)["weights"])
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_failed_write_keeps_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(state(1.0), path)
+    good = path.read_bytes()
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        f.write(good[: len(good) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint(state(2.0), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert os.listdir(path.parent) == ["last.ckpt"]
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def test_atomic_write_round_trip_and_file_mode(tmp_path):
+    path = tmp_path / "new" / "folder" / "epoch000.ckpt"
+    AtomicCheckpointIO().save_checkpoint(state(3.0), path)
+    loaded = AtomicCheckpointIO().load_checkpoint(path, weights_only=True)
+    assert torch.equal(loaded["weights"], state(3.0)["weights"]) and loaded["epoch"] == 3
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user creates
