@@ -80,7 +80,7 @@ def plugin():
 
 def test_cluster_config_sizes_the_jobs_from_the_trainer(plugin, as_job):
     cfg = compose_with_hydra(
-        "+cluster=slurm", "experiment=mtl_aqa_tpt", "trainer.devices=8", "trainer.num_nodes=2"
+        "cluster=slurm", "experiment=mtl_aqa_tpt", "trainer.devices=8", "trainer.num_nodes=2"
     )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == SLURM
@@ -113,7 +113,7 @@ def test_sbatch_script_of_a_grid(plugin, tmp_path):
             "-m",
             "tpt_aqa.train",
             "-m",
-            "+cluster=slurm",
+            "cluster=slurm",
             "hydra.launcher.partition=gpu",
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
             "seed=1,2",

@@ -90,6 +90,21 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tiny_cfg):
     assert trainer.global_step == 2 * BATCHES  # the interrupted epoch finished its remaining steps
 
 
+def test_a_restarted_run_resumes_from_its_sigterm_checkpoint(tiny_cfg):
+    """A requeued SLURM job starts the same command in the same folder: it picks up sigterm.ckpt."""
+    cfg = tiny_cfg(*SHORT)
+    assert train_entry.interrupted_checkpoint(cfg) is None
+    with pytest.raises(SystemExit):
+        fit(cfg, extra_callbacks=[SigtermAt(epoch=1, batch=0)])
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "sigterm.ckpt"
+    assert train_entry.interrupted_checkpoint(cfg) == str(path)
+    with pytest.warns(PossibleUserWarning, match="ended before the epoch ended"):
+        results = train_entry.run(cfg)  # no ckpt_path given
+    assert torch.load(results["checkpoint"], weights_only=False)["global_step"] <= 2 * BATCHES
+    last = torch.load(path.with_name("last.ckpt"), map_location="cpu", weights_only=False)
+    assert last["global_step"] == 2 * BATCHES  # one interrupted + one resumed epoch, not three
+
+
 def test_sigterm_state_is_the_module_state_at_the_stop(tiny_cfg):
     """The checkpoint is taken at the batch boundary: it equals the weights left in memory."""
     cfg = tiny_cfg(*SHORT, "trainer.max_epochs=1")

@@ -113,11 +113,28 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
         )
 
 
+def interrupted_checkpoint(cfg: DictConfig) -> str | None:
+    """``checkpoints/sigterm.ckpt`` of this run's folder, when a SIGTERM stopped an earlier start
+    of the same run (a SLURM job requeued after preemption reuses its folder): resume from it."""
+    ckpt_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    signal_cfg = (cfg.get("callbacks") or {}).get("checkpoint_on_signal")
+    if not ckpt_cfg or not signal_cfg:
+        return None
+    from tpt_aqa.faults import CheckpointOnSignal
+
+    folder = signal_cfg.get("dirpath") or ckpt_cfg.dirpath
+    path = Path(folder) / CheckpointOnSignal.FILENAME
+    if not path.is_file():
+        return None
+    log.warning("resuming from %s, written when an earlier start of this run was stopped", path)
+    return str(path)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, select, test; returns the test metrics and writes them to ``results.json``."""
     validate_config(cfg)
     check_multirun_strategy(cfg)
-    resume = cfg.get("ckpt_path")
+    resume = cfg.get("ckpt_path") or interrupted_checkpoint(cfg)
     if resume and (cfg.get("callbacks") or {}).get("model_checkpoint"):
         if not Path(resume).is_file():
             raise ConfigError(f"ckpt_path={resume} is not a file: pass a checkpoint to resume from")
