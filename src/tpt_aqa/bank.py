@@ -291,11 +291,22 @@ def build_bank(
     )
 
 
-def attach_bank(ckpt_path: str | Path, bank: ExemplarBank) -> None:
-    """Add the bank to a checkpoint file, atomically (temp file in its folder, then rename)."""
+def attach_bank(ckpt_path: str | Path, bank: ExemplarBank, module=None) -> None:
+    """Add the bank to a checkpoint file, atomically (temp file in its folder, then rename).
+
+    Args:
+        ckpt_path: the checkpoint to update.
+        bank: the exemplar bank built from its weights.
+        module: the ``AQAModule`` the bank was built with: its score groups (fitted in ``setup``
+            when the checkpoint had none, e.g. a converted one) are written along, so the bank's
+            relative scores decode as they were computed.
+    """
     path = Path(ckpt_path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt.setdefault("tpt_aqa", {})["bank"] = bank.to_state()
+    if module is not None:
+        for key, value in module.score_groups.state_dict().items():
+            ckpt["state_dict"][f"score_groups.{key}"] = value.cpu()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if cfg.get("write_bank") and trainer.is_global_zero:
         bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
-        attach_bank(cfg.ckpt_path, bank)
+        attach_bank(cfg.ckpt_path, bank, module)
         print(
             f"exemplar bank of {len(bank)} videos ({bank.nbytes / 2**20:.2f} MiB) written to {cfg.ckpt_path}"
         )

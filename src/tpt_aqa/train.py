@@ -169,7 +169,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # the selected weights are in memory (the last test loaded them): store what scoring a
         # new video needs in their checkpoint (tpt_aqa.predict)
         bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
-        attach_bank(chosen, bank)
+        attach_bank(chosen, bank, module)
         results["bank_mib"] = round(bank.nbytes / 2**20, 3)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
