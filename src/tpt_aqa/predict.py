@@ -240,11 +240,11 @@ def figure(pred: Prediction):
     """Fig. 3 above Fig. 4 for video inputs; the attention map alone for feature inputs."""
     from tpt_aqa import viz
 
-    title = f"{Path(pred.input).name}: {pred.score:.2f} ± {pred.spread:.2f} ({pred.group})"
+    title = f"{Path(pred.input).name} ({pred.group})"
     if pred.attn is None:
         return None
     if pred.frames is None:
-        return viz.attention_map(pred.attn, title=title)
+        return viz.attention_map(pred.attn, title=f"{title}: {pred.score:.2f} ± {pred.spread:.2f}")
     return viz.prediction_figure(
         pred.frames, pred.attn, score=pred.score, spread=pred.spread, title=title
     )
