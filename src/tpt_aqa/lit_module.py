@@ -9,6 +9,7 @@ fixed exemplars; prediction = mean over real exemplars of (exemplar score + Δ̂
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,12 @@ from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.metrics import evaluate, phase_alignment
 from tpt_aqa.models.tpt import TPT
 from tpt_aqa.scoring import ScoreGroups
+
+# Evaluation metrics are computed once from every rank's gathered predictions, so all ranks log the
+# same value; Lightning's advice to reduce them again (sync_dist) does not apply.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test|test_every_epoch)/"
+)
 
 
 class AQAModule(L.LightningModule):
@@ -99,6 +106,7 @@ class AQAModule(L.LightningModule):
             on_step=False,
             on_epoch=True,
             prog_bar=False,
+            sync_dist=True,  # epoch means over all ranks' batches (one reduction per epoch)
         )
         return losses["loss"]
 

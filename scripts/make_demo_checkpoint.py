@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Train a small checkpoint on rendered synthetic videos, with videos to score, for the notebooks,
+``tpt_aqa.predict`` demos and its timing.
+
+    python scripts/make_demo_checkpoint.py OUT_DIR [--preset notebook|mtl_aqa_shape] [--epochs N]
+
+OUT_DIR then holds
+    checkpoint.ckpt   the selected checkpoint, with its exemplar bank (a copy)
+    results.json      the run's test metrics and per-video predictions
+    videos/<id>/      JPEG frame folders of a few test videos
+    videos.json       per video: difficulty, true score, phase of every clip, the run's prediction
+
+Presets:
+    notebook       a frozen random-init I3D on 40-frame 40×40 videos, 5 clips of 8 frames, 30
+                   epochs: about 2 minutes on 2 CPU cores (the notebooks' test runs --epochs 1).
+    mtl_aqa_shape  the MTL-AQA input shapes: 103-frame videos, 20 clips of 8 frames at stride 5,
+                   frames resized to 256×455 and center-cropped to 224²; one training step from a
+                   random init (a timing demo, not a model): score its video with
+                   python -m tpt_aqa.predict ckpt_path=OUT_DIR/checkpoint.ckpt \\
+                       input=OUT_DIR/videos/<id> difficulty=<its difficulty>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from tpt_aqa import train as train_entry
+from tpt_aqa.config import CONF_DIR, build_datamodule
+from tpt_aqa.data.video import write_frame_folder
+from tpt_aqa.eval import load_checkpoint
+
+PRESETS = {
+    "notebook": [
+        "experiment=synthetic_video_tpt",
+        "dataset.num_train=48",
+        "dataset.num_test=16",
+        "model.num_queries=3",
+        # a random-init I3D learns slowly on CPU: frozen, its features still separate the
+        # rendered phases, and the decoder and heads train in seconds per epoch
+        "model.encoder.freeze_backbone=true",
+        "trainer.max_epochs=30",
+    ],
+    "mtl_aqa_shape": [
+        "experiment=synthetic_video_tpt",
+        "dataset.num_frames=103",
+        "dataset.size=64",
+        "dataset.num_train=6",
+        "dataset.num_test=2",
+        "dataset.val_fraction=0",
+        "dataset.batch_size=1",
+        "dataset.sampler.num_clips=20",
+        "dataset.sampler.stride=5",
+        "dataset.train_transform.resize=[256,455]",
+        "dataset.train_transform.crop_size=224",
+        "dataset.test_transform.resize=[256,455]",
+        "dataset.test_transform.crop_size=224",
+        "trainer.max_epochs=1",
+        "+trainer.max_steps=1",
+    ],
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="notebook")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--videos", type=int, default=2, help="test videos to write as frames")
+    parser.add_argument("overrides", nargs="*", help="further Hydra overrides of the training run")
+    args = parser.parse_args(argv)
+
+    out = args.out_dir.resolve()
+    overrides = [
+        *PRESETS[args.preset],
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={out / 'run'}",
+        *args.overrides,
+    ]
+    if args.epochs is not None:
+        overrides.append(f"trainer.max_epochs={args.epochs}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    cfg.paths.output_dir = str(out / "run")
+    results = train_entry.run(cfg)
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results["checkpoint"], out / "checkpoint.ckpt")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    _, run_cfg = load_checkpoint(out / "checkpoint.ckpt")
+    dm = build_datamodule(run_cfg)
+    predicted = dict(
+        zip(results["predictions"]["ids"], results["predictions"]["pred"], strict=True)
+    )
+    videos = {}
+    for row in dm.table.rows("test")[: args.videos]:
+        vid = dm.table.ids[row]
+        write_frame_folder(out / "videos" / vid, dm._frames[row], quality=95)
+        videos[vid] = {
+            "difficulty": float(dm.table.scale[row]),
+            "score": float(dm.table.target[row] * dm.table.scale[row]),
+            "prediction": predicted[vid],
+            "clip_phases": dm.clip_labels(int(row)).tolist(),
+        }
+    (out / "videos.json").write_text(json.dumps(videos, indent=2))
+    print(f"checkpoint, results and {len(videos)} test videos written to {out}")
+
+
+if __name__ == "__main__":
+    main()
