@@ -8,9 +8,18 @@ Prints a table and writes JSON with:
   ``channels_last_3d``, and evaluation videos/s (encoding) in both;
 * frame loading: decode + center crop of 103 JPEG frames of 224², frames/s on one core, PIL and
   simplejpeg;
-* peak memory (process RSS on CPU, allocated memory on CUDA).
+* peak memory (process RSS on CPU, allocated memory on CUDA);
+* with ``--eval-compare``: evaluation through a random-init I3D at MTL-AQA size (353 rendered test
+  videos × 10 exemplars from 1,059 training videos, ``dataset=synthetic_video`` at
+  ``--eval-size`` pixels), encode once (``AQAModule`` through ``trainer.test``) vs the reference's
+  pair by pair (``tpt_aqa.evaluation.naive_predictions``): backbone passes of each path (counted
+  with a hook on the encoder; they do not depend on the machine), wall-clock of each (one run,
+  noisy on a shared CPU) and their ratios, and the largest prediction difference.
+  ``--eval-naive-videos N`` times the naive path on the first N test videos only and scales its
+  time per video to all 353 (the table says so).
 
-Timings are wall-clock medians after a warm-up; nothing here is asserted (tests never time).
+Timings are wall-clock medians after a warm-up, except the ``--eval-compare`` section, which times
+one run of each path; nothing here is asserted (tests never time).
 """
 
 from __future__ import annotations
@@ -28,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
 from tpt_aqa.data.batch import PairBatch, Videos
 from tpt_aqa.data.video import benchmark_frame_loading, make_benchmark_folder
+from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
 
 
 def _compose(*overrides: str):
@@ -165,6 +176,76 @@ def end_to_end(
     return out
 
 
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, Any]:
+    """Evaluation through I3D at MTL-AQA size, encode once vs the reference's pair by pair."""
+    cfg = _compose(
+        "experiment=synthetic_video_tpt",
+        "dataset.num_train=1059",
+        "dataset.num_test=353",
+        "dataset.val_fraction=0",
+        f"dataset.size={size + 4}",
+        f"dataset.train_transform.crop_size={size}",
+        f"dataset.test_transform.crop_size={size}",
+        "callbacks=none",
+        "logger=none",
+    )
+    L.seed_everything(0, verbose=False)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = L.Trainer(
+        accelerator=device,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    test_rows = dm.table.rows("test")
+    exemplars = dm.eval_exemplars["test"]  # (N, M)
+    with count_encoder_passes(module) as cached:
+        start = time.perf_counter()
+        trainer.test(module, datamodule=dm, verbose=False)  # fits the score groups in setup
+        _sync(device)
+        cached_s = time.perf_counter() - start
+    want = module.last_predictions
+    n = len(test_rows) if naive_videos is None else min(naive_videos, len(test_rows))
+    module.to(device)  # Lightning's teardown moved it back to the CPU
+    with count_encoder_passes(module) as naive:
+        start = time.perf_counter()
+        got = naive_predictions(module, dm, "test", limit=n)
+        _sync(device)
+        naive_s = time.perf_counter() - start
+    same = torch.searchsorted(want["index"], got["index"])  # both sorted by table row
+    naive_full_s = naive_s / n * len(test_rows)
+    naive_full_passes = 2 * int((exemplars >= 0).sum())
+    return {
+        "test_videos": len(test_rows),
+        "train_videos": len(dm.table.rows("train")),
+        "exemplars_per_video": dm.num_exemplars,
+        "distinct_exemplars": len(np.unique(exemplars[exemplars >= 0])),
+        "size": size,
+        "clips": dm.num_clips,
+        "clip_len": dm.sampler.clip_len,
+        "cached_passes": cached.videos,
+        "cached_s": cached_s,
+        "naive_videos_timed": n,
+        "naive_passes_timed": naive.videos,
+        "naive_s_timed": naive_s,
+        "naive_passes": naive_full_passes if n < len(test_rows) else naive.videos,
+        "naive_s": naive_full_s,
+        "naive_s_extrapolated": n < len(test_rows),
+        "pass_ratio": naive_full_passes / cached.videos,
+        "time_ratio": naive_full_s / cached_s,
+        "max_abs_pred_diff": float((want["pred"][same] - got["pred"]).abs().max()),
+        "targets_agree": bool(torch.equal(want["target"][same], got["target"])),
+    }
+
+
 def frame_loading(repeats: int) -> dict[str, float | None]:
     """Decode + center crop of 103 frames of 224² JPEGs, frames/s on one core."""
     result: dict[str, float | None] = {}
@@ -212,7 +293,34 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"peak memory          {report['peak_memory_mb']:,.0f} MiB",
     ]
+    if "eval_compare" in report:
+        lines += ["", *_render_eval_compare(report["eval_compare"])]
     return "\n".join(lines)
+
+
+def _render_eval_compare(c: dict[str, Any]) -> list[str]:
+    clip = f"{c['clips']} clips × {c['clip_len']}×{c['size']}²"
+    naive_note = (
+        f"  naive time: {c['naive_videos_timed']} of {c['test_videos']} test videos timed "
+        f"({c['naive_s_timed']:.2f} s, {c['naive_passes_timed']:,} passes), scaled per video"
+        if c["naive_s_extrapolated"]
+        else f"  naive time: all {c['test_videos']} test videos timed"
+    )
+    return [
+        f"evaluation through I3D (random init, {clip}): {c['test_videos']} test videos × "
+        f"{c['exemplars_per_video']} exemplars from {c['train_videos']:,} training videos",
+        "                     backbone passes   wall-clock",
+        f"  encode once        {c['cached_passes']:15,}   {c['cached_s']:8.2f} s   "
+        f"({c['test_videos']} videos + {c['distinct_exemplars']} distinct exemplars)",
+        f"  naive (reference)  {c['naive_passes']:15,}   {c['naive_s']:8.2f} s   "
+        "(2 per (video, exemplar) pair)",
+        f"  ratio              {c['pass_ratio']:14.1f}×   {c['time_ratio']:7.1f}×",
+        f"  passes per test video: {c['cached_passes'] / c['test_videos']:.2f} encode once "
+        f"(1 + its share of the exemplar bank) vs {c['naive_passes'] / c['test_videos']:.0f} naive",
+        naive_note,
+        f"  max |Δ prediction| {c['max_abs_pred_diff']:.2e}"
+        + ("" if c["targets_agree"] else "   (targets differ!)"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -224,9 +332,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=160, help="frame size end to end (pixels)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     parser.add_argument(
+        "--eval-compare",
+        action="store_true",
+        help="also compare encode-once evaluation with the reference's pair by pair, through I3D",
+    )
+    parser.add_argument(
+        "--eval-size", type=int, default=16, help="frame size (pixels) of --eval-compare"
+    )
+    parser.add_argument(
+        "--eval-naive-videos",
+        type=int,
+        default=None,
+        help="time the naive path on this many test videos and scale (default: all 353)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default outputs/benchmark/<time>.json)"
     )
     args = parser.parse_args(argv)
+    if args.eval_naive_videos is not None and args.eval_naive_videos < 1:
+        parser.error(f"--eval-naive-videos must be >= 1, got {args.eval_naive_videos}")
     device = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -248,6 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "frame_loading": frame_loading(max(args.repeats, 3)),
     }
+    if args.eval_compare:
+        report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
     report["peak_memory_mb"] = peak_memory_mb(device)
     print(render(report))
     out = args.out or Path("outputs/benchmark") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"

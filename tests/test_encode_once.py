@@ -1,0 +1,94 @@
+"""Encode-once evaluation equals the reference's pair-by-pair evaluation, with far fewer passes."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
+
+from .conftest import TINY_MODEL, compose_cfg
+
+VIDEO = [
+    "experiment=synthetic_video_tpt",
+    "dataset.num_train=12",
+    "dataset.num_test=4",
+    "dataset.val_fraction=0.25",
+    "model.num_queries=3",
+]
+
+
+def _trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def _check_cached_equals_naive(module, dm, trainer: L.Trainer) -> None:
+    """Both paths predict the same, with the backbone passes the theory says."""
+    with count_encoder_passes(module) as cached:
+        trainer.test(module, datamodule=dm, verbose=False)
+    with count_encoder_passes(module) as naive:
+        got = naive_predictions(module, dm, "test")
+    want = module.last_records["test"]
+    assert torch.equal(got["index"], want["index"])
+    assert torch.equal(got["index"], torch.as_tensor(dm.table.rows("test")))
+    assert torch.allclose(got["target"], want["target"], rtol=0, atol=1e-5)
+    assert torch.allclose(got["pred"], want["pred"], rtol=0, atol=1e-5)
+    assert want["pred"].std() > 0  # not a constant the two paths could share by accident
+
+    exemplars = dm.eval_exemplars["test"]  # (N, M), -1 padded
+    real = exemplars >= 0
+    distinct = len(np.unique(exemplars[real]))
+    assert cached.videos == distinct + len(dm.table.rows("test"))
+    assert naive.videos == 2 * int(real.sum())
+
+
+def test_encode_once_matches_naive_on_features(tiny_cfg):
+    cfg = tiny_cfg()
+    L.seed_everything(0)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)  # trained a little: non-trivial deltas
+    _check_cached_equals_naive(module, dm, trainer)
+    assert dm.eval_exemplars["test"].min() >= 0  # every query has its M = 10 exemplars
+
+
+def test_encode_once_matches_naive_through_i3d(tmp_path):
+    cfg = compose_cfg(tmp_path, *TINY_MODEL, *VIDEO)
+    L.seed_everything(0)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)  # random-init I3D; trainer.test fits the score groups
+    _check_cached_equals_naive(module, dm, _trainer())
+    # 9 training videos in 2 groups: fewer than M = 10 per group, so the lists are padded and the
+    # mask decides the mean
+    assert (dm.eval_exemplars["test"] < 0).any()
+
+
+def test_naive_predictions_subset_and_mode(tiny_cfg):
+    cfg = tiny_cfg()
+    L.seed_everything(0)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    with pytest.raises(ValueError, match="score groups are not fitted"):
+        naive_predictions(module, dm)
+    module.score_groups.fit(dm.train_deltas())
+    module.train()
+    full = naive_predictions(module, dm)
+    with count_encoder_passes(module) as count:
+        part = naive_predictions(module, dm, limit=5)
+    assert module.training  # mode restored
+    assert count.videos == 2 * int((dm.eval_exemplars["test"][:5] >= 0).sum())
+    assert torch.equal(part["index"], full["index"][:5])
+    assert torch.allclose(part["pred"], full["pred"][:5], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="no exemplar lists for split 'train'"):
+        naive_predictions(module, dm, "train")
