@@ -7,7 +7,7 @@
 OUT_DIR then holds
     checkpoint.ckpt   the selected checkpoint, with its exemplar bank (a copy)
     results.json      the run's test metrics and per-video predictions
-    videos/<id>/      JPEG frame folders of a few test videos
+    videos/<id>/      JPEG frame folders of a few test videos (--frame-size: written at that size)
     videos.json       per video: difficulty, true score, phase of every clip, the run's prediction
 
 Presets:
@@ -27,6 +27,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa import train as train_entry
@@ -64,6 +65,9 @@ PRESETS = {
     ],
 }
 
+# MTL-AQA's frames are resized to 256×455 before the crop: write the demo video at that size
+FRAME_SIZE = {"mtl_aqa_shape": [256, 455]}
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -73,9 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="notebook")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--videos", type=int, default=2, help="test videos to write as frames")
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="write the videos' frames at this size (default: the preset's; rendered size if none)",
+    )
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of the training run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow options
 
+    if args.frame_size is None:
+        args.frame_size = FRAME_SIZE.get(args.preset)
     out = args.out_dir.resolve()
     overrides = [
         *PRESETS[args.preset],
@@ -102,7 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     videos = {}
     for row in dm.table.rows("test")[: args.videos]:
         vid = dm.table.ids[row]
-        write_frame_folder(out / "videos" / vid, dm._frames[row], quality=95)
+        frames = dm._frames[row]  # (F, 3, size, size) uint8
+        if args.frame_size:  # written larger, so reading decodes frames of a realistic size
+            frames = torch.nn.functional.interpolate(
+                frames.float(), size=tuple(args.frame_size), mode="bilinear", align_corners=False
+            )
+            frames = frames.round().clamp(0, 255).to(torch.uint8)
+        write_frame_folder(out / "videos" / vid, frames, quality=95)
         videos[vid] = {
             "difficulty": float(dm.table.scale[row]),
             "score": float(dm.table.target[row] * dm.table.scale[row]),
