@@ -244,3 +244,42 @@ def test_predict_a_frame_folder_end_to_end(tmp_path):
     write_frame_folder(too_short, dm._frames[row][:10])
     with pytest.raises(ValueError, match="start_frame="):
         predictor.read(too_short)
+
+
+def test_predict_folder_with_per_input_options(trained, tmp_path):
+    results, _, dm, _, _ = trained
+    folder = tmp_path / "dives"
+    folder.mkdir()
+    rows = {}
+    for d in (2.0, 3.2):
+        row = next(r for r in dm.table.rows("test") if dm.table.scale[r] == d)
+        rows[d] = dm.table.ids[row]
+        np.save(folder / f"{rows[d]}.npy", dm.sample(int(row), "test")["video"].numpy())
+    table = tmp_path / "options.csv"
+    table.write_text(f"input,difficulty\n{rows[2.0]}.npy,2.0\n{rows[3.2]},\n")
+    out = tmp_path / "out"
+
+    def cfg(*extra):
+        return compose_cfg(
+            tmp_path,
+            f"ckpt_path={results['checkpoint']}",
+            f"input={folder}",
+            f"options_csv={table}",
+            f"output_dir={out}",
+            *extra,
+            config="predict",
+        )
+
+    # the empty cell keeps the command line's difficulty; without one, the error names the input
+    with pytest.raises(BankError, match=f"{rows[3.2]}.npy: pass difficulty="):
+        predict_entry.run(cfg())
+    predict_entry.run(cfg("difficulty=3.2"))
+    for d, vid in rows.items():
+        record = json.loads((out / f"{vid}.json").read_text())
+        assert record["scale"] == d and record["group"] == f"dd{d:g}"
+    table.write_text("input,difficulty\nnot_there,2.0\n")
+    with pytest.raises(ValueError, match="line 2: 'not_there' is not among the inputs"):
+        predict_entry.run(cfg())
+    table.write_text("input,level\nx,1\n")
+    with pytest.raises(ValueError, match=r"unknown columns \['level'\]"):
+        predict_entry.run(cfg())

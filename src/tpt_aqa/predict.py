@@ -272,6 +272,64 @@ def list_inputs(path: Path, kind: str) -> list[Path]:
     return inputs
 
 
+OPTION_COLUMNS = {
+    "difficulty": ("difficulty", float),
+    "class": ("class_name", str),
+    "group": ("group", str),
+    "scale": ("scale", float),
+    "start_frame": ("start_frame", int),
+}
+
+
+def read_options_csv(path: str | Path, inputs: list[Path]) -> dict[Path, dict[str, Any]]:
+    """Per-input options from a CSV: a column ``input`` (a file or folder name among the inputs,
+    with or without its suffix) and any of ``difficulty``, ``class``, ``group``, ``scale``,
+    ``start_frame``; an empty cell keeps the command line's value.
+
+    Raises:
+        ConfigError: naming the file, line and fix for a missing column, an unknown column or
+            input, or a value that is not a number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"options_csv={path} is not a file")
+    names = {p.name: p for p in inputs} | {p.stem: p for p in inputs}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if "input" not in columns:
+            raise ConfigError(
+                f"options_csv={path} has no column 'input' (columns: {', '.join(columns)}); "
+                f"use input plus any of {', '.join(OPTION_COLUMNS)}"
+            )
+        unknown = sorted(set(columns) - set(OPTION_COLUMNS) - {"input"})
+        if unknown:
+            raise ConfigError(
+                f"options_csv={path}: unknown columns {unknown}; use any of {', '.join(OPTION_COLUMNS)}"
+            )
+        options: dict[Path, dict[str, Any]] = {}
+        for line, row in enumerate(reader, start=2):
+            target = names.get(row["input"].strip())
+            if target is None:
+                raise ConfigError(
+                    f"options_csv={path}, line {line}: {row['input']!r} is not among the inputs "
+                    "(a file or folder name inside input=)"
+                )
+            parsed = {}
+            for column, (key, kind) in OPTION_COLUMNS.items():
+                cell = (row.get(column) or "").strip()
+                if not cell:
+                    continue
+                try:
+                    parsed[key] = kind(cell)
+                except ValueError:
+                    raise ConfigError(
+                        f"options_csv={path}, line {line}: {column}={cell!r} is not a {kind.__name__}"
+                    ) from None
+            options[target] = parsed
+    return options
+
+
 def _is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in JPEG_SUFFIXES for p in path.iterdir())
 
@@ -306,8 +364,17 @@ def run(cfg: DictConfig) -> list[Prediction]:
         "group": cfg.get("group"),
         "scale": cfg.get("scale"),
     }
-    predictor.bank.resolve_group(**options)  # a wrong option fails before any reading
     inputs = list_inputs(Path(cfg.input), predictor.kind)
+    per_input = read_options_csv(cfg.options_csv, inputs) if cfg.get("options_csv") else {}
+    start_frame = cfg.get("start_frame")
+    for path in inputs:  # a wrong or missing option fails before any reading
+        given = {**options, **per_input.get(path, {})}
+        given.pop("start_frame", None)
+        try:
+            predictor.bank.resolve_group(**given)
+        except ConfigError as err:
+            where = f"{path.name}: " if len(inputs) > 1 else ""
+            raise type(err)(f"{where}{err}") from None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"checkpoint loaded in {predictor.load_seconds:.2f} s ({predictor.device})")
@@ -320,7 +387,8 @@ def run(cfg: DictConfig) -> list[Prediction]:
         for path in inputs:
             name = _unique_stem(path, taken)
             try:
-                pred = predictor.predict(path, start_frame=cfg.get("start_frame"), **options)
+                given = {"start_frame": start_frame, **options, **per_input.get(path, {})}
+                pred = predictor.predict(path, **given)
             except (VideoReadError, ConfigError, ValueError, OSError) as err:
                 if len(inputs) == 1:
                     raise
