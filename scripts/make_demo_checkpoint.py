@@ -12,7 +12,7 @@ OUT_DIR then holds
 
 Presets:
     notebook       a frozen random-init I3D on 40-frame 40×40 videos, 5 clips of 8 frames, 30
-                   epochs: about 2 minutes on 2 CPU cores (the notebooks' test runs --epochs 1).
+                   epochs: about a minute on 2 CPU cores (the notebooks' test runs --epochs 1).
     mtl_aqa_shape  the MTL-AQA input shapes: 103-frame videos, 20 clips of 8 frames at stride 5,
                    frames resized to 256×455 and center-cropped to 224²; one training step from a
                    random init (a timing demo, not a model): score its video with
