@@ -165,6 +165,14 @@ class AQAModule(L.LightningModule):
         if not records:
             return {}
         rec = self._gather(records)
+        bad = int((~torch.isfinite(rec["pred"])).sum())
+        if bad:
+            warnings.warn(
+                f"{bad} of {len(rec['pred'])} {split} predictions are not finite (NaN/inf): metrics "
+                "that need them are left out; check the input videos and the precision "
+                "(trainer.precision=32-true)",
+                stacklevel=1,
+            )
         metrics = evaluate(
             rec["pred"].cpu(), rec["target"].cpu(), rec["class_id"].cpu(), self.class_names
         )
