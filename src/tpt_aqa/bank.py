@@ -22,8 +22,6 @@ it.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tpt_aqa.cache import atomic_torch_save
 from tpt_aqa.config import ConfigError
 from tpt_aqa.data.samplers import choose_eval_exemplars
 
@@ -307,15 +306,7 @@ def attach_bank(ckpt_path: str | Path, bank: ExemplarBank, module=None) -> None:
     if module is not None:
         for key, value in module.score_groups.state_dict().items():
             ckpt["state_dict"][f"score_groups.{key}"] = value.cpu()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # keep the checkpoint's permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(ckpt, path, mode=path.stat().st_mode & 0o777)  # keep its permissions
 
 
 def bank_from_checkpoint(ckpt: dict[str, Any], source: str) -> ExemplarBank:

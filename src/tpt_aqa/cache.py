@@ -38,6 +38,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(obj: Any, path: Path, mode: int | None = None) -> None:
+    """``torch.save`` to a temporary file in the target's folder, then rename it over the target:
+    readers never see a partial checkpoint; ``mode`` sets the file's permissions."""
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_manifest(root: str | Path) -> dict[str, Any] | None:
     """The manifest of a cache folder, or ``None`` when the folder has none."""
     path = Path(root) / MANIFEST

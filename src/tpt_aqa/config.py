@@ -53,6 +53,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def find_user_error(exc: BaseException) -> BaseException | None:
+    """The user error behind ``exc`` (itself or a cause, e.g. one wrapped by ``instantiate``)."""
+    err: BaseException | None = exc
+    while err is not None and not isinstance(err, user_errors()):
+        err = err.__cause__
+    return err
+
+
 def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Wrap an entry point: a user error (also when Hydra's ``instantiate`` wrapped it) prints its
     message on stderr and exits with status 2; anything else propagates with its traceback."""
@@ -62,9 +70,7 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
         try:
             return main(cfg)
         except Exception as exc:
-            err: BaseException | None = exc
-            while err is not None and not isinstance(err, user_errors()):
-                err = err.__cause__
+            err = find_user_error(exc)
             if err is None:
                 raise
             label = "config error" if isinstance(err, ConfigError) else "error"

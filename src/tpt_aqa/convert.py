@@ -52,10 +52,8 @@ from __future__ import annotations
 
 import argparse
 import numbers
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +62,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tpt_aqa.config import CONF_DIR, ConfigError, user_errors
+from tpt_aqa.cache import atomic_torch_save
+from tpt_aqa.config import CONF_DIR, ConfigError, find_user_error
 
 RELEASE_FORMAT = "baiyang4/aqa_tpt@4f1506e"
 
@@ -452,18 +451,6 @@ def _dataset_given(cfg: DictConfig) -> bool:
     return not any(k.startswith("dataset.") for k in OmegaConf.missing_keys(cfg))
 
 
-def _write_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert(
     release_path: str | Path,
     out_path: str | Path,
@@ -532,7 +519,7 @@ def convert(
     }
     if exemplars is not None:
         ckpt["tpt_aqa"]["bank"] = exemplars.to_state()
-    _write_atomic(ckpt, out)
+    atomic_torch_save(ckpt, out)
     return {
         "checkpoint": str(out),
         "score_groups_fitted": bool(module.score_groups.fitted),
@@ -592,9 +579,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             device=args.device,
         )
     except Exception as exc:
-        err: BaseException | None = exc
-        while err is not None and not isinstance(err, user_errors()):
-            err = err.__cause__
+        err = find_user_error(exc)
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import torch
 from omegaconf import DictConfig
 
 from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
+from tpt_aqa.cache import atomic_write_text
 from tpt_aqa.config import CONF_DIR, ConfigError, build_module, exit_on_user_error
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.transforms import VideoTransform
@@ -334,13 +333,6 @@ def _is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in JPEG_SUFFIXES for p in path.iterdir())
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _unique_stem(path: Path, taken: set[str]) -> str:
     stem = path.stem if path.is_file() else path.name
     name, k = stem, 1
@@ -399,7 +391,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
                 continue
             record = pred.record()
             record["checkpoint"] = predictor.ckpt_path
-            _write_text(out / f"{name}.json", json.dumps(record, indent=2))
+            atomic_write_text(out / f"{name}.json", json.dumps(record, indent=2))
             png = ""
             if cfg.figure:
                 fig = figure(pred)
@@ -435,7 +427,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
         writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write_text(out / "predictions.csv", buffer.getvalue())
+        atomic_write_text(out / "predictions.csv", buffer.getvalue())
         print(f"{len(results)} of {len(inputs)} scored; table: {out / 'predictions.csv'}")
     print(f"records and figures in {out}")
     if failed:
