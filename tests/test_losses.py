@@ -197,22 +197,58 @@ def test_criterion_keys_and_zero_logit_values():
     assert losses["loss"].item() == pytest.approx(2 * math.log(4) + REG)
 
 
-def test_criterion_attention_losses_count_query_and_exemplar_maps():
+def test_criterion_attention_losses_are_one_mean_over_query_and_exemplar_maps():
     # Query map SOFT: rank 1.6 (m = 1.2), sparsity 0.6. Exemplar map ONE_HOT: rank 2.4, sparsity 0.
+    # Stacked into one batch of two maps: rank (1.6 + 2.4)/2 = 2.0, sparsity (0.6 + 0)/2 = 0.3.
     logits = torch.zeros(2, 4)
     off = torch.full((2, 4), 0.5)
     lab, tgt = torch.tensor([1, 2]), torch.tensor([0.5, 0.5])
     crit = TPTCriterion(margin=1.2)
     both = crit(output(logits, off, SOFT.float(), ONE_HOT.float()), lab, tgt)
-    assert both["loss_rank"].item() == pytest.approx(4.0)
-    assert both["loss_sparsity"].item() == pytest.approx(0.6)
+    assert both["loss_rank"].item() == pytest.approx(2.0)
+    assert both["loss_sparsity"].item() == pytest.approx(0.3)
     only_q = crit(output(logits, off, SOFT.float(), None), lab, tgt)
     assert only_q["loss_rank"].item() == pytest.approx(1.6)
     only_e = crit(output(logits, off, None, ONE_HOT.float()), lab, tgt)
     assert only_e["loss_rank"].item() == pytest.approx(2.4)
     assert only_e["loss_sparsity"].item() == pytest.approx(0.0)
-    # cls 2 ln 4, reg 0, rank 4.0, sparsity 0.6 · 0.05 = 0.03.
-    assert both["loss"].item() == pytest.approx(2 * math.log(4) + 4.0 + 0.03)
+    # cls 2 ln 4, reg 0, rank 2.0, sparsity 0.3 · 0.05 = 0.015.
+    assert both["loss"].item() == pytest.approx(2 * math.log(4) + 2.0 + 0.015)
+
+
+def test_criterion_attention_reduction_pinned_by_hand_b2_two_layers():
+    """B = 2, Y = 2, T = 4, K = 2, m = 1: total = Σ_layers (mean over the 2B stacked maps).
+
+    One-hot map (query 1 on t = 1, query 2 on t = 4): centres (1, 4); rank: order
+    max(0, 1 − 4 + 1) = 0, first max(0, 1 − 1 + 1) = 1, last max(0, 4 − 4 + 1) = 1 → 2;
+    sparsity 0. Uniform map (α = 1/4): centres (2.5, 2.5); rank: order max(0, 0 + 1) = 1, first
+    max(0, 1 − 2.5 + 1) = 0, last max(0, 2.5 − 4 + 1) = 0 → 1; sparsity
+    (1.5 + 0.5 + 0.5 + 1.5)/4 = 1 per query, mean over queries 1.
+    Layer 1: query maps one-hot, exemplar maps uniform → rank (2+2+1+1)/4 = 1.5, sparsity
+    (0+0+1+1)/4 = 0.5. Layer 2: all uniform → rank 1, sparsity 1.
+    Sum over layers: rank 2.5, sparsity 1.5. (The doubled reduction, mean over query maps plus
+    mean over exemplar maps, would give rank (2 + 1) + (1 + 1) = 5 and sparsity 3.)
+    """
+    one_hot = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # (T, K)
+    uniform = torch.full((4, 2), 0.25)
+    attn_q = torch.stack([one_hot, uniform])[None].expand(2, -1, -1, -1)  # (B, Y, T, K)
+    attn_e = torch.stack([uniform, uniform])[None].expand(2, -1, -1, -1)
+    logits, off = torch.zeros(4, 4), torch.full((4, 4), 0.5)
+    lab, tgt = torch.tensor([1, 2, 1, 2]), torch.full((4,), 0.5)
+    losses = TPTCriterion(margin=1.0)(output(logits, off, attn_q, attn_e), lab, tgt)
+    assert losses["loss_rank"].item() == pytest.approx(2.5)
+    assert losses["loss_sparsity"].item() == pytest.approx(1.5)
+    assert losses["loss_reg"].item() == pytest.approx(0.0)
+    # cls 2 ln 4 + reg 0 + 1 · 2.5 + 0.05 · 1.5
+    assert losses["loss"].item() == pytest.approx(2 * math.log(4) + 2.5 + 0.075)
+    # The gradient of the stacked mean: each of the 2B maps carries weight 1/(2B), not 1/B.
+    attn_q = attn_q.clone().requires_grad_(True)
+    TPTCriterion(margin=1.0, weight_sparsity=0.0)(
+        output(logits, off, attn_q, attn_e), lab, tgt
+    )["loss"].backward()
+    x = attn_q.detach()[:1].clone().requires_grad_(True)
+    rank_loss(x, 1.0).backward()
+    assert torch.allclose(attn_q.grad[0], x.grad[0] / 4)
 
 
 def test_criterion_without_attention_gives_zero_attention_losses():
@@ -227,8 +263,8 @@ def test_criterion_without_attention_gives_zero_attention_losses():
 
 
 def test_criterion_total_is_the_weighted_sum():
-    # Weights 2, 3, 0.5, 10 on cls 2 ln 4, reg 0.265, rank 1.6 + 2.4 = 4.0 (two Y = 1 maps with
-    # m = 1.2), sparsity 0.6.
+    # Weights 2, 3, 0.5, 10 on cls 2 ln 4, reg 0.265, rank (1.6 + 1.6 + 2.4 + 2.4)/4 = 2.0 (four
+    # stacked Y = 1 maps with m = 1.2), sparsity (0.6 + 0.6 + 0 + 0)/4 = 0.3.
     crit = TPTCriterion(
         weight_cls=2.0, weight_reg=3.0, weight_rank=0.5, weight_sparsity=10.0, margin=1.2
     )
@@ -236,10 +272,9 @@ def test_criterion_total_is_the_weighted_sum():
     losses = crit(out, LABELS, TARGETS)
     assert losses["loss_cls"].item() == pytest.approx(2 * math.log(4))
     assert losses["loss_reg"].item() == pytest.approx(REG)
-    # Each map's batch of two identical samples averages to the one-sample value.
-    assert losses["loss_rank"].item() == pytest.approx(4.0)
-    assert losses["loss_sparsity"].item() == pytest.approx(0.6)
-    expected = 2 * 2 * math.log(4) + 3 * REG + 0.5 * 4.0 + 10 * 0.6
+    assert losses["loss_rank"].item() == pytest.approx(2.0)
+    assert losses["loss_sparsity"].item() == pytest.approx(0.3)
+    expected = 2 * 2 * math.log(4) + 3 * REG + 0.5 * 2.0 + 10 * 0.3
     assert losses["loss"].item() == pytest.approx(expected)
 
 

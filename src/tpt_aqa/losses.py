@@ -158,8 +158,8 @@ class TPTCriterion(nn.Module):
 
         Returns:
             ``{"loss_cls", "loss_reg", "loss_rank", "loss_sparsity", "loss"}``; classification and
-            regression are summed over the two pair orders, the attention losses over the query's and
-            the exemplar's maps and over layers.
+            regression are summed over the two pair orders; the attention losses are one mean over
+            the query's and the exemplar's maps stacked together, summed over layers.
         """
         logits, pred_off = output.logits.float(), output.offsets.float()
         b = logits.shape[0] // 2
@@ -173,13 +173,17 @@ class TPTCriterion(nn.Module):
             ),
         }
         maps = [m.float() for m in (output.attn_query, output.attn_exemplar) if m is not None]
-        zero = logits.new_zeros(())
-        if self.order_loss == "rank":
-            losses["loss_rank"] = sum((rank_loss(m, self.margin) for m in maps), zero)
+        if maps:
+            # The release runs query and exemplar through the decoder as one batch, so each
+            # attention loss is ONE mean over all 2B maps of the step (a mean over the query maps
+            # plus a mean over the exemplar maps would double both losses and their gradients).
+            attn = torch.cat(maps)  # (2B, Y, T, K)
+            if self.order_loss == "rank":
+                losses["loss_rank"] = rank_loss(attn, self.margin)
+            else:
+                losses["loss_rank"] = diversity_loss(attn, self.diversity_sigma)
+            losses["loss_sparsity"] = sparsity_loss(attn, self.sparsity_sum_over_queries)
         else:
-            losses["loss_rank"] = sum((diversity_loss(m, self.diversity_sigma) for m in maps), zero)
-        losses["loss_sparsity"] = sum(
-            (sparsity_loss(m, self.sparsity_sum_over_queries) for m in maps), zero
-        )
+            losses["loss_rank"] = losses["loss_sparsity"] = logits.new_zeros(())
         losses["loss"] = sum(self.weights[k] * losses[k] for k in self.weights)
         return losses
