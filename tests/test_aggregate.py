@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
 from tpt_aqa.aggregate import main
+from tpt_aqa.cache import json_text
 
 
 def write_job(root, num, overrides, results):
@@ -54,3 +56,18 @@ def test_aggregate_puts_the_paper_beside_known_experiments(tmp_path, capsys):
         "| ablation=baseline_pool | 1 | 0.9500 ± 0.0000 | 0.2500 ± 0.0000 | 0.9498 / 0.2893 |"
         in out
     )
+
+
+def test_aggregate_reads_undefined_metrics_written_as_null(tmp_path, capsys):
+    # results.json writes an undefined ρ as null (strict JSON); the mean is over the defined seeds.
+    for num, (seed, srcc) in enumerate([(1, 0.90), (2, None), (3, 0.94)]):
+        write_job(tmp_path, num, [f"seed={seed}"], {"test/srcc": srcc, "test/rl2": 0.5})
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| (defaults) | 3 | 0.9200 ± 0.0283 (2 of 3 defined) | 0.5000 ± 0.0000 |" in out
+
+
+def test_results_json_text_is_strict_json():
+    text = json_text({"test/srcc": math.nan, "x": [1.0, math.inf, {"y": -math.inf}], "ok": 0.5})
+    assert json.loads(text) == {"test/srcc": None, "x": [1.0, None, {"y": None}], "ok": 0.5}
+    assert "NaN" not in text and "Infinity" not in text

@@ -148,4 +148,4 @@ def test_module_sizes_follow_the_encoder(tmp_path):
     first = module.model.parser.layers[0].key_proj
     assert first.in_features == cfg.dataset.feature_dim == module.model.encoder.out_dim
     assert module.model.pair_stage.mlp[0].in_features == 2 * cfg.model.d_model
-    assert module.score_groups.cap == cfg.dataset.delta_cap
+    assert not bool(module.score_groups.fitted)  # fitted in setup, with the datamodule's cap

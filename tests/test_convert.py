@@ -321,7 +321,7 @@ def test_cli_converts_then_eval_and_predict_run(tmp_path):
     module = build_module(cfg)
     module.load_state_dict(state)
     module.eval()
-    expected = build_module(cfg).score_groups.fit(dm.train_deltas())
+    expected = build_module(cfg).score_groups.fit(dm.train_deltas(), dm.delta_cap)
     assert torch.equal(module.score_groups.right, expected.right)
     bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
     rows = dm.table.rows("train")

@@ -27,7 +27,7 @@ def evaluate_on(tmp_path, devices: int) -> dict[str, float]:
     dm = build_datamodule(cfg)
     torch.manual_seed(0)
     module = build_module(cfg)
-    module.score_groups.fit(dm.train_deltas())
+    module.score_groups.fit(dm.train_deltas(), dm.delta_cap)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,

@@ -81,7 +81,7 @@ def test_naive_predictions_subset_and_mode(tiny_cfg):
     module = build_module(cfg)
     with pytest.raises(ValueError, match="score groups are not fitted"):
         naive_predictions(module, dm)
-    module.score_groups.fit(dm.train_deltas())
+    module.score_groups.fit(dm.train_deltas(), dm.delta_cap)
     module.train()
     full = naive_predictions(module, dm)
     with count_encoder_passes(module) as count:

@@ -243,9 +243,9 @@ def test_criterion_attention_reduction_pinned_by_hand_b2_two_layers():
     assert losses["loss"].item() == pytest.approx(2 * math.log(4) + 2.5 + 0.075)
     # The gradient of the stacked mean: each of the 2B maps carries weight 1/(2B), not 1/B.
     attn_q = attn_q.clone().requires_grad_(True)
-    TPTCriterion(margin=1.0, weight_sparsity=0.0)(
-        output(logits, off, attn_q, attn_e), lab, tgt
-    )["loss"].backward()
+    TPTCriterion(margin=1.0, weight_sparsity=0.0)(output(logits, off, attn_q, attn_e), lab, tgt)[
+        "loss"
+    ].backward()
     x = attn_q.detach()[:1].clone().requires_grad_(True)
     rank_loss(x, 1.0).backward()
     assert torch.allclose(attn_q.grad[0], x.grad[0] / 4)

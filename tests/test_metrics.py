@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §7) against scipy, numpy and hand values."""
+"""Evaluation metrics (paper §4.1) against scipy, numpy and hand values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 import torch
 from scipy import stats
 
-from tpt_aqa.metrics import evaluate, fisher_z_mean, phase_alignment, relative_l2, spearman
+from tpt_aqa.metrics import (
+    UndefinedMetricWarning,
+    evaluate,
+    fisher_z_mean,
+    phase_alignment,
+    relative_l2,
+    spearman,
+)
 
 AQA7_RHO = [0.8969, 0.8043, 0.7336, 0.6965, 0.9456, 0.9545]
 
@@ -24,7 +31,60 @@ def test_spearman_matches_scipy_with_ties(seed):
     pred = target + rng.integers(-3, 4, size=40)  # ties here too
     expected = stats.spearmanr(pred, target).statistic
     got = spearman(torch.tensor(pred, dtype=torch.float32), torch.tensor(target))
-    assert got == pytest.approx(expected, abs=1e-6)
+    assert got == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 353])
+def test_spearman_equals_scipy_to_1e9_on_float64_scores(n):
+    # Scores like MTL-AQA's: finals with ties (0.5 steps), a failed dive at 0, predictions float64.
+    rng = np.random.default_rng(n)
+    target = np.round(rng.uniform(0, 104.5, size=n) * 2) / 2
+    target[0] = 0.0
+    pred = target + rng.normal(0, 8, size=n)
+    expected = stats.spearmanr(pred, target).statistic
+    assert abs(spearman(torch.tensor(pred), torch.tensor(target)) - expected) < 1e-9
+    assert abs(spearman(pred, target) - expected) < 1e-9  # numpy input as well
+
+
+def test_spearman_exact_where_torchmetrics_is_not():
+    # Σd² = 4 over n = 5: ρ = 1 − 6·4/(5·24) = 0.8 exactly (torchmetrics' float32 ranking with its
+    # epsilon reads 0.7999994, which a 1e-9 tolerance refuses).
+    pred, target = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), torch.tensor([2.0, 1.0, 4.0, 3.0, 5.0])
+    assert abs(spearman(pred, target) - 0.8) < 1e-12
+    assert spearman(torch.tensor([1.0, 2.0]), torch.tensor([5.0, 3.0])) == -1.0  # n = 2
+
+
+def test_spearman_undefined_cases_are_nan_with_one_clear_warning():
+    with pytest.warns(UndefinedMetricWarning, match="all 4 predictions are equal") as record:
+        assert math.isnan(spearman(torch.full((4,), 3.0), torch.tensor([1.0, 2.0, 3.0, 4.0])))
+    assert len(record) == 1
+    with pytest.warns(UndefinedMetricWarning, match="all 3 targets are equal"):
+        assert math.isnan(spearman(torch.tensor([1.0, 2.0, 3.0]), torch.full((3,), 7.0)))
+    with pytest.warns(UndefinedMetricWarning, match="non-finite"):
+        assert math.isnan(spearman(torch.tensor([1.0, math.nan]), torch.tensor([1.0, 2.0])))
+    with pytest.raises(ValueError, match="3 predictions but 2 targets"):
+        spearman(torch.zeros(3), torch.zeros(2))
+
+
+def test_evaluate_per_class_and_fisher_z_from_exact_rhos():
+    rng = np.random.default_rng(7)
+    cls = np.repeat([0, 1, 2], 12)
+    target = np.round(rng.uniform(20, 100, size=36))
+    pred = target + rng.normal(0, 15, size=36)
+    out = evaluate(torch.tensor(pred), torch.tensor(target), torch.tensor(cls), ["a", "b", "c"])
+    per = [stats.spearmanr(pred[cls == c], target[cls == c]).statistic for c in range(3)]
+    assert abs(out["srcc"] - stats.spearmanr(pred, target).statistic) < 1e-9
+    for name, rho in zip("abc", per, strict=True):
+        assert abs(out[f"srcc_{name}"] - rho) < 1e-9
+    assert abs(out["srcc_avg"] - math.tanh(np.mean(np.arctanh(per)))) < 1e-9
+
+
+def test_evaluate_keeps_undefined_metrics_as_nan():
+    # Constant ground truth: ρ and R-ℓ2 are undefined and stay in the result as NaN.
+    with pytest.warns(UndefinedMetricWarning):
+        out = evaluate(torch.tensor([1.0, 2.0, 3.0]), torch.full((3,), 5.0), torch.zeros(3), None)
+    assert set(out) == {"srcc", "rl2"}
+    assert math.isnan(out["srcc"]) and math.isnan(out["rl2"])
 
 
 def test_spearman_hand_value_with_ties():
@@ -37,7 +97,8 @@ def test_spearman_hand_value_with_ties():
 
 
 def test_spearman_needs_two_samples():
-    assert math.isnan(spearman(torch.tensor([1.0]), torch.tensor([2.0])))
+    with pytest.warns(UndefinedMetricWarning, match="at least two"):
+        assert math.isnan(spearman(torch.tensor([1.0]), torch.tensor([2.0])))
 
 
 # --------------------------------------------------------------------------- R-ℓ2
@@ -64,8 +125,10 @@ def test_relative_l2_uses_the_ground_truth_range():
 
 
 def test_relative_l2_degenerate_cases():
-    assert math.isnan(relative_l2(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0])))
-    assert math.isnan(relative_l2(torch.tensor([1.0]), torch.tensor([3.0])))
+    with pytest.warns(UndefinedMetricWarning, match="zero range"):
+        assert math.isnan(relative_l2(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0])))
+    with pytest.warns(UndefinedMetricWarning, match="at least two"):
+        assert math.isnan(relative_l2(torch.tensor([1.0]), torch.tensor([3.0])))
     assert relative_l2(torch.tensor([3.0, 9.0]), torch.tensor([3.0, 9.0])) == 0.0
 
 
@@ -82,8 +145,10 @@ def test_fisher_z_mean_reproduces_the_paper_aqa7_average():
 def test_fisher_z_mean_edge_cases():
     assert fisher_z_mean([0.5]) == pytest.approx(0.5)
     assert fisher_z_mean([0.5, -0.5]) == pytest.approx(0.0)
-    assert fisher_z_mean([0.5, float("nan")]) == pytest.approx(0.5)
-    assert math.isnan(fisher_z_mean([]))
+    with pytest.warns(UndefinedMetricWarning, match="over 1 of 2 correlations"):
+        assert fisher_z_mean([0.5, float("nan")]) == pytest.approx(0.5)
+    with pytest.warns(UndefinedMetricWarning, match="no defined"):
+        assert math.isnan(fisher_z_mean([]))
     assert fisher_z_mean([1.0, 1.0]) == pytest.approx(1.0)
 
 

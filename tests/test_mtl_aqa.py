@@ -7,6 +7,7 @@ tell from the decoded pixels which frame files were read.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -21,12 +22,13 @@ from hydra.utils import instantiate
 from tpt_aqa import extract_features
 from tpt_aqa import train as train_entry
 from tpt_aqa.cache import CacheMismatchError
-from tpt_aqa.config import ConfigError
+from tpt_aqa.config import ConfigError, build_datamodule, build_module, validate_config
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.mtl_aqa import ANNOTATION_FILES, MTLAQADataModule
 from tpt_aqa.data.safe_pickle import UnsafePickleError
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import VideoReadError, write_frame_folder
+from tpt_aqa.scoring import ScoreGroups
 
 from .conftest import TINY_MODEL, compose_cfg
 
@@ -130,12 +132,19 @@ def annotation(dd: float, final: float, start: int, end: int) -> dict:
     }
 
 
-def make_mtl_aqa(root: Path, layout: str = "dive_folders", name: str = ANNOTATION_FILES[0]) -> Path:
-    """A tiny MTL-AQA release in ``root`` with frames in one ``layout``."""
+def make_mtl_aqa(
+    root: Path,
+    layout: str = "dive_folders",
+    name: str = ANNOTATION_FILES[0],
+    train: dict | None = None,
+) -> Path:
+    """A tiny MTL-AQA release in ``root`` with frames in one ``layout`` (``train``: other
+    training dives than ``TRAIN``)."""
     root.mkdir(parents=True, exist_ok=True)
-    dives = {**TRAIN, **TEST}
+    train = TRAIN if train is None else train
+    dives = {**train, **TEST}
     write_pickle(root / name, {k: annotation(*v) for k, v in dives.items()})
-    write_pickle(root / "train_split_0.pkl", list(TRAIN))
+    write_pickle(root / "train_split_0.pkl", list(train))
     write_pickle(root / "test_split_0.pkl", list(TEST))
     if layout == "dive_folders":
         frames = grey(level_of_folder_frame(i) for i in range(FOLDER_FRAMES))
@@ -205,16 +214,80 @@ def test_table_with_dd(tmp_path, release):
 
 def test_table_without_dd(tmp_path, release):
     root = release["dive_folders"]
-    with pytest.raises(ConfigError, match=r"delta_cap=30 is below .* \(50,.*delta_cap=100"):
-        datamodule(tmp_path, root, "dataset.use_dd=false")
-    dm = datamodule(tmp_path, root, "dataset.use_dd=false", "dataset.delta_cap=100")
+    dm = datamodule(
+        tmp_path, root, "dataset.use_dd=false"
+    )  # the config's null cap follows the mode
     t = dm.table
     assert np.array_equal(t.target, [v[1] for v in {**TRAIN, **TEST}.values()])
     assert np.array_equal(t.scale, np.ones(9)) and not t.group.any() and t.group_names == ["all"]
     assert dm.delta_cap == 100.0
+    assert datamodule(tmp_path, root).delta_cap == 30.0
     # constructed directly, delta_cap=None follows the mode
     assert MTLAQADataModule(**parts(root), use_dd=False).delta_cap == 100.0
     assert MTLAQADataModule(**parts(root)).delta_cap == 30.0
+
+
+# The real training split in miniature: a failed dive (final 0.0, as 17_164) and a final of 102.6
+# (above the w/o DD cap of 100, as two real dives), both difficulty 3.2. W/o DD one pair (0 vs
+# 102.6) of the 8 training dives' 28 exceeds the cap of 100. W/ DD the raws are 0 and 32.06: one
+# pair of the dd3.2 group's 10 exceeds the cap of 30.
+FAILED_AND_HIGH = {**TRAIN, (5, 1): (3.2, 0.0, 3, 25), (5, 2): (3.2, 102.6, 20, 45)}
+
+
+@pytest.mark.parametrize(
+    ("use_dd", "cap", "count"), [(False, 100, "1 of 28"), (True, 30, "1 of 13")]
+)
+def test_a_failed_dive_and_a_final_above_the_cap_are_clamped(tmp_path, caplog, use_dd, cap, count):
+    root = make_mtl_aqa(tmp_path / "data", train=FAILED_AND_HIGH)
+    dm = datamodule(tmp_path, root, f"dataset.use_dd={use_dd}", "dataset.val_fraction=0")
+    assert dm.delta_cap == cap
+    with caplog.at_level(logging.INFO, logger="tpt_aqa.scoring"):
+        groups = ScoreGroups(16).fit(dm.train_deltas(), dm.delta_cap)
+    assert f"{count} within-group training pairs differ by more than dataset.delta_cap={cap}" in (
+        caplog.text
+    )
+    labels, _ = groups.encode(torch.tensor([dm.train_deltas().max()]))
+    assert labels.tolist() == [15]
+
+
+def test_no_dd_experiment_sets_up_on_a_split_with_a_failed_dive(tmp_path):
+    # What training's setup does (datamodule, then the score groups from its cap), without the I3D.
+    root = make_mtl_aqa(tmp_path / "data", train=FAILED_AND_HIGH)
+    cfg = compose_cfg(
+        tmp_path,
+        "experiment=mtl_aqa_tpt_no_dd",
+        *TINY_MODEL,
+        f"dataset.root={root}",
+        *TINY_DATA,
+        "dataset.val_fraction=0",
+        "model.num_queries=3",
+        "model.encoder.weights=null",
+        "require_encoder_weights=false",
+    )
+    assert cfg.dataset.delta_cap is None and not cfg.dataset.use_dd
+    validate_config(cfg)
+    dm = build_datamodule(cfg)
+    groups = build_module(cfg).score_groups.fit(dm.train_deltas(), dm.delta_cap)
+    assert groups.cap == 100.0 and dm.train_deltas().max() == pytest.approx(102.6)
+
+
+def test_a_cap_of_the_wrong_scale_is_refused_with_a_value_that_works(tmp_path, release):
+    cfg = compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        "dataset=mtl_aqa",
+        f"dataset.root={release['dive_folders']}",
+        *TINY_DATA,
+        "dataset.use_dd=false",
+        "dataset.delta_cap=3",
+        "dataset.val_fraction=0",
+        "model.num_queries=3",
+    )
+    # Training finals 40, 50, 70.4, 64, 80, 30: the largest difference is 50.
+    with pytest.raises(
+        ConfigError, match=r"delta_cap=3 is below most .* pass dataset.delta_cap=50"
+    ):
+        train_entry.run(cfg)
 
 
 @pytest.mark.parametrize("use_dd", [True, False])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 
-from tpt_aqa.scoring import ScoreGroups, pair_deltas, positive_edges
+from tpt_aqa.errors import ConfigError
+from tpt_aqa.scoring import ScoreGroups, check_cap, pair_deltas, positive_edges
 
 # Δ list of n = 9 (already sorted): ⌊i/8·(n − 1)⌋ = i, so the positive edges are sorted[0..8],
 # with the first forced to 0 and the last to the cap.
@@ -18,7 +21,7 @@ RIGHT9 = [-8.0, -6.0, -4.0, -3.0, -2.0, -1.5, -1.0, 0.0, 1.0, 1.5, 2.0, 3.0, 4.0
 
 @pytest.fixture
 def groups() -> ScoreGroups:
-    return ScoreGroups(num_groups=16, cap=30.0).fit(DELTAS9)
+    return ScoreGroups(num_groups=16).fit(DELTAS9, cap=30.0)
 
 
 # --------------------------------------------------------------------------- Δ list and edges
@@ -102,7 +105,7 @@ def test_encode_hand_cases(groups, delta, label, offset):
 
 
 def test_cap_lands_in_outermost_groups_not_group_zero():
-    sg = ScoreGroups(num_groups=8, cap=100.0).fit(np.arange(1.0, 20.0))
+    sg = ScoreGroups(num_groups=8).fit(np.arange(1.0, 20.0), cap=100.0)
     labels, offsets = sg.encode(torch.tensor([100.0, -100.0, 99.999, -99.999]))
     assert labels.tolist() == [7, 0, 7, 0]
     torch.testing.assert_close(offsets[:2], torch.tensor([1.0, 0.0]))
@@ -110,14 +113,14 @@ def test_cap_lands_in_outermost_groups_not_group_zero():
 
 def test_zero_lands_in_first_positive_group_or_the_next_when_collapsed():
     # Ties: n = 9 with two zeros → edges 0, 0, 1, 2, … → group 8 is [0, 0]: Δ = 0 goes to group 9.
-    collapsed = ScoreGroups(16, cap=30.0).fit(np.array([0.0, 0, 1, 2, 3, 4, 5, 6, 7]))
+    collapsed = ScoreGroups(16).fit(np.array([0.0, 0, 1, 2, 3, 4, 5, 6, 7]), cap=30.0)
     assert collapsed.left[8].item() == collapsed.right[8].item() == 0.0
     labels, offsets = collapsed.encode(torch.tensor([0.0, 0.5, -0.5]))
     # 0 → group 9 = [0, 1) offset 0; 0.5 → group 9 offset 0.5; −0.5 → group 6 = (−1, 0] (group 7 is
     # the mirrored [0, 0]) offset 0.5.
     assert labels.tolist() == [9, 9, 6]
     torch.testing.assert_close(offsets, torch.tensor([0.0, 0.5, 0.5]))
-    plain = ScoreGroups(16, cap=30.0).fit(DELTAS9)
+    plain = ScoreGroups(16).fit(DELTAS9, cap=30.0)
     assert plain.encode(torch.tensor([0.0]))[0].tolist() == [8]
 
 
@@ -130,7 +133,7 @@ def test_zero_lands_in_first_positive_group_or_the_next_when_collapsed():
     ],
 )
 def test_encode_decode_round_trip(deltas, cap):
-    sg = ScoreGroups(16, cap=cap).fit(deltas)
+    sg = ScoreGroups(16).fit(deltas, cap=cap)
     rng = np.random.default_rng(0)
     delta = torch.as_tensor(rng.uniform(-cap, cap, size=2000), dtype=torch.float64)
     delta = torch.cat([delta, torch.tensor([0.0, 1.0, -1.0, 2.0, -2.0], dtype=torch.float64)])
@@ -156,7 +159,7 @@ def test_decode_uses_argmax_group_and_its_offset(groups):
 
 
 def test_decode_zero_width_group_adds_the_offset():
-    sg = ScoreGroups(16, cap=30.0).fit(np.array([0.0, 0, 1, 2, 3, 4, 5, 6, 7]))
+    sg = ScoreGroups(16).fit(np.array([0.0, 0, 1, 2, 3, 4, 5, 6, 7]), cap=30.0)
     logits = torch.zeros(1, 16)
     logits[0, 8] = 1.0  # group 8 = [0, 0]: Δ̂ = l + offset
     assert sg.decode(logits, torch.full((1, 16), 0.3)).item() == pytest.approx(0.3)
@@ -168,7 +171,7 @@ def test_decode_zero_width_group_adds_the_offset():
 def test_edges_survive_state_dict_round_trip(groups):
     state = groups.state_dict()
     assert {"left", "right", "fitted"} <= set(state)
-    fresh = ScoreGroups(16, cap=30.0)
+    fresh = ScoreGroups(16)
     assert not bool(fresh.fitted)
     fresh.load_state_dict(state)
     assert bool(fresh.fitted)
@@ -183,14 +186,14 @@ def test_edges_survive_inside_a_parent_module(groups):
     parent = torch.nn.Module()
     parent.groups = groups
     fresh_parent = torch.nn.Module()
-    fresh_parent.groups = ScoreGroups(16, cap=30.0)
+    fresh_parent.groups = ScoreGroups(16)
     fresh_parent.load_state_dict(parent.state_dict())
     assert bool(fresh_parent.groups.fitted)
     np.testing.assert_array_equal(fresh_parent.groups.right.numpy(), RIGHT9)
 
 
 def test_use_before_fit_raises():
-    sg = ScoreGroups(16, cap=30.0)
+    sg = ScoreGroups(16)
     with pytest.raises(RuntimeError, match="fit"):
         sg.encode(torch.tensor([1.0]))
     with pytest.raises(RuntimeError, match="fit"):
@@ -200,17 +203,59 @@ def test_use_before_fit_raises():
 @pytest.mark.parametrize("g", [0, 1, 3, 6, 12, 24])
 def test_num_groups_must_be_power_of_two(g):
     with pytest.raises(ValueError):
-        ScoreGroups(num_groups=g, cap=30.0)
+        ScoreGroups(num_groups=g)
 
 
 @pytest.mark.parametrize("g", [2, 4, 8, 32])
 def test_powers_of_two_are_accepted(g):
-    sg = ScoreGroups(num_groups=g, cap=30.0).fit(DELTAS9)
+    sg = ScoreGroups(num_groups=g).fit(DELTAS9, cap=30.0)
     assert sg.left.shape == sg.right.shape == (g,)
     assert sg.left[g // 2].item() == 0.0
     assert sg.right[g - 1].item() == 30.0
 
 
-def test_cap_must_be_positive():
-    with pytest.raises(ValueError):
-        ScoreGroups(16, cap=0.0)
+def test_cap_must_be_positive_and_the_error_suggests_a_working_value():
+    with pytest.raises(
+        ConfigError, match=r"dataset.delta_cap=0.0: .* > 0; pass dataset.delta_cap=12"
+    ):
+        ScoreGroups(16).fit(DELTAS9, cap=0.0)
+
+
+def test_cap_after_fit_is_the_outermost_edge():
+    assert ScoreGroups(16).fit(DELTAS9, cap=30.0).cap == 30.0
+    with pytest.raises(RuntimeError, match="fit"):
+        _ = ScoreGroups(16).cap
+
+
+# ------------------------------------------------------------------ pairs beyond the cap
+
+
+# MTL-AQA w/o DD in miniature: a failed dive scored 0, two finals above the cap of 100 (102.6, as in
+# the real training split), and ordinary finals. Pairs: 6 scores → 15 within-group Δ.
+FINALS = np.array([0.0, 102.6, 102.6, 60.0, 75.5, 88.0])
+
+
+def test_pairs_beyond_the_cap_are_clamped_and_counted(caplog):
+    deltas = pair_deltas(FINALS, np.zeros(6, dtype=np.int64))
+    # Beyond 100: 0 vs 102.6 twice → 2 of 15 pairs.
+    assert check_cap(deltas, 100.0) == 2
+    with caplog.at_level(logging.INFO, logger="tpt_aqa.scoring"):
+        sg = ScoreGroups(16).fit(deltas, cap=100.0)
+    assert "2 of 15 within-group training pairs differ by more than dataset.delta_cap=100" in (
+        caplog.text
+    )
+    assert sg.cap == 100.0
+    labels, offsets = sg.encode(torch.tensor([102.6, -102.6, 100.0]))
+    assert labels.tolist() == [15, 0, 15]  # the outermost groups, never group 0 for +Δ
+    torch.testing.assert_close(offsets, torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_a_cap_below_most_pairs_is_refused_with_a_value_that_works():
+    deltas = pair_deltas(FINALS, np.zeros(6, dtype=np.int64))
+    # Pairs beyond 30: 102.6 (×2), 60, 75.5, 88, 42.6 (×2) → 7 of 15, not most: clamped. Beyond
+    # 10: all but 102.6 − 102.6 → 14 of 15: a cap of another scale, refused; the fix covers the
+    # largest difference.
+    assert check_cap(deltas, 30.0) == 7
+    with pytest.raises(ConfigError, match=r"14 of 15 pairs exceed it.*pass dataset.delta_cap=103"):
+        ScoreGroups(16).fit(deltas, cap=10.0)
+    assert check_cap(deltas, 103) == 0  # the suggested value is accepted without clamping

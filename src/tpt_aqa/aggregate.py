@@ -77,9 +77,16 @@ def table(
         record: dict[str, object] = {"setting": setting, "seeds": len(runs)}
         cells = [setting, str(len(runs))]
         for m in metrics:
-            mean, std = summarise([r.get(m, math.nan) for r in runs])
+            values = [r.get(m, math.nan) for r in runs]
+            mean, std = summarise(values)
             record[f"{m}_mean"], record[f"{m}_std"] = mean, std
-            cells.append("—" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}")
+            # an undefined value (null in results.json, e.g. ρ of constant predictions) is left
+            # out of the mean, and the cell says over how many seeds it was taken
+            defined = sum(v is not None and not math.isnan(v) for v in values)
+            cell = "—" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+            if 0 < defined < len(values):
+                cell += f" ({defined} of {len(values)} defined)"
+            cells.append(cell)
         if any(paper.values()):
             found = paper.get(setting)
             record["paper_srcc"], record["paper_rl2"] = found if found else (None, None)

@@ -137,7 +137,7 @@ def end_to_end(
         )
         torch.manual_seed(0)
         module = build_module(cfg).to(device)
-        module.score_groups.fit(torch.rand(100).numpy() * 10)
+        module.score_groups.fit(torch.rand(100).numpy() * 10, cap=10.0)
         optimizer = module.configure_optimizers()
         autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
         module.train()

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tpt_aqa.errors import ConfigError
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on (see ENV.md).
@@ -28,10 +30,6 @@ KNOWN_ENCODERS = {
     "tpt_aqa.models.I3DEncoder": "i3d",
     "tpt_aqa.models.i3d.I3DEncoder": "i3d",
 }
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and the fix."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -171,7 +169,7 @@ def build_module(cfg: DictConfig):
     return AQAModule(
         model=instantiate(cfg.model),
         criterion=instantiate(cfg.criterion),
-        score_groups=ScoreGroups(num_groups=cfg.model.num_groups, cap=cfg.dataset.delta_cap),
+        score_groups=ScoreGroups(num_groups=cfg.model.num_groups),
         optimizer=instantiate(cfg.optim.optimizer),
         lr=OmegaConf.to_container(cfg.optim.lr, resolve=True),
         config=OmegaConf.to_container(cfg, resolve=True),

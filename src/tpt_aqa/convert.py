@@ -495,7 +495,7 @@ def convert(
     exemplars = None
     if with_data:
         dm = build_datamodule(cfg)
-        module.score_groups.fit(dm.train_deltas())
+        module.score_groups.fit(dm.train_deltas(), dm.delta_cap)
         if bank:
             dev = torch.device(
                 ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

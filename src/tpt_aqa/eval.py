@@ -10,7 +10,6 @@ exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
@@ -19,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
+from tpt_aqa.cache import atomic_write_text, json_text
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -82,8 +82,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(
-            json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2)
+        atomic_write_text(
+            out / "results.json", json_text({"checkpoint": str(cfg.ckpt_path), **test})
         )
         print(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
     return test

@@ -73,7 +73,7 @@ class AQAModule(L.LightningModule):
         dm = self.trainer.datamodule
         self.class_names = list(dm.class_names)
         if not bool(self.score_groups.fitted):
-            self.score_groups.fit(dm.train_deltas())
+            self.score_groups.fit(dm.train_deltas(), dm.delta_cap)
 
     def configure_optimizers(self) -> Optimizer:
         groups = []
@@ -180,8 +180,8 @@ class AQAModule(L.LightningModule):
             metrics["phase_alignment"] = phase_alignment(
                 rec["attn"].cpu(), rec["clip_labels"].cpu()
             )
-        # ρ stays even when undefined (NaN): checkpoint selection monitors it and treats NaN as worst
-        metrics = {k: v for k, v in metrics.items() if k == "srcc" or not math.isnan(v)}
+        # Undefined metrics stay, as NaN (evaluate warned why): checkpoint selection treats a NaN ρ
+        # as the worst, and tables show it rather than dropping the column.
         self.last_metrics[split] = metrics
         self.last_records[split] = {k: v.cpu() for k, v in rec.items()}
         self.last_predictions = {k: rec[k].cpu() for k in ("index", "pred", "target")}
@@ -226,9 +226,11 @@ class AQAModule(L.LightningModule):
         independently (needs ``dataset.test_every_epoch=true``; optimistic by construction)."""
         if not self.test_history:
             return {}
+        srcc = [h["srcc"] for h in self.test_history if math.isfinite(h.get("srcc", math.nan))]
+        rl2 = [h["rl2"] for h in self.test_history if math.isfinite(h.get("rl2", math.nan))]
         return {
-            "paper_style_best_test/srcc": max(h["srcc"] for h in self.test_history),
-            "paper_style_best_test/rl2": min(h["rl2"] for h in self.test_history),
+            "paper_style_best_test/srcc": max(srcc, default=math.nan),
+            "paper_style_best_test/rl2": min(rl2, default=math.nan),
         }
 
     # ---- checkpoints -----------------------------------------------------------------------

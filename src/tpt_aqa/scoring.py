@@ -1,4 +1,4 @@
-"""Group-aware regression targets: score groups (SPEC §5, CoRe's grouping as TPT trained it).
+"""Group-aware regression targets: score groups (paper §3.3, CoRe's grouping as TPT trained it).
 
 The relative score Δ of a pair is encoded as a group (which interval Δ lies in) and an offset inside
 that interval. Intervals are symmetric around 0 and hold equal numbers of the training split's
@@ -8,9 +8,16 @@ group instead of silently landing in group 0.
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 import torch
 from torch import nn
+
+from tpt_aqa.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def pair_deltas(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -54,29 +61,86 @@ def positive_edges(deltas: np.ndarray, num_groups: int, cap: float) -> np.ndarra
     return np.clip(edges, 0.0, cap)
 
 
+def check_cap(deltas: np.ndarray, cap: float) -> int:
+    """Check the score-group cap against the training Δ list; returns how many Δ exceed it.
+
+    The pairs beyond the cap are clamped into the outermost group (reported as an info line); a cap
+    below most of them is a wrong cap (e.g. the raw-score cap 30 on final scores, which span
+    0–104.5), refused with the smallest value that covers every pair.
+
+    Raises:
+        ConfigError: ``cap`` is not positive, or more than half of the Δ list exceeds it.
+    """
+    deltas = np.asarray(deltas, dtype=np.float64)
+    covering = math.ceil(float(deltas.max())) if len(deltas) else None
+    fix = (
+        f"pass dataset.delta_cap={covering:g}" if covering else "pass a positive dataset.delta_cap"
+    )
+    if not cap > 0:
+        raise ConfigError(f"dataset.delta_cap={cap}: the score-group cap must be > 0; {fix}")
+    beyond = int((deltas > cap).sum())
+    if beyond * 2 > len(deltas):
+        raise ConfigError(
+            f"dataset.delta_cap={cap:g} is below most score differences between training videos of "
+            f"one exemplar group ({beyond} of {len(deltas)} pairs exceed it, the largest "
+            f"{deltas.max():.4g}); {fix} (the largest difference, rounded up)"
+        )
+    if beyond:
+        log.info(
+            "score groups: %d of %d within-group training pairs differ by more than "
+            "dataset.delta_cap=%g (largest %.4g); they are clamped into the outermost group",
+            beyond,
+            len(deltas),
+            cap,
+            deltas.max(),
+        )
+    return beyond
+
+
 class ScoreGroups(nn.Module):
     """Encode Δ → (group, offset) and decode back; edges live in buffers, so checkpoints carry them.
 
+    The cap (the largest |Δ| the groups cover) is the training data's, given to :meth:`fit`
+    (``dataset.delta_cap``, defaulted per benchmark by its datamodule); after fitting it is the
+    outermost edge.
+
     Args:
         num_groups: G, an even power of two (16 in the release).
-        cap: |Δ| covered by the outermost groups (30 for MTL-AQA raw scores, 100 for 0–100 scales).
     """
 
-    def __init__(self, num_groups: int = 16, cap: float = 30.0) -> None:
+    def __init__(self, num_groups: int = 16) -> None:
         super().__init__()
         if num_groups < 2 or num_groups & (num_groups - 1):
             raise ValueError(f"model.num_groups must be an even power of two, got {num_groups}")
-        if cap <= 0:
-            raise ValueError(f"score-group cap must be > 0, got {cap}; set dataset.delta_cap")
         self.num_groups = num_groups
-        self.cap = float(cap)
         self.register_buffer("left", torch.zeros(num_groups, dtype=torch.float64))
         self.register_buffer("right", torch.zeros(num_groups, dtype=torch.float64))
         self.register_buffer("fitted", torch.tensor(False))
 
-    def fit(self, deltas: np.ndarray) -> ScoreGroups:
-        """Set the group edges from the training split's Δ list."""
-        e = torch.as_tensor(positive_edges(deltas, self.num_groups, self.cap), dtype=torch.float64)
+    @property
+    def cap(self) -> float:
+        """The largest |Δ| the fitted groups cover (their outermost edge)."""
+        self._check()
+        return float(self.right[-1])
+
+    def fit(self, deltas: np.ndarray, cap: float) -> ScoreGroups:
+        """Set the group edges from the training split's Δ list.
+
+        A Δ beyond the cap is clamped into the outermost group when encoded; real splits have a
+        few (MTL-AQA w/o DD: a failed dive scored 0 against finals above 100), which is reported as
+        an info line. A cap that is clearly wrong (not positive, or below most of the Δ list) is
+        refused with a value that works.
+
+        Args:
+            deltas: the Δ list (:func:`pair_deltas` of the training split).
+            cap: largest |Δ| the groups cover (``dataset.delta_cap``).
+
+        Raises:
+            ConfigError: for a cap that is not positive or below most within-group differences.
+        """
+        deltas = np.asarray(deltas, dtype=np.float64)
+        check_cap(deltas, cap)
+        e = torch.as_tensor(positive_edges(deltas, self.num_groups, cap), dtype=torch.float64)
         left = torch.cat([-e[1:].flip(0), e[:-1]])  # (G,)
         right = torch.cat([-e[:-1].flip(0), e[1:]])  # (G,)
         self.left.copy_(left)
@@ -101,7 +165,8 @@ class ScoreGroups(nn.Module):
         """
         self._check()
         half = self.num_groups // 2
-        d = delta.detach().to(torch.float64).clamp(-self.cap, self.cap)[:, None]  # (N, 1)
+        cap = float(self.right[-1])
+        d = delta.detach().to(torch.float64).clamp(-cap, cap)[:, None]  # (N, 1)
         idx = torch.arange(self.num_groups, device=d.device)
         left, right = self.left[None, :], self.right[None, :]  # (1, G)
         pos = (d >= 0) & (idx >= half) & (left <= d) & (d < right)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
+from tpt_aqa.cache import atomic_write_text, json_text
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -173,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results["bank_mib"] = round(bank.nbytes / 2**20, 3)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(out / "results.json", json_text(results))
         selection = "best val/srcc" if dm.has_val else "last epoch"
         print(format_results(test, f"Test metrics (checkpoint: {selection}) — {out}"))
         others = {k: v for k, v in results.items() if k.startswith(("last_epoch_test/", "paper_"))}

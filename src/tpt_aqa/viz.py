@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
-from scipy.stats import spearmanr
 
-from tpt_aqa.metrics import relative_l2
+from tpt_aqa.metrics import relative_l2, spearman
 
 ATTENTION_CMAP = "viridis"
 PHASE_CMAP = "tab10"
@@ -277,7 +276,7 @@ def scatter(
         if classes.shape != p.shape:
             raise ValueError(f"class_ids must have shape {p.shape} like pred, got {classes.shape}")
     n = len(p)
-    rho = float(spearmanr(p, g).statistic) if n >= 2 else float("nan")
+    rho = spearman(p, g)
     rl2 = relative_l2(torch.from_numpy(p), torch.from_numpy(g))
 
     fig = _new_figure(4.8, 4.6)
