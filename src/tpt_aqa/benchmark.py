@@ -8,7 +8,15 @@ Prints a table and writes JSON with:
   ``channels_last_3d``, and evaluation videos/s (encoding) in both;
 * frame loading: decode + center crop of 103 JPEG frames of 224², frames/s on one core, PIL and
   simplejpeg;
-* peak memory (process RSS on CPU, allocated memory on CUDA);
+* model FLOPs of one end-to-end training step (forward + backward, counted by
+  ``torch.utils.flop_counter``, 2 FLOP per multiply-add) and the achieved TFLOP/s, with the model
+  FLOPs utilisation (MFU) against the device's peak: a table of common GPUs for bf16/TF32/fp32
+  (``--peak-tflops`` overrides it); on a CPU the peak is the measured rate of a large matmul in the
+  same dtype, so the CPU MFU says how close the step is to what this CPU's matmuls reach;
+* a per-op time breakdown of one training step (``torch.profiler``, top 15 ops by self time),
+  written beside the JSON as ``<name>.profile.txt``;
+* peak memory (process RSS on CPU, allocated memory on CUDA; on CUDA also the peak of one
+  end-to-end step alone);
 * with ``--eval-compare``: evaluation through a random-init I3D at MTL-AQA size (353 rendered test
   videos × 10 exemplars from 1,059 training videos, ``dataset=synthetic_video`` at
   ``--eval-size`` pixels), encode once (``AQAModule`` through ``trainer.test``) vs the reference's
@@ -47,6 +55,11 @@ from tpt_aqa.data.video import benchmark_frame_loading, make_benchmark_folder
 from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
 
 
+def stage(text: str) -> None:
+    """One progress line per stage, so a long run is never silent."""
+    print(f"[{datetime.now():%H:%M:%S}] {text} …", flush=True)
+
+
 def _compose(*overrides: str):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=["paths.output_dir=unused", *overrides])
@@ -60,6 +73,66 @@ def _timed(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+# Dense peak TFLOP/s (no sparsity) of common GPUs, from the vendors' datasheets: bf16 tensor cores
+# with fp32 accumulation, TF32 tensor cores, and plain fp32. Matched against the CUDA device name in
+# order, so the more specific names come first.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H100 PCIe", {"bf16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    ("H100", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("RTX 4090", {"bf16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+    ("RTX 3090", {"bf16": 71.0, "tf32": 35.6, "fp32": 35.6}),
+)
+
+
+def gpu_peak_tflops(name: str, precision: str) -> float | None:
+    """Datasheet peak of the GPU called ``name`` for ``precision`` (bf16, tf32, fp32), if known."""
+    for key, peaks in PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return peaks[precision]
+    return None
+
+
+def cpu_matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    """Measured TFLOP/s of an n×n matmul on this CPU with the current thread count."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    return 2 * n**3 / _timed(lambda: torch.mm(a, b), repeats) / 1e12
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (forward and backward if it runs both), 2 per multiply-add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def profile_table(fn, device: str, rows: int = 15) -> tuple[str, list[dict[str, Any]]]:
+    """Top ``rows`` ops of one call of ``fn`` by self time: a printable table and JSON records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:rows]
+    records = [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_ms": e.self_cpu_time_total / 1e3,
+            "self_device_ms": getattr(e, "self_device_time_total", 0) / 1e3,
+        }
+        for e in events
+    ]
+    return prof.key_averages().table(sort_by=key, row_limit=rows), records
 
 
 def feature_mode(device: str) -> dict[str, float]:
@@ -124,9 +197,20 @@ def _video_batch(pairs: int, clips: int, clip_len: int, size: int, device: str) 
 
 
 def end_to_end(
-    device: str, pairs: int, clips: int, clip_len: int, size: int, repeats: int
+    device: str,
+    pairs: int,
+    clips: int,
+    clip_len: int,
+    size: int,
+    repeats: int,
+    peak_tflops: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Training steps and evaluation encoding through I3D, fp32 vs bf16 + channels_last_3d."""
+    """Training steps and evaluation encoding through I3D, fp32 vs bf16 + channels_last_3d.
+
+    Args:
+        peak_tflops: the device's peak per precision (``bf16``, ``tf32``, ``fp32``), for the MFU;
+            ``None`` leaves the MFU out.
+    """
     batch = _video_batch(pairs, clips, clip_len, size, device)
     out: dict[str, Any] = {}
     for name, bf16 in (("fp32", False), ("bf16_channels_last", True)):
@@ -152,6 +236,15 @@ def end_to_end(
                 torch.cuda.synchronize()
 
         step_s = _timed(step, repeats)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            step_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        flops = count_flops(step)
+        precision = "bf16" if bf16 else ("tf32" if _tf32_on(device) else "fp32")
+        peak = peak_tflops.get(precision) if peak_tflops else None
+        if name == "bf16_channels_last":
+            out["profile_table"], out["profile"] = profile_table(step, device)
         module.eval()
 
         @torch.no_grad()
@@ -162,11 +255,20 @@ def end_to_end(
                 torch.cuda.synchronize()
 
         encode_s = _timed(encode, repeats)
+        achieved = flops / step_s / 1e12
         out[name] = {
             "train_step_s": step_s,
             "train_pairs_per_s": pairs / step_s,
             "eval_videos_per_s": pairs / encode_s,
+            "step_flops": flops,
+            "flops_per_pair": flops / pairs,
+            "achieved_tflops": achieved,
+            "precision": precision,
+            "peak_tflops": peak,
+            "mfu": achieved / peak if peak else None,
         }
+        if device == "cuda":
+            out[name]["step_peak_memory_mb"] = step_peak_mb
     out["train_speedup"] = (
         out["bf16_channels_last"]["train_pairs_per_s"] / out["fp32"]["train_pairs_per_s"]
     )
@@ -179,6 +281,28 @@ def end_to_end(
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _tf32_on(device: str) -> bool:
+    """Whether fp32 convolutions and matmuls run on TF32 tensor cores (PyTorch's cuDNN default)."""
+    return device == "cuda" and torch.backends.cudnn.allow_tf32
+
+
+def device_peaks(device: str, override: float | None) -> tuple[dict[str, float] | None, str]:
+    """Peak TFLOP/s per precision for the MFU, and where they come from."""
+    if override is not None:
+        return {p: override for p in ("bf16", "tf32", "fp32")}, f"--peak-tflops {override:g}"
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peaks = {p: gpu_peak_tflops(name, p) for p in ("bf16", "tf32", "fp32")}
+        if peaks["fp32"] is None:
+            return None, f"{name} is not in the peak table: pass --peak-tflops"
+        return peaks, f"{name} datasheet (dense)"
+    peaks = {
+        "bf16": cpu_matmul_tflops(torch.bfloat16),
+        "fp32": cpu_matmul_tflops(torch.float32),
+    }
+    return peaks, "measured 2048² matmul on this CPU"
 
 
 def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, Any]:
@@ -287,6 +411,10 @@ def render(report: dict[str, Any]) -> str:
         f"{e['bf16_channels_last']['eval_videos_per_s']:13.3f}",
         f"  speed-up           {e['train_speedup']:12.2f}×   {e['eval_speedup']:12.2f}×",
         "",
+        f"model FLOPs of one training step (forward + backward; peak: {report['peak_source']})",
+        "                     GFLOP/step   GFLOP/pair   TFLOP/s    peak    MFU",
+        *(_flops_row(label, e[key]) for label, key in _E2E_ROWS),
+        "",
         "frame loading (decode + crop, 103 frames of 224², one core)",
         f"  PIL                {fps['pil']:>10} frames/s",
         f"  simplejpeg         {fps['simplejpeg']:>10} frames/s",
@@ -296,6 +424,18 @@ def render(report: dict[str, Any]) -> str:
     if "eval_compare" in report:
         lines += ["", *_render_eval_compare(report["eval_compare"])]
     return "\n".join(lines)
+
+
+_E2E_ROWS = (("fp32 contiguous", "fp32"), ("bf16 + cl_3d", "bf16_channels_last"))
+
+
+def _flops_row(label: str, r: dict[str, Any]) -> str:
+    peak = "n/a" if r["peak_tflops"] is None else f"{r['peak_tflops']:.3g}"
+    mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+    return (
+        f"  {label:<18} {r['step_flops'] / 1e9:10.1f}   {r['flops_per_pair'] / 1e9:10.1f}   "
+        f"{r['achieved_tflops']:7.3f}   {peak:>5} {r['precision']:>4}   {mfu}"
+    )
 
 
 def _render_eval_compare(c: dict[str, Any]) -> list[str]:
@@ -332,6 +472,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=160, help="frame size end to end (pixels)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s for the MFU (default: the GPU table; measured on a CPU)",
+    )
+    parser.add_argument(
         "--eval-compare",
         action="store_true",
         help="also compare encode-once evaluation with the reference's pair by pair, through I3D",
@@ -366,20 +512,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "clip_len": args.clip_len,
             "size": args.size,
         },
-        "feature_mode": feature_mode(device),
-        "end_to_end": end_to_end(
-            device, args.pairs, args.clips, args.clip_len, args.size, args.repeats
-        ),
-        "frame_loading": frame_loading(max(args.repeats, 3)),
     }
+    stage("peak throughput of this device")
+    peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
+    stage("feature mode at MTL-AQA scale: one epoch and one evaluation")
+    report["feature_mode"] = feature_mode(device)
+    stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile")
+    e2e = end_to_end(device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks)
+    profile_text = e2e.pop("profile_table")
+    report["end_to_end"] = e2e
+    stage("frame loading")
+    report["frame_loading"] = frame_loading(max(args.repeats, 3))
     if args.eval_compare:
+        stage("evaluation through I3D: encode once vs pair by pair")
         report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
     report["peak_memory_mb"] = peak_memory_mb(device)
     print(render(report))
     out = args.out or Path("outputs/benchmark") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten to {out}")
+    profile_path = out.with_suffix(".profile.txt")
+    profile_path.write_text(profile_text + "\n")
+    print(f"\nwritten to {out} (per-op profile of one bf16 step: {profile_path})")
     return report
 
 

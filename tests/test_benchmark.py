@@ -1,0 +1,46 @@
+"""The benchmark's FLOP counting, peak table and profile (numbers only; nothing is timed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tpt_aqa.benchmark import count_flops, device_peaks, gpu_peak_tflops, profile_table
+
+
+def test_count_flops_forward_and_backward_of_a_linear_layer():
+    # Forward (2×4)·(4×3): 2·(2·4·3) = 48 FLOP. Backward: grad wrt input (2×3)·(3×4) and wrt
+    # weight (3×2)·(2×4), 48 each → 144 in all (the bias add is not a matmul and is not counted).
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4, requires_grad=True)
+    assert count_flops(lambda: layer(x)) == 48
+    assert count_flops(lambda: layer(x).sum().backward()) == 144
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+        ("NVIDIA H100 PCIe", "bf16", 756.5),
+        ("NVIDIA H200", "tf32", 494.7),
+        ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
+        ("NVIDIA GeForce RTX 4090", "bf16", 165.2),
+        ("NVIDIA L40S", "bf16", 362.0),
+    ],
+)
+def test_gpu_peak_table(name, precision, peak):
+    assert gpu_peak_tflops(name, precision) == peak
+
+
+def test_unknown_gpu_has_no_peak_and_override_wins():
+    assert gpu_peak_tflops("Some Future GPU", "bf16") is None
+    peaks, source = device_peaks("cpu", 2.5)
+    assert peaks == {"bf16": 2.5, "tf32": 2.5, "fp32": 2.5} and "--peak-tflops" in source
+
+
+def test_profile_lists_the_ops_of_one_call():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    text, records = profile_table(lambda: torch.mm(a, b).relu(), "cpu", rows=5)
+    ops = [r["op"] for r in records]
+    assert "aten::mm" in ops and len(records) <= 5
+    assert "aten::mm" in text
