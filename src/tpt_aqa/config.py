@@ -14,8 +14,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.errors import ConfigError
+from tpt_aqa.weights import NAMED, named_setting, resolve_weights
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# conf/model/encoder/i3d.yaml: `${tpt_aqa.weights_setting:${.weights},bn_eps,1.0e-5}` is what the
+# named weights need (model.encoder.weights=kinetics400: 1e-3), else the default; a key the
+# configuration sets itself replaces the interpolation.
+OmegaConf.register_new_resolver("tpt_aqa.weights_setting", named_setting, replace=True)
 
 # Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on (see ENV.md).
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
@@ -39,6 +45,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tpt_aqa.data.safe_pickle import UnsafePickleError
     from tpt_aqa.data.video import VideoReadError
     from tpt_aqa.models.i3d import I3DWeightsError
+    from tpt_aqa.weights import WeightsDownloadError
 
     return (
         ConfigError,
@@ -47,6 +54,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         UnsafePickleError,
         VideoReadError,
         I3DWeightsError,
+        WeightsDownloadError,
         FileNotFoundError,
     )
 
@@ -92,7 +100,8 @@ def validate_config(cfg: DictConfig) -> None:
     if missing:
         key = missing[0]
         hint = {
-            "model.encoder.weights": "/path/to/model_rgb.pth (or null for a random-init backbone)",
+            "model.encoder.weights": "/path/to/model_rgb.pth, or kinetics400 "
+            f"(`{NAMED['kinetics400'].command}`), or null for a random-init backbone",
             "dataset.root": "/path/to/data",
         }.get(key, "<value>")
         raise ConfigError(f"{key} is not set: pass {key}={hint}")
@@ -125,9 +134,12 @@ def validate_config(cfg: DictConfig) -> None:
     ):
         raise ConfigError(
             "model.encoder.weights is not set, and this experiment fine-tunes a pretrained backbone: "
-            "pass model.encoder.weights=/path/to/model_rgb.pth (or require_encoder_weights=false "
-            "to train from a random init)"
+            "pass model.encoder.weights=/path/to/model_rgb.pth or model.encoder.weights=kinetics400 "
+            f"(created by `{NAMED['kinetics400'].command}`), or require_encoder_weights=false to "
+            "train from a random init"
         )
+    # a named file that was never created stops here, with the command that creates it
+    resolve_weights(_get(cfg, "model.encoder.weights"))
     dataset = cfg.get("dataset") or OmegaConf.create({})
     if "root" in dataset.keys():  # noqa: SIM118 (`in` on a DictConfig skips ??? values)
         if OmegaConf.is_missing(dataset, "root") or dataset.root is None:

