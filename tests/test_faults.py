@@ -162,7 +162,7 @@ def test_cli_sigterm_then_resume(tmp_path):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert ckpt["epoch"] >= 1 and ckpt["global_step"] >= BATCHES
     assert ckpt["optimizer_states"][0]["state"]
-    assert not list(checkpoints.glob(".partial-*"))
+    assert not list(checkpoints.glob(".*.tmp"))
     assert f"continue with ckpt_path={path}" in output
 
     epochs = ckpt["epoch"] + 1
@@ -259,3 +259,40 @@ def test_atomic_write_round_trip_and_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user creates
+
+
+@pytest.fixture
+def umask_027():
+    """A umask that tells the normal mode (0640) from a private one (0600)."""
+    old = os.umask(0o027)
+    yield 0o666 & ~0o027
+    os.umask(old)
+
+
+def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
+    """Figures, converted checkpoints, text and arrays are created like any file the user makes,
+    not with the private mode of a temporary file."""
+    import numpy as np
+
+    from tpt_aqa import viz
+    from tpt_aqa.cache import atomic_torch_save, atomic_write_text
+    from tpt_aqa.extract_features import save_array
+
+    written = [
+        viz.save_figure(viz.scatter([1.0, 2.0], [2.0, 1.0]), tmp_path / "fig.png"),
+        tmp_path / "converted.ckpt",
+        tmp_path / "results.json",
+        tmp_path / "clip.npy",
+        tmp_path / "checkpoints" / "last.ckpt",
+    ]
+    atomic_torch_save(state(1.0), written[1])
+    atomic_write_text(written[2], "{}")
+    save_array(written[3], np.zeros(3))
+    AtomicCheckpointIO().save_checkpoint(state(1.0), written[4])
+    for path in written:
+        assert path.stat().st_mode & 0o777 == umask_027, path.name
+    atomic_torch_save(state(2.0), written[1], mode=0o600)  # an explicit mode still wins
+    assert written[1].stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["fig.png", "converted.ckpt", "results.json", "clip.npy", "checkpoints"]
+    )  # no temporary file left

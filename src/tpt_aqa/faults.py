@@ -16,10 +16,7 @@ the target and renames, which is atomic on POSIX filesystems.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from tpt_aqa.cache import atomic_write
 
 
 class CheckpointOnSignal(Callback):
@@ -101,8 +100,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     rename cannot cross filesystems, and no in-memory copy of the whole checkpoint is made), flushed
     to disk, then renamed over the target with ``os.replace``. Readers see the old file or the new
     one, never a mixture; a failed or interrupted write leaves the previous checkpoint untouched. A
-    process killed outright (SIGKILL) may leave its ``.partial-*.tmp`` file behind, never a
-    ``*.ckpt``. Remote paths (``s3://`` …) keep Lightning's behaviour.
+    process killed outright (SIGKILL) may leave its ``.<name>.<random>.tmp`` file behind, never a
+    ``*.ckpt`` (``tpt_aqa.cache.atomic_write``). Remote paths (``s3://`` …) keep Lightning's behaviour.
     """
 
     def save_checkpoint(
@@ -116,26 +115,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options for a local path, got {storage_options!r}"
             )
-        target = Path(local_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".partial-{uuid.uuid4().hex}.tmp")
-        try:
-            with open(partial, "xb") as f:  # "x": a fresh file, mode from the umask like any other
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        _fsync_folder(target.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; some filesystems cannot sync a folder, which is harmless."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(local_path, lambda f: torch.save(checkpoint, f), durable=True)
