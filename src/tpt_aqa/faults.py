@@ -54,6 +54,10 @@ class CheckpointOnSignal(Callback):
     one rank only, and are left alone. A SIGTERM while testing saves nothing: there is no training
     to resume.
 
+    A run resumed from a ``sigterm.ckpt`` consumes it: the file is removed once the run has gone past
+    it (at the start of the next epoch, when the end-of-epoch checkpoints are newer, or at the end
+    of training), so that later starts in the same folder do not resume from the old state again.
+
     Args:
         dirpath: folder of ``sigterm.ckpt``; ``None`` puts it next to the ``ModelCheckpoint`` files
             (following a resumed run into its original folder), or in
@@ -64,6 +68,7 @@ class CheckpointOnSignal(Callback):
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
+        self._resumed: tuple[Path, int] | None = None  # (sigterm.ckpt resumed from, its epoch)
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         """Where the checkpoint goes for this trainer."""
@@ -76,6 +81,26 @@ class CheckpointOnSignal(Callback):
         else:
             folder = Path(trainer.default_root_dir) / "checkpoints"
         return folder / self.FILENAME
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = trainer.ckpt_path
+        if path and Path(path).name == self.FILENAME:
+            self._resumed = (Path(path), trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed and trainer.current_epoch > self._resumed[1]:
+            self._consume(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed:
+            self._consume(trainer)
+
+    def _consume(self, trainer: L.Trainer) -> None:
+        path, _ = self._resumed
+        self._resumed = None
+        if trainer.is_global_zero:
+            path.unlink(missing_ok=True)
+            rank_zero_info(f"removed {path}: the resumed run has gone past it")
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
