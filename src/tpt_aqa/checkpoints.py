@@ -172,7 +172,9 @@ def fitting_overrides(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
     configuration (``saved``) describes, starting from ``current``."""
     return [
         f"{'+' if now == '<not set>' else ''}{k}={_override_value(was)}"
-        for k, was, now in config_differences(saved.get("model", {}), current.get("model", {}))
+        for k, was, now in config_differences(
+            {"model": saved.get("model", {})}, {"model": current.get("model", {})}
+        )
         if was != "<not set>"
     ]
 
