@@ -193,3 +193,38 @@ def test_cli_second_run_in_the_same_folder_is_refused(tmp_path):
         f"config error: {run_dir} is in use by another run (pid {first.pid} on "
     ), second.stderr
     assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize("state", ["finished", "in_use"])
+def test_cli_refuses_before_hydra_rewrites_the_folders_record(tmp_path, state):
+    """Hydra writes .hydra/ and the log into run.dir before the task starts: the check runs
+    first, so the record of the run already there (what aggregate reads) is kept."""
+    run_dir = tmp_path / "run"
+    record = run_dir / ".hydra" / "overrides.yaml"
+    record.parent.mkdir(parents=True)
+    record.write_text("- seed=1\n")
+    other = None
+    if state == "finished":
+        (run_dir / "results.json").write_text("{}")
+        expected = f"config error: {run_dir} already holds a finished run"
+    else:
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        write_lock(run_dir, other.pid)
+        expected = f"config error: {run_dir} is in use by another run (pid {other.pid} on "
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tpt_aqa.train", f"hydra.run.dir={run_dir}", "seed=2"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert record.read_text() == "- seed=1\n"
+    assert not (run_dir / "train.log").exists()

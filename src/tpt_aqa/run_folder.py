@@ -28,10 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import ConfigError
+from tpt_aqa.config import ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,13 @@ def check_writable(locations: list[tuple[str, Path]]) -> None:
                 f"{key}={folder} is not writable ({err.strerror or err}): pass "
                 f"{fix}=<a folder you can write to>"
             ) from None
+
+
+def written_after_results(checkpoint: Path, folder: Path) -> bool:
+    """Whether ``checkpoint`` is newer than the run's ``results.json`` (or the run has none): an
+    interrupted checkpoint older than the results was left by a run that finished after it."""
+    results = folder / RESULTS
+    return not results.is_file() or checkpoint.stat().st_mtime >= results.stat().st_mtime
 
 
 def check_not_finished(folder: Path, resume: str | None) -> None:
@@ -122,6 +129,30 @@ def _stale(holder: dict[str, Any]) -> bool:
     )
 
 
+def _in_use(folder: Path, holder: dict[str, Any]) -> ConfigError:
+    who = (
+        f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+        if holder
+        else "unreadable lock"
+    )
+    path = folder / LOCK
+    return ConfigError(
+        f"{folder} is in use by another run ({who}; {path}): wait for it to end or start this one "
+        f"in another folder (hydra.run.dir=…); if no run uses the folder any more, delete {path}"
+    )
+
+
+def check_not_in_use(folder: Path) -> None:
+    """Refuse a folder another live run holds (without taking it).
+
+    Raises:
+        ConfigError: naming the holder and the lock file.
+    """
+    path = folder / LOCK
+    if path.exists() and not _stale(holder := _holder(path)):
+        raise _in_use(folder, holder)
+
+
 def take_lock(folder: Path) -> Path:
     """Create ``folder/.run.lock`` for this process, taking over a stale one.
 
@@ -149,16 +180,7 @@ def take_lock(folder: Path) -> Path:
                     holder["pid"],
                 )
                 continue
-            who = (
-                f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
-                if holder
-                else "unreadable lock"
-            )
-            raise ConfigError(
-                f"{folder} is in use by another run ({who}; {path}): wait for it to end or start "
-                f"this one in another folder (hydra.run.dir=…); if no run uses the folder any "
-                f"more, delete {path}"
-            ) from None
+            raise _in_use(folder, holder) from None
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
         return path
@@ -200,6 +222,8 @@ def hold_run_folder(cfg: DictConfig, resume: str | None) -> Iterator[None]:
     Raises:
         ConfigError: a finished run in the folder, an unwritable location, a folder in use.
     """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     if rank_zero_only.rank != 0:
         yield
         return
@@ -218,3 +242,30 @@ def hold_run_folder(cfg: DictConfig, resume: str | None) -> Iterator[None]:
     finally:
         for lock in locks:
             release_lock(lock)
+
+
+class GuardRunFolder(Callback):
+    """Hydra callback: refuse a ``hydra.run.dir`` that holds a finished run or one in progress
+    before Hydra writes its ``.hydra/`` configuration and log into it (it does so before the task
+    starts, which would overwrite the record of the run already there).
+
+    The same checks as ``hold_run_folder``, for ``tpt_aqa.train`` in run mode; the interrupted
+    checkpoint is looked for where the default configuration writes it.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("task_name") != "train":
+            return
+        exit_on_user_error(self._check)(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from tpt_aqa.faults import CheckpointOnSignal
+
+        folder = Path(str(config.hydra.run.dir))
+        resume = config.get("ckpt_path")
+        interrupted = folder / "checkpoints" / CheckpointOnSignal.FILENAME
+        if not resume and interrupted.is_file() and written_after_results(interrupted, folder):
+            resume = str(interrupted)
+        check_not_finished(folder, resume)
+        check_not_in_use(folder)

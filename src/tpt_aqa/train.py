@@ -25,7 +25,7 @@ from tpt_aqa.config import (
     exit_on_user_error,
     validate_config,
 )
-from tpt_aqa.run_folder import RESULTS, hold_run_folder
+from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,8 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     path = Path(folder) / CheckpointOnSignal.FILENAME
     if not path.is_file():
         return None
-    results = Path(cfg.paths.output_dir) / RESULTS
-    if results.is_file() and results.stat().st_mtime > path.stat().st_mtime:
-        log.warning("not resuming from %s: %s was written after it", path, results)
+    if not written_after_results(path, Path(cfg.paths.output_dir)):
+        log.warning("not resuming from %s: the run's %s was written after it", path, RESULTS)
         return None
     saved = (read_checkpoint(path).get("tpt_aqa") or {}).get("config") or {}
     differ = config_differences(
