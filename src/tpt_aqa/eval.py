@@ -5,7 +5,8 @@ With ``write_bank=true`` it also (re)builds the checkpoint's exemplar bank for `
 
 The run's configuration is read from the checkpoint, so the exemplar lists and splits are rebuilt
 exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
-``+dataset.root=/new/location``.
+``+dataset.root=/new/location``, as can ``trainer`` and ``logger``; any other override (say
+``+model.num_queries=3``) would be ignored, so it is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import flatten
+from tpt_aqa.cache import atomic_write_text, flatten
 from tpt_aqa.checkpoints import read_checkpoint
 from tpt_aqa.config import (
     CONF_DIR,
@@ -113,8 +114,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(
-            json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2)
+        atomic_write_text(
+            out / "results.json", json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2)
         )
         print(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
     return test
