@@ -163,28 +163,26 @@ def take_lock(folder: Path) -> Path:
         ConfigError: when another live run (or one on another host) holds the folder.
     """
     path = folder / LOCK
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    for attempt in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            holder = _holder(path)
-            if attempt == 0 and _stale(holder) and _remove_if_unchanged(path, holder):
-                log.warning(
-                    "%s: taking over the lock of pid %s, which no longer runs",
-                    folder,
-                    holder["pid"],
-                )
-                continue
+    try:
+        return _create_lock(path)
+    except FileExistsError:
+        holder = _holder(path)
+        if not (_stale(holder) and _remove_if_unchanged(path, holder)):
             raise _in_use(folder, holder) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        return path
-    raise AssertionError("unreachable")  # the second attempt returns or raises
+    log.warning("%s: taking over the lock of pid %s, which no longer runs", folder, holder["pid"])
+    try:
+        return _create_lock(path)
+    except FileExistsError:  # another run took it over at the same moment
+        raise _in_use(folder, _holder(path)) from None
+
+
+def _create_lock(path: Path) -> Path:
+    """Create the lock file, failing with ``FileExistsError`` when there is one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "w") as f:
+        record = {"pid": os.getpid(), "host": socket.gethostname()}
+        json.dump({**record, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+    return path
 
 
 def _remove_if_unchanged(path: Path, holder: dict[str, Any]) -> bool:
