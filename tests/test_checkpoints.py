@@ -130,7 +130,7 @@ def test_resuming_a_checkpoint_of_another_configuration_names_keys_shapes_and_ov
     assert message.endswith(
         "the checkpoint was trained with: pass model.d_model=48 model.num_queries=3"
     )
-    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before any training
+    assert not Path(cfg.paths.output_dir).exists()  # refused before anything is written
 
 
 def test_eval_refuses_overrides_it_would_ignore(tmp_path):

@@ -12,7 +12,9 @@ since its process cannot be checked from here.
 
 A folder that already holds a finished run (``results.json``) is refused too, unless the run
 continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.faults``).
-Only the global-zero process does any of this (the other DDP ranks write nothing here).
+Only the global-zero process does any of this (the other DDP ranks write nothing here). From the
+command line, ``GuardRunFolder`` (a Hydra callback in ``conf/hydra/default.yaml``) makes the same
+two refusals before Hydra writes its ``.hydra/`` record into the folder.
 """
 
 from __future__ import annotations

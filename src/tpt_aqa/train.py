@@ -165,9 +165,9 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit, select, test; returns the test metrics and writes them to ``results.json``.
 
-    Before any training: a ``ckpt_path`` (or the folder's interrupted checkpoint) is read and
-    checked against the model, every output location is checked writable, and the output folder
-    is taken for this run (``tpt_aqa.run_folder``).
+    Before anything is written: a ``ckpt_path`` (or the folder's interrupted checkpoint) is read
+    and checked against the model, every output location is checked writable, and the output
+    folder is taken for this run (``tpt_aqa.run_folder``).
     """
     validate_config(cfg)
     check_multirun_strategy(cfg)
@@ -181,18 +181,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # keep writing into the resumed run's checkpoint folder, so the best-so-far checkpoint and
         # score carry over (Lightning restores them only for the same folder)
         cfg.callbacks.model_checkpoint.dirpath = str(Path(resume).resolve().parent)
-    with hold_run_folder(cfg, resume):
-        return _fit_and_test(cfg, resume, resume_outline)
-
-
-def _fit_and_test(
-    cfg: DictConfig, resume: str | None, resume_outline: tuple[dict, dict | None] | None
-) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
     if resume_outline is not None:
         check_state_fits(resume, *resume_outline, module.state_dict(), module.config)
+    with hold_run_folder(cfg, resume):
+        return _fit_and_test(cfg, dm, module, resume)
+
+
+def _fit_and_test(cfg: DictConfig, dm, module, resume: str | None) -> dict[str, Any]:
+    """The run itself, in the folder ``run`` holds."""
     trainer = build_trainer(cfg, has_val=dm.has_val, evaluates=bool(dm.val_splits))
     apply_global_batch(cfg, trainer, dm)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
