@@ -11,6 +11,9 @@ set -uo pipefail
 OUT_DIR=${1:-outputs/gpu_check}
 PY=${PY:-python3}
 mkdir -p "$OUT_DIR"
+# a second check into the same OUT_DIR starts its training runs over (tpt_aqa.train refuses a
+# folder that holds a finished run)
+rm -rf "$OUT_DIR"/train_32-true "$OUT_DIR"/train_bf16-mixed "$OUT_DIR"/video_bf16 "$OUT_DIR"/ddp_nccl
 export PYTHONUNBUFFERED=1
 status=0
 step() {  # step NAME CMD...: run, time, keep going on failure

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.frame_size is None:
         args.frame_size = FRAME_SIZE.get(args.preset)
     out = args.out_dir.resolve()
+    # the training run's folder is this script's own: a second call starts it over (tpt_aqa.train
+    # refuses to start in a folder that holds a finished run)
+    shutil.rmtree(out / "run", ignore_errors=True)
     overrides = [
         *PRESETS[args.preset],
         "logger=none",

@@ -11,9 +11,10 @@ For every task T, fold F (0–3) and seed S it runs, one after another, in a sub
     python -m tpt_aqa.train experiment=E dataset=jigsaws dataset.task=T dataset.fold=F seed=S \\
         hydra.run.dir=OUT/T/foldF/seedS [overrides]
 
-A run whose folder already holds results.json is not run again (--rerun forces it), so the command
-resumes after an interruption. Then it pools the folds and writes OUT/jigsaws_results.md and
-OUT/jigsaws_results.json, with the paper's numbers beside ours.
+A run whose folder already holds results.json is not run again (--rerun moves that folder aside to
+``seedS.replaced-<time>`` and runs it again), so the command resumes after an interruption. Then it
+pools the folds and writes OUT/jigsaws_results.md and OUT/jigsaws_results.json, with the paper's
+numbers beside ours.
 
 How folds are pooled. The original protocol is unpublished, so both usual readings are reported:
 
@@ -47,6 +48,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,7 +350,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--experiment", default="jigsaws_tpt", help="conf/experiment/<name>.yaml (jigsaws_tpt)"
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/jigsaws"), help="output root")
-    parser.add_argument("--rerun", action="store_true", help="run again where results exist")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run again where results exist (the earlier run is moved aside)",
+    )
     parser.add_argument(
         "--aggregate-only", action="store_true", help="only pool the runs already under --out"
     )
@@ -382,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if (folder / RESULTS).is_file() and not args.rerun:
                 print(f"  {RESULTS} exists: skipped (--rerun runs it again)")
-            elif subprocess.run(command).returncode != 0:
+                continue
+            if (folder / RESULTS).is_file():  # tpt_aqa.train refuses a finished run's folder
+                aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                folder.rename(aside)
+                print(f"  the earlier run moved to {aside}")
+            if subprocess.run(command).returncode != 0:
                 failed.append(f"{task} fold {fold} seed {seed}")
         if args.dry_run:
             return 0

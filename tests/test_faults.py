@@ -18,7 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from tpt_aqa import train as train_entry
-from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.config import ConfigError, build_datamodule, build_module
 from tpt_aqa.faults import AtomicCheckpointIO, CheckpointOnSignal
 
 from .conftest import TINY
@@ -103,6 +103,63 @@ def test_a_restarted_run_resumes_from_its_sigterm_checkpoint(tiny_cfg):
     assert torch.load(results["checkpoint"], weights_only=False)["global_step"] <= 2 * BATCHES
     last = torch.load(path.with_name("last.ckpt"), map_location="cpu", weights_only=False)
     assert last["global_step"] == 2 * BATCHES  # one interrupted + one resumed epoch, not three
+    assert not path.exists()  # consumed: a later start in this folder does not resume it again
+    assert train_entry.interrupted_checkpoint(cfg) is None
+
+
+class FirstBatches(L.Callback):
+    """Record whether a file exists at the first training batch of every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.seen or self.seen[-1][0] != trainer.current_epoch:
+            self.seen.append((trainer.current_epoch, self.path.exists()))
+
+
+def test_resumed_run_consumes_the_sigterm_checkpoint_once_past_it(tiny_cfg):
+    """Removed when the resumed run starts the next epoch (its end-of-epoch checkpoints are newer),
+    not before: a run stopped again before that point still has it."""
+    cfg = tiny_cfg(*SHORT, "trainer.max_epochs=3")
+    with pytest.raises(SystemExit):
+        fit(cfg, extra_callbacks=[SigtermAt(epoch=0, batch=0)])
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "sigterm.ckpt"
+    starts = FirstBatches(path)
+    with pytest.warns(PossibleUserWarning, match="ended before the epoch ended"):
+        fit(cfg, ckpt_path=str(path), extra_callbacks=[starts])
+    assert starts.seen == [(0, True), (1, False), (2, False)]
+
+
+def test_auto_resume_refuses_a_checkpoint_of_other_settings(tiny_cfg):
+    """A later start in the folder with another configuration stops with the differences listed
+    instead of resuming the stale state (or failing on a size mismatch inside Lightning)."""
+    cfg = tiny_cfg(*SHORT)
+    with pytest.raises(SystemExit):
+        fit(cfg, extra_callbacks=[SigtermAt(epoch=1, batch=0)])
+    other = tiny_cfg(*SHORT, "model.d_model=16", "optim.optimizer.weight_decay=0.5")
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "sigterm.ckpt"
+    with pytest.raises(ConfigError) as err:
+        train_entry.run(other)
+    message = str(err.value)
+    assert message.startswith(f"{path} is the checkpoint of an interrupted run with other settings")
+    assert (
+        "model.d_model=16 (it has 32)" in message and "optim.optimizer.weight_decay=0.5" in message
+    )
+    assert f"pass ckpt_path={path} to resume it with these" in message
+    assert path.is_file() and not (Path(cfg.paths.output_dir) / "results.json").exists()
+
+
+def test_a_sigterm_checkpoint_older_than_the_results_is_not_resumed(tiny_cfg):
+    """A folder from before consumption existed: the run finished after its sigterm.ckpt."""
+    cfg = tiny_cfg(*SHORT)
+    with pytest.raises(SystemExit):
+        fit(cfg, extra_callbacks=[SigtermAt(epoch=1, batch=0)])
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "sigterm.ckpt"
+    results = Path(cfg.paths.output_dir) / "results.json"
+    results.write_text("{}")
+    os.utime(path, (time.time() - 60,) * 2)
+    assert train_entry.interrupted_checkpoint(cfg) is None
 
 
 def test_sigterm_state_is_the_module_state_at_the_stop(tiny_cfg):
@@ -162,7 +219,7 @@ def test_cli_sigterm_then_resume(tmp_path):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert ckpt["epoch"] >= 1 and ckpt["global_step"] >= BATCHES
     assert ckpt["optimizer_states"][0]["state"]
-    assert not list(checkpoints.glob(".partial-*"))
+    assert not list(checkpoints.glob(".*.tmp"))
     assert f"continue with ckpt_path={path}" in output
 
     epochs = ckpt["epoch"] + 1
@@ -259,3 +316,40 @@ def test_atomic_write_round_trip_and_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user creates
+
+
+@pytest.fixture
+def umask_027():
+    """A umask that tells the normal mode (0640) from a private one (0600)."""
+    old = os.umask(0o027)
+    yield 0o666 & ~0o027
+    os.umask(old)
+
+
+def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
+    """Figures, converted checkpoints, text and arrays are created like any file the user makes,
+    not with the private mode of a temporary file."""
+    import numpy as np
+
+    from tpt_aqa import viz
+    from tpt_aqa.cache import atomic_torch_save, atomic_write_text
+    from tpt_aqa.extract_features import save_array
+
+    written = [
+        viz.save_figure(viz.scatter([1.0, 2.0], [2.0, 1.0]), tmp_path / "fig.png"),
+        tmp_path / "converted.ckpt",
+        tmp_path / "results.json",
+        tmp_path / "clip.npy",
+        tmp_path / "checkpoints" / "last.ckpt",
+    ]
+    atomic_torch_save(state(1.0), written[1])
+    atomic_write_text(written[2], "{}")
+    save_array(written[3], np.zeros(3))
+    AtomicCheckpointIO().save_checkpoint(state(1.0), written[4])
+    for path in written:
+        assert path.stat().st_mode & 0o777 == umask_027, path.name
+    atomic_torch_save(state(2.0), written[1], mode=0o600)  # an explicit mode still wins
+    assert written[1].stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["fig.png", "converted.ckpt", "results.json", "clip.npy", "checkpoints"]
+    )  # no temporary file left

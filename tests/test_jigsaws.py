@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -609,3 +610,26 @@ def test_script_commands(tmp_path, capsys):
     assert capsys.readouterr().out.count("tpt_aqa.train") == 12  # 3 tasks × 4 folds
     with pytest.raises(SystemExit, match=r"no conf/experiment/nope\.yaml"):
         script.main(["--experiment", "nope", "--dry-run"])
+
+
+def test_rerun_moves_the_finished_run_aside(tmp_path, monkeypatch):
+    """tpt_aqa.train refuses a folder holding a finished run: --rerun moves it aside first."""
+    script = load_script()
+    folder = tmp_path / "Suturing" / "fold0" / "seed12"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"test/srcc": 0.1, "test/rl2": 9.0}))
+    started = []
+
+    def fake_run(command, **kwargs):
+        started.append(command)
+        assert not folder.exists()  # the new run gets an empty folder
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"test/srcc": 0.5, "test/rl2": 1.0}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(script.subprocess, "run", fake_run)
+    argv = ["--tasks", "Suturing", "--folds", "0", "--seeds", "12", "--out", str(tmp_path)]
+    assert script.main([*argv, "--experiment", "synthetic_tpt", "--rerun"]) == 0
+    assert len(started) == 1
+    (aside,) = (tmp_path / "Suturing" / "fold0").glob("seed12.replaced-*")
+    assert json.loads((aside / "results.json").read_text())["test/srcc"] == 0.1

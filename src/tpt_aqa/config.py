@@ -41,6 +41,7 @@ KNOWN_ENCODERS = {
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's config or data, reported as one message without a traceback."""
     from tpt_aqa.cache import CacheMismatchError
+    from tpt_aqa.checkpoints import CheckpointError
     from tpt_aqa.data.features import FeatureDataError
     from tpt_aqa.data.safe_pickle import UnsafePickleError
     from tpt_aqa.data.video import VideoReadError
@@ -50,6 +51,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         ConfigError,
         CacheMismatchError,
+        CheckpointError,
         FeatureDataError,
         UnsafePickleError,
         VideoReadError,

@@ -63,6 +63,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpt_aqa.cache import atomic_torch_save
+from tpt_aqa.checkpoints import compare_state, listing, load_torch_file
 from tpt_aqa.config import CONF_DIR, ConfigError, find_user_error
 
 RELEASE_FORMAT = "baiyang4/aqa_tpt@4f1506e"
@@ -173,34 +174,17 @@ def _numpy_scalar_globals() -> list[Any]:
 
 
 def _load_file(path: Path) -> Any:
-    allowed = _numpy_scalar_globals()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # re-raised below with what to do
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # a legacy-format or broken file: the load error tells
-            unsafe = []
-        names = {name for _, name in allowed}
-        others = [g for g in unsafe if g not in names]
-        rejected = [ln for ln in lines if "Unsupported global" in ln]
-        if not (others or rejected):
-            found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(Check the|$)", " ".join(lines))
-            detail = found.group(1) if found else (lines[0] if lines else type(err).__name__)
-            raise ReleaseCheckpointError(
-                f"cannot read {path} ({detail}): is it a checkpoint the release's training code "
-                "wrote (results/<run>/<rho>.pth or checkpoint_<epoch>.pth)?"
-            ) from None
-        raise ReleaseCheckpointError(
-            f"cannot read {path} safely: it holds Python objects other than tensors and numbers "
-            f"({', '.join(others) or rejected[0]}). Unpickling those would run code from the "
-            "file, so tpt_aqa does not. Where the file comes from someone you trust, keep only "
-            "its weights, then convert the new file: python -c \"import torch; c = torch.load('"
-            f"{path}', map_location='cpu', weights_only=False); torch.save({{'model': c['model'], "
-            f"'backbone': c.get('backbone')}}, '{path.with_suffix('.weights.pth')}')\""
-        ) from None
+    return load_torch_file(
+        path,
+        hint="is it a checkpoint the release's training code wrote (results/<run>/<rho>.pth or "
+        "checkpoint_<epoch>.pth)?",
+        unsafe_hint="Where the file comes from someone you trust, keep only its weights, then "
+        "convert the new file: python -c \"import torch; c = torch.load('"
+        f"{path}', map_location='cpu', weights_only=False); torch.save({{'model': c['model'], "
+        f"'backbone': c.get('backbone')}}, '{path.with_suffix('.weights.pth')}')\"",
+        allowed_globals=_numpy_scalar_globals(),
+        error=ReleaseCheckpointError,
+    )
 
 
 def strip_ddp_prefix(state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
@@ -290,11 +274,6 @@ def release_dims(model: Mapping[str, torch.Tensor]) -> dict[str, int]:
     return dims
 
 
-def _listing(title: str, items: list[str], shown: int = 8) -> str:
-    more = f" … and {len(items) - shown} more" if len(items) > shown else ""
-    return f"\n  {title} ({len(items)}): " + "; ".join(items[:shown]) + more
-
-
 def map_release_state(
     release: ReleaseCheckpoint, expected: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -314,9 +293,9 @@ def map_release_state(
     """
     sections = {"model": release.model, "backbone": release.backbone or {}}
     compiled = [(s, re.compile(p), t) for s, p, t in RELEASE_KEY_MAP]
-    mapped: dict[str, torch.Tensor] = {}
+    renamed: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
-    unmatched, extra, shapes = [], [], []
+    unmatched = []
     for section, state in sections.items():
         for key, value in state.items():
             rule = next(
@@ -327,35 +306,23 @@ def map_release_state(
                 unmatched.append(f"{section}: {key} {tuple(value.shape)}")
                 continue
             ours = rule[0].sub(rule[1], key)
-            if ours not in expected:
-                extra.append(f"{section}: {key} {tuple(value.shape)} → {ours}")
-                continue
-            if tuple(value.shape) != tuple(expected[ours].shape):
-                shapes.append(
-                    f"{section}: {key} {tuple(value.shape)} → {ours} {tuple(expected[ours].shape)}"
-                )
-                continue
-            mapped[ours] = value
+            renamed[ours] = value
             source[ours] = f"{section}: {key}"
-    missing = []
-    for key, value in expected.items():
-        if key in mapped:
-            continue
-        if key.endswith(OPTIONAL_SUFFIXES):
-            mapped[key] = value
-        else:
-            missing.append(f"{key} {tuple(value.shape)}")
-    if not (unmatched or extra or shapes or missing):
-        return mapped
+    diff = compare_state(renamed, expected, optional=OPTIONAL_SUFFIXES)
+    if not (unmatched or diff):
+        return {k: renamed.get(k, v) for k, v in expected.items()}  # optional buffers keep ours
+    extra = [f"{source[k]} {tuple(renamed[k].shape)} → {k}" for k in diff.unexpected]
+    shapes = [f"{source[k]} {a} → {k} {b}" for k, a, b in diff.shapes]
+    missing = [f"{k} {tuple(expected[k].shape)}" for k in diff.missing]
     message = "the release checkpoint does not match this model:"
     if unmatched:
-        message += _listing("release keys no RELEASE_KEY_MAP pattern knows", unmatched)
+        message += listing("release keys no RELEASE_KEY_MAP pattern knows", unmatched)
     if extra:
-        message += _listing("release keys whose counterpart this model lacks", extra)
+        message += listing("release keys whose counterpart this model lacks", extra)
     if missing:
-        message += _listing("keys of this model the file does not set", missing)
+        message += listing("keys of this model the file does not set", missing)
     if shapes:
-        message += _listing("shapes that differ (release → ours)", shapes)
+        message += listing("shapes that differ (release → ours)", shapes)
     dims = release_dims(release.model)
     if dims:
         sizes = " ".join(f"{k}={v}" for k, v in dims.items() if k.startswith("model."))

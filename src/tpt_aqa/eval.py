@@ -5,7 +5,8 @@ With ``write_bank=true`` it also (re)builds the checkpoint's exemplar bank for `
 
 The run's configuration is read from the checkpoint, so the exemplar lists and splits are rebuilt
 exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
-``+dataset.root=/new/location``.
+``+dataset.root=/new/location``, as can ``trainer`` and ``logger``; any other override (say
+``+model.num_queries=3``) would be ignored, so it is refused.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import atomic_write_text, json_text
+from tpt_aqa.cache import atomic_write_text, flatten, json_text
+from tpt_aqa.checkpoints import read_checkpoint
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -31,13 +32,14 @@ from tpt_aqa.train import build_trainer, format_results
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
-    """A tpt_aqa checkpoint and the resolved training configuration stored in it."""
+    """A tpt_aqa checkpoint and the resolved training configuration stored in it.
+
+    Raises:
+        ConfigError: when the file is missing or holds no tpt_aqa configuration.
+        CheckpointError: when it cannot be read (truncated, not a checkpoint, unsafe).
+    """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={path} is not a file: pass ckpt_path=/path/to/run/checkpoints/x.ckpt"
-        )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     config = ckpt.get("tpt_aqa", {}).get("config")
     if config is None:
         raise ConfigError(
@@ -55,8 +57,37 @@ def without_pretrained_file(run_cfg: DictConfig) -> None:
     run_cfg.require_encoder_weights = False
 
 
+# The keys of conf/eval.yaml that ``run`` reads; the rest of the run's configuration is the
+# checkpoint's.
+READ_KEYS = ("task_name", "ckpt_path", "write_bank", "dataset", "trainer", "logger", "paths")
+
+
+def check_read_keys(cfg: DictConfig) -> None:
+    """Refuse overrides evaluation would ignore (``+model.num_queries=3``): the model is the
+    checkpoint's.
+
+    Raises:
+        ConfigError: naming the ignored overrides and the command that would use them.
+    """
+    ignored = [k for k in cfg if k not in READ_KEYS]
+    if not ignored:
+        return
+    given = flatten(OmegaConf.to_container(cfg, resolve=False))
+    shown = " ".join(
+        f"{k}={v}"
+        for k, v in given.items()
+        if any(k == i or k.startswith(i + ".") for i in ignored)
+    )
+    raise ConfigError(
+        f"{shown or ', '.join(ignored)}: not read by tpt_aqa.eval, which evaluates the model as the "
+        "checkpoint stores it (only dataset.*, trainer.* and logger can change); drop the override, "
+        f"or train a model with it: python -m tpt_aqa.train {shown}"
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Rebuild data and model from the checkpoint's config and test."""
+    check_read_keys(cfg)
     ckpt, run_cfg = load_checkpoint(cfg.ckpt_path)
     without_pretrained_file(run_cfg)
     run_cfg.dataset = OmegaConf.merge(run_cfg.dataset, cfg.get("dataset") or {})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
-from tpt_aqa.cache import FORMAT, MANIFEST, atomic_write_text, file_sha256, flatten, read_manifest
+from tpt_aqa.cache import (
+    FORMAT,
+    MANIFEST,
+    atomic_write,
+    atomic_write_text,
+    file_sha256,
+    flatten,
+    read_manifest,
+)
 from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
 from tpt_aqa.weights import resolve_weights
 
@@ -61,11 +68,7 @@ def build_manifest(cfg: DictConfig, dm, view: str, num_clips: int, dim: int) -> 
 
 def save_array(path: Path, array: np.ndarray) -> None:
     """Save one ``.npy`` atomically."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def finished(path: Path, shape: tuple[int, int]) -> bool:

@@ -16,10 +16,7 @@ the target and renames, which is atomic on POSIX filesystems.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from tpt_aqa.cache import atomic_write
 
 
 class CheckpointOnSignal(Callback):
@@ -55,6 +54,10 @@ class CheckpointOnSignal(Callback):
     one rank only, and are left alone. A SIGTERM while testing saves nothing: there is no training
     to resume.
 
+    A run resumed from a ``sigterm.ckpt`` consumes it: the file is removed once the run has gone past
+    it (at the start of the next epoch, when the end-of-epoch checkpoints are newer, or at the end
+    of training), so that later starts in the same folder do not resume from the old state again.
+
     Args:
         dirpath: folder of ``sigterm.ckpt``; ``None`` puts it next to the ``ModelCheckpoint`` files
             (following a resumed run into its original folder), or in
@@ -65,6 +68,7 @@ class CheckpointOnSignal(Callback):
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
+        self._resumed: tuple[Path, int] | None = None  # (sigterm.ckpt resumed from, its epoch)
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         """Where the checkpoint goes for this trainer."""
@@ -77,6 +81,26 @@ class CheckpointOnSignal(Callback):
         else:
             folder = Path(trainer.default_root_dir) / "checkpoints"
         return folder / self.FILENAME
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = trainer.ckpt_path
+        if path and Path(path).name == self.FILENAME:
+            self._resumed = (Path(path), trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed and trainer.current_epoch > self._resumed[1]:
+            self._consume(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed:
+            self._consume(trainer)
+
+    def _consume(self, trainer: L.Trainer) -> None:
+        path, _ = self._resumed
+        self._resumed = None
+        if trainer.is_global_zero:
+            path.unlink(missing_ok=True)
+            rank_zero_info(f"removed {path}: the resumed run has gone past it")
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -101,8 +125,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     rename cannot cross filesystems, and no in-memory copy of the whole checkpoint is made), flushed
     to disk, then renamed over the target with ``os.replace``. Readers see the old file or the new
     one, never a mixture; a failed or interrupted write leaves the previous checkpoint untouched. A
-    process killed outright (SIGKILL) may leave its ``.partial-*.tmp`` file behind, never a
-    ``*.ckpt``. Remote paths (``s3://`` …) keep Lightning's behaviour.
+    process killed outright (SIGKILL) may leave its ``.<name>.<random>.tmp`` file behind, never a
+    ``*.ckpt`` (``tpt_aqa.cache.atomic_write``). Remote paths (``s3://`` …) keep Lightning's behaviour.
     """
 
     def save_checkpoint(
@@ -116,26 +140,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options for a local path, got {storage_options!r}"
             )
-        target = Path(local_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".partial-{uuid.uuid4().hex}.tmp")
-        try:
-            with open(partial, "xb") as f:  # "x": a fresh file, mode from the umask like any other
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        _fsync_folder(target.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; some filesystems cannot sync a folder, which is harmless."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(local_path, lambda f: torch.save(checkpoint, f), durable=True)

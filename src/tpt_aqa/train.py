@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
 from tpt_aqa.cache import atomic_write_text, json_text
+from tpt_aqa.checkpoints import check_state_fits, config_differences, outline, read_checkpoint
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -23,6 +24,7 @@ from tpt_aqa.config import (
     exit_on_user_error,
     validate_config,
 )
+from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +115,22 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
         )
 
 
+# Keys that name where a run writes or what it resumes, not what it computes: a run may continue
+# an interrupted one whatever their values.
+RUN_LOCAL_KEYS = ("ckpt_path", "paths", "logger", "callbacks", "trainer.default_root_dir")
+
+
 def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     """``checkpoints/sigterm.ckpt`` of this run's folder, when a SIGTERM stopped an earlier start
-    of the same run (a SLURM job requeued after preemption reuses its folder): resume from it."""
+    of the same run (a SLURM job requeued after preemption reuses its folder): resume from it.
+
+    A checkpoint older than the folder's ``results.json`` was left by an earlier run that finished
+    after it (written before these checkpoints were consumed on resume): it is not resumed.
+
+    Raises:
+        ConfigError: when the checkpoint was written with other settings (they are listed).
+        CheckpointError: when it cannot be read.
+    """
     ckpt_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint")
     signal_cfg = (cfg.get("callbacks") or {}).get("checkpoint_on_signal")
     if not ckpt_cfg or not signal_cfg:
@@ -126,24 +141,56 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     path = Path(folder) / CheckpointOnSignal.FILENAME
     if not path.is_file():
         return None
+    if not written_after_results(path, Path(cfg.paths.output_dir)):
+        log.warning("not resuming from %s: the run's %s was written after it", path, RESULTS)
+        return None
+    saved = (read_checkpoint(path).get("tpt_aqa") or {}).get("config") or {}
+    differ = config_differences(
+        saved, OmegaConf.to_container(cfg, resolve=True), ignore=RUN_LOCAL_KEYS
+    )
+    if differ:
+        shown = "; ".join(f"{k}={now} (it has {was})" for k, was, now in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise ConfigError(
+            f"{path} is the checkpoint of an interrupted run with other settings: {shown}{more}. "
+            "Start with that run's settings to resume it, pass "
+            f"ckpt_path={path} to resume it with these, or start this run in another folder "
+            "(hydra.run.dir=…)"
+        )
     log.warning("resuming from %s, written when an earlier start of this run was stopped", path)
     return str(path)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Fit, select, test; returns the test metrics and writes them to ``results.json``."""
+    """Fit, select, test; returns the test metrics and writes them to ``results.json``.
+
+    Before anything is written: a ``ckpt_path`` (or the folder's interrupted checkpoint) is read
+    and checked against the model, every output location is checked writable, and the output
+    folder is taken for this run (``tpt_aqa.run_folder``).
+    """
     validate_config(cfg)
     check_multirun_strategy(cfg)
-    resume = cfg.get("ckpt_path") or interrupted_checkpoint(cfg)
+    resume_outline = None
+    resume = cfg.get("ckpt_path")
+    if resume:
+        resume_outline = outline(read_checkpoint(resume))
+    else:
+        resume = interrupted_checkpoint(cfg)
     if resume and (cfg.get("callbacks") or {}).get("model_checkpoint"):
-        if not Path(resume).is_file():
-            raise ConfigError(f"ckpt_path={resume} is not a file: pass a checkpoint to resume from")
         # keep writing into the resumed run's checkpoint folder, so the best-so-far checkpoint and
         # score carry over (Lightning restores them only for the same folder)
         cfg.callbacks.model_checkpoint.dirpath = str(Path(resume).resolve().parent)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
+    if resume_outline is not None:
+        check_state_fits(resume, *resume_outline, module.state_dict(), module.config)
+    with hold_run_folder(cfg, resume):
+        return _fit_and_test(cfg, dm, module, resume)
+
+
+def _fit_and_test(cfg: DictConfig, dm, module, resume: str | None) -> dict[str, Any]:
+    """The run itself, in the folder ``run`` holds."""
     trainer = build_trainer(cfg, has_val=dm.has_val, evaluates=bool(dm.val_splits))
     apply_global_batch(cfg, trainer, dm)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
@@ -173,7 +220,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results["bank_mib"] = round(bank.nbytes / 2**20, 3)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "results.json", json_text(results))
+        atomic_write_text(out / RESULTS, json_text(results))
         selection = "best val/srcc" if dm.has_val else "last epoch"
         print(format_results(test, f"Test metrics (checkpoint: {selection}) — {out}"))
         others = {k: v for k, v in results.items() if k.startswith(("last_epoch_test/", "paper_"))}

@@ -13,7 +13,6 @@ Every function builds a ``matplotlib.figure.Figure`` on its own Agg canvas and n
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 
+from tpt_aqa.cache import atomic_write
 from tpt_aqa.metrics import relative_l2, spearman
 
 ATTENTION_CMAP = "viridis"
@@ -314,13 +314,5 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fig.savefig(out, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda out: fig.savefig(out, format="png"))
     return path
