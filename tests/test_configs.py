@@ -70,6 +70,8 @@ def test_config_composes_and_instantiates(tmp_path, group, option):
             overrides.append(
                 "require_encoder_weights=false"
             )  # the paper experiments require a path
+    if group == "model/encoder" and option == "i3d":  # a video encoder needs a video dataset
+        overrides = [*TINY_MODEL, "dataset=synthetic_video", "model/encoder=i3d"]
     if option == "none" and group == "callbacks":
         overrides.remove("callbacks.progress_bar=null")
     if option == "mean_pool":
@@ -117,6 +119,55 @@ def test_release_defaults():
 def test_invalid_configs_name_the_key(tmp_path, override, message):
     cfg = compose_cfg(tmp_path, *TINY, override)
     with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr.body=-1e-4", "optim.lr.body=-0.0001: a learning rate must be a number > 0"),
+        ("optim.lr.heads=0", "optim.lr.heads=0: a learning rate must be a number > 0"),
+        ("optim.lr=-0.001", "optim.lr=-0.001: a learning rate must be a number > 0"),
+        ("trainer.max_epochs=-2", r"trainer.max_epochs=-2: .* or -1 to train until stopped"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0: must be an integer >= 1"),
+        ("dataset.batch_size=0", r"dataset.batch_size=0: must be an integer >= 1"),
+        ("dataset.eval_batch_size=2.5", r"dataset.eval_batch_size=2.5: must be an integer >= 1"),
+        ("dataset.num_exemplars=0", r"dataset.num_exemplars=0: must be an integer >= 1"),
+        ("model.d_model=0", r"model.d_model=0: must be an integer >= 1"),
+        ("model.parser.dropout=1.0", r"model.parser.dropout=1.0: must be a number in \[0, 1\)"),
+        ("model.pair_stage.dropout=-0.1", r"model.pair_stage.dropout=-0.1: must be a number in"),
+        ("dataset.val_fraction=1", r"dataset.val_fraction=1: must be a number in \[0, 1\)"),
+        ("criterion.margin=-1", r"criterion.margin=-1: must be a number >= 0"),
+        ("criterion.weight_rank=-0.5", r"criterion.weight_rank=-0.5: must be a number >= 0"),
+        ("dataset.delta_cap=0", r"dataset.delta_cap=0: must be a number > 0"),
+        ("global_batch_size=0", r"global_batch_size=0: must be an integer >= 1"),
+    ],
+)
+def test_numeric_knobs_are_checked_before_work_starts(tmp_path, override, message):
+    cfg = compose_cfg(tmp_path, *TINY, override)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_training_until_stopped_is_allowed(tmp_path):
+    validate_config(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=-1"))
+
+
+def test_one_learning_rate_for_every_group(tmp_path):
+    """``optim.lr=0.001``, as a user types it, sets every parameter group's rate."""
+    cfg = compose_cfg(tmp_path, *TINY, "optim.lr=0.001")
+    validate_config(cfg)
+    module = build_module(cfg)
+    rates = {g["name"]: g["lr"] for g in module.configure_optimizers().param_groups}
+    assert rates == {"body": 0.001, "heads": 0.001}  # the precomputed encoder has no parameters
+
+
+def test_video_dataset_needs_a_video_encoder(tmp_path):
+    cfg = compose_cfg(tmp_path, *TINY_MODEL, "dataset=mtl_aqa", f"dataset.root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"reads videos.*add model/encoder=i3d"):
+        validate_config(cfg)
+    cfg = compose_cfg(tmp_path, *TINY, "model/encoder=i3d")
+    with pytest.raises(ConfigError, match="add model/encoder=precomputed"):
         validate_config(cfg)
 
 

@@ -63,14 +63,13 @@ class SampleTable:
 def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
     """Move a seeded random fraction of the training rows to ``"val"``, in place.
 
-    At least two rows move (Spearman's ρ needs two). A row is kept in training when moving it would
+    ``fraction`` is in [0, 1) (``validate_config`` checks ``dataset.val_fraction``). At least two
+    rows move (Spearman's ρ needs two). A row is kept in training when moving it would
     leave its exemplar group without training members, so every validation sample has exemplars to
     be compared with.
     """
     if fraction <= 0:
         return
-    if fraction >= 1:
-        raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
     train = table.rows("train")
     wanted = max(2, int(np.ceil(fraction * len(train))))  # ρ needs at least two videos
     left = {
