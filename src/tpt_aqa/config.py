@@ -81,6 +81,21 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
     return wrapper
 
 
+def require_keys(cfg: DictConfig, usage: str) -> None:
+    """The entry point's required top-level keys (``???`` in its config) are set.
+
+    Raises:
+        ConfigError: naming the missing keys, with the command's usage.
+    """
+    missing = [k for k in cfg if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        names = " and ".join(
+            [", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing
+        )
+        verb = "are" if len(missing) > 1 else "is"
+        raise ConfigError(f"{names} {verb} not set; usage: {usage}")
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=False)
 

@@ -1,4 +1,4 @@
-"""Re-evaluate a checkpoint on its test split: ``python -m tpt_aqa.eval ckpt_path=PATH``.
+"""Re-evaluate a checkpoint on its test split: ``python -m tpt_aqa.eval ckpt_path=PATH`` (``USAGE``).
 
 With ``write_bank=true`` it also (re)builds the checkpoint's exemplar bank for ``tpt_aqa.predict``
 (``tpt_aqa.train`` writes one into the checkpoint it selects; other checkpoints get one this way).
@@ -19,15 +19,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
     build_datamodule,
     build_module,
     exit_on_user_error,
+    require_keys,
     validate_config,
 )
 from tpt_aqa.train import build_trainer, format_results
+
+USAGE = "python -m tpt_aqa.eval ckpt_path=PATH [write_bank=true] [+dataset.root=/new/location]"
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
@@ -92,8 +96,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    require_keys(cfg, USAGE)
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "eval")

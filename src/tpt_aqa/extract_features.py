@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
 from tpt_aqa.cache import FORMAT, MANIFEST, atomic_write_text, file_sha256, flatten, read_manifest
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
 
 # Settings that change speed or training, not the features.
@@ -157,4 +158,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "extract")

@@ -1,6 +1,7 @@
 """Score new videos with a trained checkpoint and show why.
 
 ``python -m tpt_aqa.predict ckpt_path=CKPT input=PATH [difficulty=3.2 | class=diving | group=NAME]``
+(``USAGE``)
 
 ``input`` is a video file, a folder of JPEG frames, a ``.npy`` feature file (checkpoints trained on
 cached features), or a folder of any of these (scored one after the other with a progress bar and a
@@ -34,12 +35,20 @@ from omegaconf import DictConfig
 
 from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
 from tpt_aqa.cache import atomic_write_text
-from tpt_aqa.config import CONF_DIR, ConfigError, build_module, exit_on_user_error
+from tpt_aqa.cli import run_command
+from tpt_aqa.config import (
+    CONF_DIR,
+    ConfigError,
+    build_module,
+    exit_on_user_error,
+    require_keys,
+)
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import JPEG_SUFFIXES, VideoReadError, count_frames, load_clips
 from tpt_aqa.eval import load_checkpoint, without_pretrained_file
 
+USAGE = "python -m tpt_aqa.predict ckpt_path=CKPT input=PATH [difficulty=3.2 | class=diving | group=NAME]"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FEATURE_SUFFIX = ".npy"
 
@@ -444,6 +453,7 @@ class PredictionFailures(RuntimeError):
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    require_keys(cfg, USAGE)
     try:
         run(cfg)
     except PredictionFailures as err:
@@ -452,4 +462,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "predict")

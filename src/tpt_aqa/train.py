@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -200,4 +201,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "train", validate=validate_config)
