@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import logging
 import sys
 import time
 from contextlib import nullcontext
@@ -44,9 +44,19 @@ from tpt_aqa.config import (
     require_keys,
 )
 from tpt_aqa.data.clips import ClipSampler
+from tpt_aqa.data.features import read_feature_file
 from tpt_aqa.data.transforms import VideoTransform
-from tpt_aqa.data.video import JPEG_SUFFIXES, VideoReadError, count_frames, load_clips
+from tpt_aqa.data.video import (
+    JPEG_SUFFIXES,
+    VideoReadError,
+    count_frames,
+    load_clips,
+    without_dataset_hint,
+)
 from tpt_aqa.eval import load_checkpoint, without_pretrained_file
+from tpt_aqa.report import json_text
+
+log = logging.getLogger(__name__)
 
 USAGE = "python -m tpt_aqa.predict ckpt_path=CKPT input=PATH [difficulty=3.2 | class=diving | group=NAME]"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -167,13 +177,18 @@ class Predictor:
                     f"{FEATURE_SUFFIX} feature files ((T, C) arrays written by python -m "
                     "tpt_aqa.extract_features), not videos"
                 )
-            features = torch.from_numpy(np.load(source)).float()
-            expected = self.bank.input["num_clips"]
-            if features.ndim != 2 or features.shape[0] != expected:
-                raise ConfigError(
-                    f"input={source} holds an array of shape {tuple(features.shape)}; this "
-                    f"checkpoint takes (T={expected}, C) clip features"
-                )
+            width = self.module.model.encoder.out_dim
+            features, cast = read_feature_file(
+                source,
+                num_clips=self.bank.input["num_clips"],
+                feature_dim=width,
+                clips_fix=f"this checkpoint takes T={self.bank.input['num_clips']} clips per video",
+                width_fix=f"this checkpoint takes C={width} (the width of the features it was "
+                "trained on)",
+            )
+            if cast:
+                log.info("%s holds float64 features: cast to float32", source)
+            features = torch.from_numpy(features).float()
             return features, None
         if source.suffix == FEATURE_SUFFIX:
             raise ConfigError(
@@ -181,16 +196,21 @@ class Predictor:
                 "video file or a folder of JPEG frames"
             )
         start = self.start_frame if start_frame is None else int(start_frame)
-        n = count_frames(source)
         try:
+            n = count_frames(source)
             index = self.sampler.indices(n, start)  # (T, L)
+            clips = load_clips(source, index, self.transform)  # (T, 3, L, H, W)
+        except VideoReadError as err:
+            raise VideoReadError(
+                f"{without_dataset_hint(err)} (input={source} must be a readable video file or a "
+                "folder of JPEG frames of one size)"
+            ) from None
         except ValueError as err:
             raise VideoReadError(
                 f"{source}: {err} (the checkpoint samples {self.sampler.num_clips} clips of "
                 f"{self.sampler.clip_len} frames from frame {start}; pass start_frame= to move the "
                 "window)"
             ) from None
-        clips = load_clips(source, index, self.transform)  # (T, 3, L, H, W)
         middle = clips[:, :, clips.shape[2] // 2]  # (T, 3, H, W)
         return clips, middle.permute(0, 2, 3, 1).numpy()
 
@@ -302,7 +322,7 @@ def read_options_csv(path: str | Path, inputs: list[Path]) -> dict[Path, dict[st
     if not path.is_file():
         raise ConfigError(f"options_csv={path} is not a file")
     names = {p.name: p for p in inputs} | {p.stem: p for p in inputs}
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # spreadsheets write a BOM
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if "input" not in columns:
@@ -400,7 +420,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
                 continue
             record = pred.record()
             record["checkpoint"] = predictor.ckpt_path
-            atomic_write_text(out / f"{name}.json", json.dumps(record, indent=2))
+            atomic_write_text(out / f"{name}.json", json_text(record))
             png = ""
             if cfg.figure:
                 fig = figure(pred)

@@ -8,6 +8,7 @@ fixing the evaluation exemplars per seed, training pairs, and evaluation batches
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tpt_aqa.config import ConfigError
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
 from tpt_aqa.scoring import pair_deltas
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 VIEWS = ("train", "test", "exemplar")
@@ -254,6 +257,7 @@ class AQADataModule(L.LightningDataModule):
                 f"the validation split has {len(table.rows('val'))} video: Spearman's ρ needs at "
                 "least 2; raise dataset.val_fraction, or set it to 0 to keep the last epoch"
             )
+        self._check_training_groups(table)
         self.table = table
         if self.features_root is not None:
             self._check_feature_cache()
@@ -267,6 +271,33 @@ class AQADataModule(L.LightningDataModule):
                 self.num_exemplars,
                 np.random.default_rng([self.seed, 23, code]),
             )
+
+    def group_fix(self) -> str:
+        """How to give every exemplar group two training videos, for this benchmark's files."""
+        return "merge exemplar groups or add training videos to them"
+
+    def _check_training_groups(self, table: SampleTable) -> None:
+        """Training pairs each video with another of its exemplar group, so a group needs two.
+
+        Raises:
+            ConfigError: when no group has two training videos (nothing could be learned).
+        """
+        groups, counts = np.unique(table.group[table.rows("train")], return_counts=True)
+        alone = [table.group_names[g] for g, n in zip(groups, counts, strict=True) if n < 2]
+        if not alone:
+            return
+        names = ", ".join(alone[:5]) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
+        if len(alone) == len(groups):
+            raise ConfigError(
+                f"every exemplar group has a single training video ({names}): training compares "
+                f"a video with another of its group, so there is nothing to learn; {self.group_fix()}"
+            )
+        log.warning(
+            "exemplar groups %s have a single training video, compared only with itself in "
+            "training; %s",
+            names,
+            self.group_fix(),
+        )
 
     def _check_feature_cache(self) -> None:
         """The cache holds every video, extracted with this datamodule's settings."""
