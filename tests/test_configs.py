@@ -14,6 +14,7 @@ from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module
 from tpt_aqa.data import AQADataModule
 from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT
+from tpt_aqa.report import ProgressBar, epoch_label
 from tpt_aqa.train import build_trainer
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
@@ -200,3 +201,22 @@ def test_module_sizes_follow_the_encoder(tmp_path):
     assert first.in_features == cfg.dataset.feature_dim == module.model.encoder.out_dim
     assert module.model.pair_stage.mlp[0].in_features == 2 * cfg.model.d_model
     assert module.score_groups.cap == cfg.dataset.delta_cap
+
+
+def test_progress_bar_null_means_no_bar(tmp_path):
+    """The README's advice for multiruns, callbacks.progress_bar=null, leaves no bar at all."""
+    trainer = build_trainer(compose_cfg(tmp_path, *TINY), has_val=True)
+    assert trainer.progress_bar_callback is None
+    cfg = compose_cfg(tmp_path, *[o for o in TINY if not o.startswith("callbacks.progress_bar")])
+    assert isinstance(build_trainer(cfg, has_val=True).progress_bar_callback, ProgressBar)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "max_epochs", "label"),
+    [(0, 2, "Epoch 1/2"), (1, 2, "Epoch 2/2"), (3, -1, "Epoch 4 (until stopped)")],
+)
+def test_progress_bar_counts_epochs_from_one(epoch, max_epochs, label):
+    bar = ProgressBar()
+    bar._trainer = type("T", (), {"max_epochs": max_epochs})()
+    assert epoch_label(epoch, max_epochs) == label
+    assert bar._get_train_description(epoch).strip() == label

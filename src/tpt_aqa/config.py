@@ -14,6 +14,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tpt_aqa.report import quiet_lightning_tips
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on (see ENV.md).
@@ -22,6 +24,8 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarnin
 warnings.filterwarnings(
     "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
 )
+
+quiet_lightning_tips()
 
 KNOWN_ENCODERS = {
     "tpt_aqa.models.PrecomputedEncoder": "precomputed",
@@ -68,6 +72,9 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
 
     @functools.wraps(main)
     def wrapper(cfg: DictConfig) -> Any:
+        from tpt_aqa.report import log_to_run_files, to_log_file
+
+        log_to_run_files()
         try:
             return main(cfg)
         except Exception as exc:
@@ -76,6 +83,7 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
                 raise
             label = "config error" if isinstance(err, ConfigError) else "error"
             print(f"{label}: {err}", file=sys.stderr)
+            to_log_file(f"{label}: {err}")
             sys.exit(2)
 
     return wrapper

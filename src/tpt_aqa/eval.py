@@ -11,6 +11,7 @@ exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import hydra
@@ -31,6 +32,7 @@ from tpt_aqa.config import (
 )
 from tpt_aqa.train import build_trainer, format_results
 
+log = logging.getLogger(__name__)
 USAGE = "python -m tpt_aqa.eval ckpt_path=PATH [write_bank=true] [+dataset.root=/new/location]"
 
 
@@ -70,6 +72,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     dm = build_datamodule(run_cfg)
+    if not dm.has_test:
+        raise ConfigError(
+            "the data has no test split (no video has split 'test'): nothing to evaluate; point "
+            "+dataset.root= at data with test videos"
+        )
     module = build_module(run_cfg)
     module.load_state_dict(ckpt["state_dict"])  # includes the fitted score groups
     module.on_load_checkpoint(ckpt)
@@ -80,8 +87,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("write_bank") and trainer.is_global_zero:
         bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
         attach_bank(cfg.ckpt_path, bank, module)
-        print(
-            f"exemplar bank of {len(bank)} videos ({bank.nbytes / 2**20:.2f} MiB) written to {cfg.ckpt_path}"
+        log.info(
+            "exemplar bank of %d videos (%.2f MiB) written to %s",
+            len(bank),
+            bank.nbytes / 2**20,
+            cfg.ckpt_path,
         )
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
@@ -89,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         (out / "results.json").write_text(
             json.dumps({"checkpoint": str(cfg.ckpt_path), **test}, indent=2)
         )
-        print(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
+        log.info(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
     return test
 
 

@@ -54,7 +54,7 @@ from tpt_aqa.data.video import (
     without_dataset_hint,
 )
 from tpt_aqa.eval import load_checkpoint, without_pretrained_file
-from tpt_aqa.report import json_text
+from tpt_aqa.report import json_text, to_log_file
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +398,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
             raise type(err)(f"{where}{err}") from None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"checkpoint loaded in {predictor.load_seconds:.2f} s ({predictor.device})")
+    log.info("checkpoint loaded in %.2f s (%s)", predictor.load_seconds, predictor.device)
     results: list[Prediction] = []
     rows: list[dict[str, Any]] = []
     failed = 0
@@ -415,6 +415,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
                     raise
                 failed += 1
                 print(f"failed: {path}: {err}", file=sys.stderr)
+                to_log_file(f"failed: {path}: {err}")
                 rows.append({"input": str(path), "error": str(err)})
                 bar.advance(task)
                 continue
@@ -428,7 +429,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
                     png = str(save_figure(fig, out / f"{name}.png"))
             results.append(pred)
             unit = f" (raw {pred.raw_score:.2f})" if pred.raw_score is not None else ""
-            print(
+            log.info(
                 f"{path}: {pred.score:.3f} ± {pred.spread:.3f}{unit}  group {pred.group}, "
                 f"{len(pred.exemplars)} exemplars, {pred.timings['total']:.2f} s "
                 f"(read {pred.timings['read']:.2f}, encode {pred.timings['encode']:.2f}, "
@@ -457,8 +458,8 @@ def run(cfg: DictConfig) -> list[Prediction]:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(out / "predictions.csv", buffer.getvalue())
-        print(f"{len(results)} of {len(inputs)} scored; table: {out / 'predictions.csv'}")
-    print(f"records and figures in {out}")
+        log.info("%d of %d scored; table: %s", len(results), len(inputs), out / "predictions.csv")
+    log.info("records and figures in %s", out)
     if failed:
         raise PredictionFailures(
             f"{failed} of {len(inputs)} inputs could not be scored (see above)"
@@ -478,6 +479,7 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except PredictionFailures as err:
         print(f"error: {err}", file=sys.stderr)
+        to_log_file(f"error: {err}")
         sys.exit(1)
 
 

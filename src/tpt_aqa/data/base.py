@@ -322,6 +322,11 @@ class AQADataModule(L.LightningDataModule):
         return self.table.class_names
 
     @property
+    def has_test(self) -> bool:
+        assert self.table is not None, "call setup() first"
+        return len(self.table.rows("test")) > 0
+
+    @property
     def has_val(self) -> bool:
         assert self.table is not None, "call setup() first"
         return len(self.table.rows("val")) > 0
@@ -388,9 +393,16 @@ class AQADataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def exemplar_dataloader(self, split: str) -> DataLoader:
-        """Every training video used as an exemplar of ``split``, once each (encode once, pair many)."""
-        rows = np.unique(self.eval_exemplars[split])
+    def exemplar_dataloader(self, split: str, queries: np.ndarray | None = None) -> DataLoader:
+        """Every training video used as an exemplar of ``split``, once each (encode once, pair many).
+
+        Args:
+            split: ``"val"`` or ``"test"``.
+            queries: positions in the split of the evaluated videos whose exemplars are needed;
+                ``None`` for all of them.
+        """
+        lists = self.eval_exemplars[split]
+        rows = np.unique(lists if queries is None else lists[queries])
         rows = rows[rows >= 0]
         return self._loader(
             _Rows(self, rows, "exemplar"),
