@@ -157,6 +157,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # keep writing into the resumed run's checkpoint folder, so the best-so-far checkpoint and
         # score carry over (Lightning restores them only for the same folder)
         cfg.callbacks.model_checkpoint.dirpath = str(Path(resume).resolve().parent)
+    if cfg.trainer.get("max_epochs") == -1:
+        log.info("trainer.max_epochs=-1: training until stopped (Ctrl-C, or a SIGTERM)")
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
