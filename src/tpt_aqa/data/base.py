@@ -272,6 +272,11 @@ class AQADataModule(L.LightningDataModule):
                 np.random.default_rng([self.seed, 23, code]),
             )
 
+    # Whether a table where no exemplar group has two training videos is refused (a folder of the
+    # user's own features, whose groups the user chose) or only warned about (a benchmark's
+    # fixed splits, e.g. the tiny tables of data-reading checks).
+    refuse_lone_groups = False
+
     def group_fix(self) -> str:
         """How to give every exemplar group two training videos, for this benchmark's files."""
         return "merge exemplar groups or add training videos to them"
@@ -280,14 +285,15 @@ class AQADataModule(L.LightningDataModule):
         """Training pairs each video with another of its exemplar group, so a group needs two.
 
         Raises:
-            ConfigError: when no group has two training videos (nothing could be learned).
+            ConfigError: with ``refuse_lone_groups``, when no group has two training videos
+                (nothing could be learned); otherwise a warning names the groups.
         """
         groups, counts = np.unique(table.group[table.rows("train")], return_counts=True)
         alone = [table.group_names[g] for g, n in zip(groups, counts, strict=True) if n < 2]
         if not alone:
             return
         names = ", ".join(alone[:5]) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
-        if len(alone) == len(groups):
+        if self.refuse_lone_groups and len(alone) == len(groups):
             raise ConfigError(
                 f"every exemplar group has a single training video ({names}): training compares "
                 f"a video with another of its group, so there is nothing to learn; {self.group_fix()}"

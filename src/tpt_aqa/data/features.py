@@ -225,6 +225,8 @@ class FeaturesDataModule(AQADataModule):
             group_names=groups,
         )
 
+    refuse_lone_groups = True
+
     def group_fix(self) -> str:
         return (
             f"merge groups in the group column of {self.annotations} (empty cells make one "
