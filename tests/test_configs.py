@@ -14,6 +14,7 @@ from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module
 from tpt_aqa.data import AQADataModule
 from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT
+from tpt_aqa.report import ProgressBar, epoch_label
 from tpt_aqa.train import build_trainer
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
@@ -70,6 +71,8 @@ def test_config_composes_and_instantiates(tmp_path, group, option):
             overrides.append(
                 "require_encoder_weights=false"
             )  # the paper experiments require a path
+    if group == "model/encoder" and option == "i3d":  # a video encoder needs a video dataset
+        overrides = [*TINY_MODEL, "dataset=synthetic_video", "model/encoder=i3d"]
     if option == "none" and group == "callbacks":
         overrides.remove("callbacks.progress_bar=null")
     if option == "mean_pool":
@@ -120,6 +123,55 @@ def test_invalid_configs_name_the_key(tmp_path, override, message):
         validate_config(cfg)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr.body=-1e-4", "optim.lr.body=-0.0001: a learning rate must be a number > 0"),
+        ("optim.lr.heads=0", "optim.lr.heads=0: a learning rate must be a number > 0"),
+        ("optim.lr=-0.001", "optim.lr=-0.001: a learning rate must be a number > 0"),
+        ("trainer.max_epochs=-2", r"trainer.max_epochs=-2: .* or -1 to train until stopped"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0: must be an integer >= 1"),
+        ("dataset.batch_size=0", r"dataset.batch_size=0: must be an integer >= 1"),
+        ("dataset.eval_batch_size=2.5", r"dataset.eval_batch_size=2.5: must be an integer >= 1"),
+        ("dataset.num_exemplars=0", r"dataset.num_exemplars=0: must be an integer >= 1"),
+        ("model.d_model=0", r"model.d_model=0: must be an integer >= 1"),
+        ("model.parser.dropout=1.0", r"model.parser.dropout=1.0: must be a number in \[0, 1\)"),
+        ("model.pair_stage.dropout=-0.1", r"model.pair_stage.dropout=-0.1: must be a number in"),
+        ("dataset.val_fraction=1", r"dataset.val_fraction=1: must be a number in \[0, 1\)"),
+        ("criterion.margin=-1", r"criterion.margin=-1: must be a number >= 0"),
+        ("criterion.weight_rank=-0.5", r"criterion.weight_rank=-0.5: must be a number >= 0"),
+        ("dataset.delta_cap=0", r"dataset.delta_cap=0: must be a number > 0"),
+        ("global_batch_size=0", r"global_batch_size=0: must be an integer >= 1"),
+    ],
+)
+def test_numeric_knobs_are_checked_before_work_starts(tmp_path, override, message):
+    cfg = compose_cfg(tmp_path, *TINY, override)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_training_until_stopped_is_allowed(tmp_path):
+    validate_config(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=-1"))
+
+
+def test_one_learning_rate_for_every_group(tmp_path):
+    """``optim.lr=0.001``, as a user types it, sets every parameter group's rate."""
+    cfg = compose_cfg(tmp_path, *TINY, "optim.lr=0.001")
+    validate_config(cfg)
+    module = build_module(cfg)
+    rates = {g["name"]: g["lr"] for g in module.configure_optimizers().param_groups}
+    assert rates == {"body": 0.001, "heads": 0.001}  # the precomputed encoder has no parameters
+
+
+def test_video_dataset_needs_a_video_encoder(tmp_path):
+    cfg = compose_cfg(tmp_path, *TINY_MODEL, "dataset=mtl_aqa", f"dataset.root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"reads videos.*add model/encoder=i3d"):
+        validate_config(cfg)
+    cfg = compose_cfg(tmp_path, *TINY, "model/encoder=i3d")
+    with pytest.raises(ConfigError, match="add model/encoder=precomputed"):
+        validate_config(cfg)
+
+
 def test_missing_data_root(tmp_path):
     cfg = compose_cfg(tmp_path, *TINY_MODEL, "dataset=features", f"dataset.root={tmp_path}/absent")
     with pytest.raises(ConfigError, match=r"dataset\.root=.*absent does not exist"):
@@ -149,3 +201,22 @@ def test_module_sizes_follow_the_encoder(tmp_path):
     assert first.in_features == cfg.dataset.feature_dim == module.model.encoder.out_dim
     assert module.model.pair_stage.mlp[0].in_features == 2 * cfg.model.d_model
     assert not bool(module.score_groups.fitted)  # fitted in setup, with the datamodule's cap
+
+
+def test_progress_bar_null_means_no_bar(tmp_path):
+    """The README's advice for multiruns, callbacks.progress_bar=null, leaves no bar at all."""
+    trainer = build_trainer(compose_cfg(tmp_path, *TINY), has_val=True)
+    assert trainer.progress_bar_callback is None
+    cfg = compose_cfg(tmp_path, *[o for o in TINY if not o.startswith("callbacks.progress_bar")])
+    assert isinstance(build_trainer(cfg, has_val=True).progress_bar_callback, ProgressBar)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "max_epochs", "label"),
+    [(0, 2, "Epoch 1/2"), (1, 2, "Epoch 2/2"), (3, -1, "Epoch 4 (until stopped)")],
+)
+def test_progress_bar_counts_epochs_from_one(epoch, max_epochs, label):
+    bar = ProgressBar()
+    bar._trainer = type("T", (), {"max_epochs": max_epochs})()
+    assert epoch_label(epoch, max_epochs) == label
+    assert bar._get_train_description(epoch).strip() == label

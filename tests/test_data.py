@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tpt_aqa.config import ConfigError
 from tpt_aqa.data import (
     EvalBatch,
     ExemplarPairSampler,
@@ -193,8 +194,12 @@ def test_features_dataset_reads_folder(tmp_path):
             r"v2\.npy: has T=7",
         ),
         (
-            lambda root, rows: np.save(root / "v1.npy", np.zeros((6, 4), np.float64)),
+            lambda root, rows: np.save(root / "v1.npy", np.zeros((6, 4), np.int64)),
             r"v1\.npy: expected a float32",
+        ),
+        (
+            lambda root, rows: np.save(root / "v4.npy", np.full((6, 4), np.nan, np.float32)),
+            r"v4\.npy: contains NaN or infinite values",
         ),
         (
             lambda root, rows: np.save(root / "v1.npy", np.zeros(6, np.float32)),
@@ -251,3 +256,31 @@ def test_synthetic_export_round_trip(tmp_path):
     assert (dm.table.group == syn.table.group).all()  # names dd2 < dd2.6 < dd3.2 sort like ids
     for row in (0, 17, 79):
         assert torch.equal(dm.load_video(row, "test"), syn.load_video(row, "test"))
+
+
+def test_features_spreadsheet_csv_and_float64_files(tmp_path, caplog):
+    """A CSV with a UTF-8 byte-order mark (what spreadsheet programs write) reads like any other;
+    float64 arrays are cast to float32 with an info line."""
+    rows = feature_rows()
+    write_features(tmp_path, rows)
+    text = (tmp_path / "annotations.csv").read_text()
+    (tmp_path / "annotations.csv").write_text(text, encoding="utf-8-sig")
+    np.save(tmp_path / "v1.npy", np.ones((6, 4), np.float64))
+    dm = features_dm(tmp_path)
+    with caplog.at_level("INFO", logger="tpt_aqa"):
+        dm.setup()
+    assert dm.table.ids[0] == "v0" and dm.load_video(1, "train").dtype == torch.float32
+    assert "1 of 8 feature files in" in caplog.text and "float64: cast to float32" in caplog.text
+
+
+def test_groups_of_one_training_video_are_named(tmp_path):
+    rows = feature_rows()
+    for i, r in enumerate(rows):
+        r["group"] = f"g{i % 6}"  # six groups, one training video each
+    write_features(tmp_path, rows)
+    with pytest.raises(
+        ConfigError,
+        match=r"every exemplar group has a single training video "
+        r"\(g0, g1, g2, g3, g4 and 1 more\).*group column of .*annotations\.csv",
+    ):
+        features_dm(tmp_path).setup()

@@ -337,7 +337,9 @@ def test_annotation_file_search(tmp_path):
     (root / ANNOTATION_FILES[1]).rename(renamed)
     assert datamodule(tmp_path, root, "dataset.annotation_file=my_annotations.pkl").table
     assert datamodule(tmp_path, root, f"dataset.annotation_file={renamed}").table  # a path
-    with pytest.raises(FileNotFoundError, match=r"absent.pkl not found: set dataset.annotation"):
+    with pytest.raises(
+        FileNotFoundError, match=r"absent.pkl not found \(nor in .*info\): set dataset.annotation"
+    ):
         datamodule(tmp_path, root, "dataset.annotation_file=absent.pkl")
     for name in ANNOTATION_FILES:
         (root / name).unlink(missing_ok=True)
@@ -346,11 +348,25 @@ def test_annotation_file_search(tmp_path):
         datamodule(tmp_path, root)
 
 
+def test_pickles_in_the_info_folder_are_found(tmp_path):
+    """Public copies of MTL-AQA keep the annotation and split pickles in info/."""
+    root = make_mtl_aqa(tmp_path / "data")
+    (root / "info").mkdir()
+    for name in (ANNOTATION_FILES[0], "train_split_0.pkl", "test_split_0.pkl"):
+        (root / name).rename(root / "info" / name)
+    dm = datamodule(tmp_path, root)
+    assert dm.annotation_path() == root / "info" / ANNOTATION_FILES[0] and len(dm.table) == 9
+    named = datamodule(tmp_path, root, f"dataset.annotation_file={ANNOTATION_FILES[0]}")
+    assert named.annotation_path() == root / "info" / ANNOTATION_FILES[0]
+
+
 def test_split_and_root_errors(tmp_path):
     root = make_mtl_aqa(tmp_path / "data")
     with pytest.raises(FileNotFoundError, match=r"dataset.root=.*absent does not exist"):
         datamodule(tmp_path, tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match=r"other.pkl not found: set dataset.test_split"):
+    with pytest.raises(
+        FileNotFoundError, match=r"other.pkl not found \(nor in .*info\): set dataset.test_split"
+    ):
         datamodule(tmp_path, root, "dataset.test_split=other.pkl")
     write_pickle(root / "more_test.pkl", [*TEST, (9, 1), (9, 2)])
     msg = r"list 2 dives that .*final_annotations_dict.pkl lacks \(e.g. \[\(9, 1\), \(9, 2\)\]"

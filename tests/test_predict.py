@@ -15,7 +15,8 @@ from tpt_aqa import predict as predict_entry
 from tpt_aqa import train as train_entry
 from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
 from tpt_aqa.config import build_datamodule, build_module
-from tpt_aqa.data.video import read_frames, write_frame_folder
+from tpt_aqa.data.features import FeatureDataError
+from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
 from tpt_aqa.eval import load_checkpoint
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
@@ -201,8 +202,56 @@ def test_predict_rejects_wrong_inputs(trained, tmp_path):
     with pytest.raises(ValueError, match="trained on cached features"):
         predictor.read(tmp_path / "v.mp4")
     np.save(tmp_path / "bad.npy", np.zeros((3, 16), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"shape \(3, 16\).*T=20"):
+    with pytest.raises(ValueError, match=r"has T=3 clips, this checkpoint takes T=20"):
         predictor.read(tmp_path / "bad.npy")
+
+
+def test_predict_checks_feature_files_as_training_does(trained, tmp_path, caplog, monkeypatch):
+    """NaN is refused as in training; a wrong width names the checkpoint's width (not a training
+    key); float64 is cast; the JSON record is strict JSON even for an undefined score."""
+    results, _, dm, *_ = trained
+    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
+    np.save(tmp_path / "nan.npy", np.full((20, 16), np.nan, dtype=np.float32))
+    with pytest.raises(FeatureDataError, match=r"nan\.npy: contains NaN or infinite values"):
+        predictor.read(tmp_path / "nan.npy")
+    np.save(tmp_path / "wide.npy", np.zeros((20, 8), dtype=np.float32))
+    with pytest.raises(FeatureDataError, match=r"has C=8 channels, this checkpoint takes C=16 \("):
+        predictor.read(tmp_path / "wide.npy")
+    row = int(dm.table.rows("test")[0])
+    video = dm.sample(row, "test")["video"].numpy()
+    np.save(tmp_path / "f32.npy", video)
+    np.save(tmp_path / "f64.npy", video.astype(np.float64))
+    scale = float(dm.table.scale[row])
+    with caplog.at_level("INFO", logger="tpt_aqa"):
+        got = predictor.predict(tmp_path / "f64.npy", difficulty=scale).score
+    assert got == pytest.approx(predictor.predict(tmp_path / "f32.npy", difficulty=scale).score)
+    assert "f64.npy holds float64 features: cast to float32" in caplog.text
+
+    original = predict_entry.Predictor.predict
+
+    def undefined(self, *args, **kwargs):
+        pred = original(self, *args, **kwargs)
+        pred.score = pred.spread = float("nan")
+        return pred
+
+    out = tmp_path / "out"
+    cfg = compose_cfg(
+        tmp_path,
+        f"ckpt_path={results['checkpoint']}",
+        f"input={tmp_path / 'f32.npy'}",
+        f"difficulty={scale}",
+        f"output_dir={out}",
+        "figure=false",
+        config="predict",
+    )
+    monkeypatch.setattr(predict_entry.Predictor, "predict", undefined)
+    predict_entry.run(cfg)
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    record = json.loads((out / "f32.json").read_text(), parse_constant=refuse)
+    assert record["score"] is None and record["spread"] is None
 
 
 VIDEO = [
@@ -244,6 +293,15 @@ def test_predict_a_frame_folder_end_to_end(tmp_path):
     write_frame_folder(too_short, dm._frames[row][:10])
     with pytest.raises(ValueError, match="start_frame="):
         predictor.read(too_short)
+    # a broken frame: the message is about the video given, not a dataset's preparation tools
+    (folder / sorted(p.name for p in folder.iterdir())[7]).write_bytes(b"not a jpeg")
+    with pytest.raises(VideoReadError) as err:
+        predictor.read(folder)
+    assert "is not a readable JPEG" in str(err.value)
+    assert f"input={folder} must be a readable video file or a folder of JPEG frames" in str(
+        err.value
+    )
+    assert "prepare_frames" not in str(err.value) and "verify" not in str(err.value)
 
 
 def test_predict_folder_with_per_input_options(trained, tmp_path):
@@ -277,6 +335,9 @@ def test_predict_folder_with_per_input_options(trained, tmp_path):
     for d, vid in rows.items():
         record = json.loads((out / f"{vid}.json").read_text())
         assert record["scale"] == d and record["group"] == f"dd{d:g}"
+    # a CSV saved by a spreadsheet program starts with a byte-order mark
+    table.write_text(f"input,difficulty\n{rows[2.0]},2.0\n", encoding="utf-8-sig")
+    predict_entry.run(cfg("difficulty=3.2"))
     table.write_text("input,difficulty\nnot_there,2.0\n")
     with pytest.raises(ValueError, match="line 2: 'not_there' is not among the inputs"):
         predict_entry.run(cfg())

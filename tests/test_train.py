@@ -15,7 +15,7 @@ from tpt_aqa import eval as eval_entry
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, TINY_MODEL, compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +101,61 @@ def test_cli_runs_with_fewer_queries(tmp_path):
     proc = run_cli(tmp_path, "dataset=synthetic", "model.num_queries=3", "debug=fast_dev_run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test/srcc" in proc.stdout
+    # the run's own lines and Lightning's reach the job's log file; no cloud-service tips
+    log = (tmp_path / "train.log").read_text()
+    assert "Test metrics (checkpoint: last epoch, not saved (fast_dev_run))" in log
+    assert "Seed set to 12" in log
+    assert "Tip:" not in proc.stdout + proc.stderr + log
+
+
+def test_fast_dev_run_is_a_smoke_test(tiny_cfg, monkeypatch):
+    """A few batches, the exemplars of those batches only, no checkpoint and no exemplar bank."""
+    from tpt_aqa.data.base import AQADataModule
+
+    encoded = []
+    original = AQADataModule.exemplar_dataloader
+
+    def counting(self, split, queries=None):
+        loader = original(self, split, queries)
+        encoded.append(len(loader.dataset))
+        return loader
+
+    monkeypatch.setattr(AQADataModule, "exemplar_dataloader", counting)
+    cfg = tiny_cfg("debug=fast_dev_run", "dataset.eval_batch_size=2", "dataset.num_exemplars=3")
+    results = train_entry.run(cfg)
+    assert encoded and max(encoded) <= 2 * 3  # one batch of 2 videos × M=3 exemplars
+    assert results["checkpoint"] == "" and "bank_mib" not in results
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
+def test_without_test_videos_validation_is_labelled_as_such(tmp_path, caplog):
+    """No test rows: the run says so, and results.json never presents validation as test."""
+    from tpt_aqa.data.synthetic import export_features, generate
+
+    data = generate(num_train=40, num_test=0, num_clips=20, feature_dim=16, seed=0)
+    export_features(data, tmp_path / "features")
+    cfg = compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        "experiment=features_tpt",
+        f"dataset.root={tmp_path / 'features'}",
+        "dataset.feature_dim=16",
+        "dataset.delta_cap=10",
+        "dataset.val_fraction=0.25",
+        "trainer.max_epochs=1",
+    )
+    with caplog.at_level("WARNING"):
+        results = train_entry.run(cfg)
+    assert "there is no test split" in caplog.text
+    saved = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert saved["evaluated_split"] == "val" and "val/srcc" in saved
+    assert not any(k.startswith("test/") for k in saved)
+    assert saved["predictions"]["split"] == "val"
+    dm = build_datamodule(cfg)
+    assert sorted(saved["predictions"]["ids"]) == sorted(
+        dm.table.ids[r] for r in dm.table.rows("val")
+    )
+    assert results["checkpoint"].endswith(".ckpt")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import uuid
 from collections.abc import Callable
@@ -36,22 +35,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def json_text(obj: Any) -> str:
-    """Strict JSON of ``obj``: non-finite floats (an undefined ρ, a NaN prediction) become ``null``,
-    so every reader can parse the file (``json.dumps`` would write the invalid token ``NaN``)."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def atomic_write(

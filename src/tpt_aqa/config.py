@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.errors import ConfigError
+from tpt_aqa.report import quiet_lightning_tips
 from tpt_aqa.weights import NAMED, named_setting, resolve_weights
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -29,6 +31,8 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarnin
 warnings.filterwarnings(
     "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
 )
+
+quiet_lightning_tips()
 
 KNOWN_ENCODERS = {
     "tpt_aqa.models.PrecomputedEncoder": "precomputed",
@@ -75,6 +79,9 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
 
     @functools.wraps(main)
     def wrapper(cfg: DictConfig) -> Any:
+        from tpt_aqa.report import log_to_run_files, to_log_file
+
+        log_to_run_files()
         try:
             return main(cfg)
         except Exception as exc:
@@ -83,13 +90,134 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
                 raise
             label = "config error" if isinstance(err, ConfigError) else "error"
             print(f"{label}: {err}", file=sys.stderr)
+            to_log_file(f"{label}: {err}")
             sys.exit(2)
 
     return wrapper
 
 
+def require_keys(cfg: DictConfig, usage: str) -> None:
+    """The entry point's required top-level keys (``???`` in its config) are set.
+
+    Raises:
+        ConfigError: naming the missing keys, with the command's usage.
+    """
+    missing = [k for k in cfg if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        names = " and ".join(
+            [", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing
+        )
+        verb = "are" if len(missing) > 1 else "is"
+        raise ConfigError(f"{names} {verb} not set; usage: {usage}")
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# The numeric knobs a user types: (keys, test, what is required, an example). A key absent from the
+# configuration (another parser, a dataset without it) or null where null is allowed is skipped.
+_AT_LEAST_ONE = (_is_int, lambda v: v >= 1, "an integer >= 1")
+NUMERIC_RULES: list[tuple[tuple[str, ...], tuple[Callable, Callable, str], str]] = [
+    (
+        (
+            "model.d_model",
+            "model.parser.num_layers",
+            "model.parser.ffn_dim",
+            "model.parser.num_heads",
+            "model.heads.hidden_dim",
+            "dataset.batch_size",
+            "dataset.eval_batch_size",
+            "dataset.num_exemplars",
+            "dataset.num_clips",
+            "dataset.sampler.num_clips",
+            "dataset.sampler.clip_len",
+            "dataset.sampler.stride",
+            "global_batch_size",
+            "max_device_batch_size",
+        ),
+        _AT_LEAST_ONE,
+        "8",
+    ),
+    (("dataset.num_workers",), (_is_int, lambda v: v >= 0, "an integer >= 0"), "0"),
+    (
+        ("dataset.delta_cap", "criterion.diversity_sigma", "model.parser.temperature_init"),
+        (_is_number, lambda v: v > 0 and math.isfinite(v), "a number > 0"),
+        "1.0",
+    ),
+    (
+        (
+            "criterion.weight_cls",
+            "criterion.weight_reg",
+            "criterion.weight_rank",
+            "criterion.weight_sparsity",
+            "criterion.margin",
+            "optim.optimizer.weight_decay",
+        ),
+        (_is_number, lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
+        "0.0",
+    ),
+    (
+        ("model.parser.dropout", "model.pair_stage.dropout", "dataset.val_fraction"),
+        (_is_number, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "0.1",
+    ),
+]
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """The learning rates, the epoch count and the other numeric knobs of ``NUMERIC_RULES``.
+
+    Raises:
+        ConfigError: naming the first key out of range, what it must be, and an example.
+    """
+    for rate_key, rate in learning_rate_items(cfg):
+        if not _is_number(rate) or not (rate > 0 and math.isfinite(rate)):
+            raise ConfigError(
+                f"{rate_key}={rate!r}: a learning rate must be a number > 0 (e.g. {rate_key}=1e-4); "
+                "a negative one trains by gradient ascent"
+            )
+    epochs = _get(cfg, "trainer.max_epochs")
+    if epochs is not None and (not _is_int(epochs) or not (epochs >= 1 or epochs == -1)):
+        raise ConfigError(
+            f"trainer.max_epochs={epochs!r}: must be an integer >= 1 (e.g. trainer.max_epochs=30), "
+            "or -1 to train until stopped"
+        )
+    for keys, (kind, test, requirement), example in NUMERIC_RULES:
+        for key in keys:
+            value = _get(cfg, key)
+            if value is None:
+                continue
+            if not kind(value) or not test(value):
+                raise ConfigError(f"{key}={value!r}: must be {requirement} (e.g. {key}={example})")
+
+
+def learning_rate_items(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """``(key, value)`` of every configured learning rate: ``optim.lr.<group>``, or ``optim.lr``
+    itself when it is one number for every parameter group."""
+    lr = _get(cfg, "optim.lr")
+    if isinstance(lr, DictConfig):
+        return [(f"optim.lr.{name}", rate) for name, rate in lr.items()]
+    return [] if lr is None else [("optim.lr", lr)]
+
+
+def learning_rates(cfg: DictConfig) -> dict[str, float]:
+    """The learning rate of each parameter group; ``optim.lr=0.001`` (one number) means that rate
+    for every group, ``optim.lr.body=…`` sets one group."""
+    from tpt_aqa.models.tpt import PARAM_GROUPS
+
+    lr = _get(cfg, "optim.lr")
+    if isinstance(lr, DictConfig):
+        return {str(k): float(v) for k, v in OmegaConf.to_container(lr, resolve=True).items()}
+    return dict.fromkeys(PARAM_GROUPS, float(lr))  # checked by check_numbers
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -107,6 +235,7 @@ def validate_config(cfg: DictConfig) -> None:
             "dataset.root": "/path/to/data",
         }.get(key, "<value>")
         raise ConfigError(f"{key} is not set: pass {key}={hint}")
+    check_numbers(cfg)
     k = _get(cfg, "model.num_queries")
     if not isinstance(k, int) or k < 1:
         raise ConfigError(
@@ -129,6 +258,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"model.encoder._target_={target!r} is not a known encoder: choose one of "
             f"{sorted(set(KNOWN_ENCODERS.values()))} with model/encoder=<name>"
         )
+    check_encoder_input(cfg, KNOWN_ENCODERS[target])
     if (
         cfg.get("require_encoder_weights")
         and "weights" in cfg.model.encoder
@@ -162,6 +292,29 @@ def validate_config(cfg: DictConfig) -> None:
             ) from None
 
 
+def check_encoder_input(cfg: DictConfig, encoder: str) -> None:
+    """A dataset that decodes videos needs a video encoder; clip features need the precomputed one.
+
+    A dataset reads videos when it samples clips (``dataset.sampler``) and has no feature cache
+    (``dataset.features_root``).
+    """
+    dataset = cfg.get("dataset") or OmegaConf.create({})
+    name = str(dataset.get("_target_", "the dataset")).rpartition(".")[2]
+    reads_videos = "sampler" in dataset and not dataset.get("features_root")
+    if reads_videos and encoder == "precomputed":
+        raise ConfigError(
+            f"{name} reads videos, but model.encoder is the precomputed-feature encoder: add "
+            "model/encoder=i3d (the paper experiments, e.g. experiment=mtl_aqa_tpt, do), or train "
+            "on a feature cache with dataset.features_root=/path/to/cache"
+        )
+    if not reads_videos and encoder != "precomputed":
+        where = "dataset.features_root" if dataset.get("features_root") else name
+        raise ConfigError(
+            f"{where} gives clip features, but model.encoder is a video encoder ({encoder}): add "
+            "model/encoder=precomputed"
+        )
+
+
 def build_datamodule(cfg: DictConfig):
     """Instantiate and set up the datamodule, checking K against its clip count."""
     dm = instantiate(cfg.dataset)
@@ -185,6 +338,6 @@ def build_module(cfg: DictConfig):
         criterion=instantiate(cfg.criterion),
         score_groups=ScoreGroups(num_groups=cfg.model.num_groups),
         optimizer=instantiate(cfg.optim.optimizer),
-        lr=OmegaConf.to_container(cfg.optim.lr, resolve=True),
+        lr=learning_rates(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
     )

@@ -1,4 +1,4 @@
-"""Re-evaluate a checkpoint on its test split: ``python -m tpt_aqa.eval ckpt_path=PATH``.
+"""Re-evaluate a checkpoint on its test split: ``python -m tpt_aqa.eval ckpt_path=PATH`` (``USAGE``).
 
 With ``write_bank=true`` it also (re)builds the checkpoint's exemplar bank for ``tpt_aqa.predict``
 (``tpt_aqa.train`` writes one into the checkpoint it selects; other checkpoints get one this way).
@@ -11,6 +11,7 @@ exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -18,17 +19,23 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import atomic_write_text, flatten, json_text
+from tpt_aqa.cache import atomic_write_text, flatten
 from tpt_aqa.checkpoints import read_checkpoint
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
     build_datamodule,
     build_module,
     exit_on_user_error,
+    require_keys,
     validate_config,
 )
+from tpt_aqa.report import json_text
 from tpt_aqa.train import build_trainer, format_results
+
+log = logging.getLogger(__name__)
+USAGE = "python -m tpt_aqa.eval ckpt_path=PATH [write_bank=true] [+dataset.root=/new/location]"
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
@@ -97,6 +104,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     dm = build_datamodule(run_cfg)
+    if not dm.has_test:
+        raise ConfigError(
+            "the data has no test split (no video has split 'test'): nothing to evaluate; point "
+            "+dataset.root= at data with test videos"
+        )
     module = build_module(run_cfg)
     module.load_state_dict(ckpt["state_dict"])  # includes the fitted score groups
     module.on_load_checkpoint(ckpt)
@@ -107,8 +119,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("write_bank") and trainer.is_global_zero:
         bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
         attach_bank(cfg.ckpt_path, bank, module)
-        print(
-            f"exemplar bank of {len(bank)} videos ({bank.nbytes / 2**20:.2f} MiB) written to {cfg.ckpt_path}"
+        log.info(
+            "exemplar bank of %d videos (%.2f MiB) written to %s",
+            len(bank),
+            bank.nbytes / 2**20,
+            cfg.ckpt_path,
         )
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
@@ -116,15 +131,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         atomic_write_text(
             out / "results.json", json_text({"checkpoint": str(cfg.ckpt_path), **test})
         )
-        print(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
+        log.info(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
     return test
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    require_keys(cfg, USAGE)
     run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "eval")

@@ -15,6 +15,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
 from tpt_aqa.extract_features import write_annotations
 
@@ -40,4 +41,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "export_table")

@@ -32,6 +32,7 @@ from tpt_aqa.cache import (
     flatten,
     read_manifest,
 )
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
 from tpt_aqa.weights import resolve_weights
 
@@ -161,4 +162,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "extract")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.optim import Optimizer
 
@@ -115,8 +116,15 @@ class AQAModule(L.LightningModule):
     def _encode_exemplars(self, split: str) -> torch.Tensor:
         """Encode every exemplar video of ``split`` once: a bank of parts indexed by table row."""
         dm = self.trainer.datamodule
+        queries = None
+        if self.trainer.fast_dev_run:  # a smoke test evaluates a few batches: their exemplars only
+            n = int(self.trainer.fast_dev_run) * dm.eval_batch_size
+            shard = np.arange(len(dm.table.rows(split)))[
+                self.global_rank :: self.trainer.world_size
+            ]
+            queries = shard[:n]  # the first batches of this rank (the distributed sampler's order)
         bank = None
-        for videos in dm.exemplar_dataloader(split):
+        for videos in dm.exemplar_dataloader(split, queries):
             videos = self.transfer_batch_to_device(videos, self.device, 0)
             parts = self.model.encode(videos.video).parts  # (b, K, D)
             if bank is None:

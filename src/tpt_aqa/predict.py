@@ -1,6 +1,7 @@
 """Score new videos with a trained checkpoint and show why.
 
 ``python -m tpt_aqa.predict ckpt_path=CKPT input=PATH [difficulty=3.2 | class=diving | group=NAME]``
+(``USAGE``)
 
 ``input`` is a video file, a folder of JPEG frames, a ``.npy`` feature file (checkpoints trained on
 cached features), or a folder of any of these (scored one after the other with a progress bar and a
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import logging
 import sys
 import time
 from contextlib import nullcontext
@@ -34,12 +35,30 @@ from omegaconf import DictConfig
 
 from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
 from tpt_aqa.cache import atomic_write_text
-from tpt_aqa.config import CONF_DIR, ConfigError, build_module, exit_on_user_error
+from tpt_aqa.cli import run_command
+from tpt_aqa.config import (
+    CONF_DIR,
+    ConfigError,
+    build_module,
+    exit_on_user_error,
+    require_keys,
+)
 from tpt_aqa.data.clips import ClipSampler
+from tpt_aqa.data.features import read_feature_file
 from tpt_aqa.data.transforms import VideoTransform
-from tpt_aqa.data.video import JPEG_SUFFIXES, VideoReadError, count_frames, load_clips
+from tpt_aqa.data.video import (
+    JPEG_SUFFIXES,
+    VideoReadError,
+    count_frames,
+    load_clips,
+    without_dataset_hint,
+)
 from tpt_aqa.eval import load_checkpoint, without_pretrained_file
+from tpt_aqa.report import json_text, to_log_file
 
+log = logging.getLogger(__name__)
+
+USAGE = "python -m tpt_aqa.predict ckpt_path=CKPT input=PATH [difficulty=3.2 | class=diving | group=NAME]"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 FEATURE_SUFFIX = ".npy"
 
@@ -158,13 +177,18 @@ class Predictor:
                     f"{FEATURE_SUFFIX} feature files ((T, C) arrays written by python -m "
                     "tpt_aqa.extract_features), not videos"
                 )
-            features = torch.from_numpy(np.load(source)).float()
-            expected = self.bank.input["num_clips"]
-            if features.ndim != 2 or features.shape[0] != expected:
-                raise ConfigError(
-                    f"input={source} holds an array of shape {tuple(features.shape)}; this "
-                    f"checkpoint takes (T={expected}, C) clip features"
-                )
+            width = self.module.model.encoder.out_dim
+            features, cast = read_feature_file(
+                source,
+                num_clips=self.bank.input["num_clips"],
+                feature_dim=width,
+                clips_fix=f"this checkpoint takes T={self.bank.input['num_clips']} clips per video",
+                width_fix=f"this checkpoint takes C={width} (the width of the features it was "
+                "trained on)",
+            )
+            if cast:
+                log.info("%s holds float64 features: cast to float32", source)
+            features = torch.from_numpy(features).float()
             return features, None
         if source.suffix == FEATURE_SUFFIX:
             raise ConfigError(
@@ -172,16 +196,21 @@ class Predictor:
                 "video file or a folder of JPEG frames"
             )
         start = self.start_frame if start_frame is None else int(start_frame)
-        n = count_frames(source)
         try:
+            n = count_frames(source)
             index = self.sampler.indices(n, start)  # (T, L)
+            clips = load_clips(source, index, self.transform)  # (T, 3, L, H, W)
+        except VideoReadError as err:
+            raise VideoReadError(
+                f"{without_dataset_hint(err)} (input={source} must be a readable video file or a "
+                "folder of JPEG frames of one size)"
+            ) from None
         except ValueError as err:
             raise VideoReadError(
                 f"{source}: {err} (the checkpoint samples {self.sampler.num_clips} clips of "
                 f"{self.sampler.clip_len} frames from frame {start}; pass start_frame= to move the "
                 "window)"
             ) from None
-        clips = load_clips(source, index, self.transform)  # (T, 3, L, H, W)
         middle = clips[:, :, clips.shape[2] // 2]  # (T, 3, H, W)
         return clips, middle.permute(0, 2, 3, 1).numpy()
 
@@ -293,7 +322,7 @@ def read_options_csv(path: str | Path, inputs: list[Path]) -> dict[Path, dict[st
     if not path.is_file():
         raise ConfigError(f"options_csv={path} is not a file")
     names = {p.name: p for p in inputs} | {p.stem: p for p in inputs}
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # spreadsheets write a BOM
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if "input" not in columns:
@@ -369,7 +398,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
             raise type(err)(f"{where}{err}") from None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"checkpoint loaded in {predictor.load_seconds:.2f} s ({predictor.device})")
+    log.info("checkpoint loaded in %.2f s (%s)", predictor.load_seconds, predictor.device)
     results: list[Prediction] = []
     rows: list[dict[str, Any]] = []
     failed = 0
@@ -386,12 +415,13 @@ def run(cfg: DictConfig) -> list[Prediction]:
                     raise
                 failed += 1
                 print(f"failed: {path}: {err}", file=sys.stderr)
+                to_log_file(f"failed: {path}: {err}")
                 rows.append({"input": str(path), "error": str(err)})
                 bar.advance(task)
                 continue
             record = pred.record()
             record["checkpoint"] = predictor.ckpt_path
-            atomic_write_text(out / f"{name}.json", json.dumps(record, indent=2))
+            atomic_write_text(out / f"{name}.json", json_text(record))
             png = ""
             if cfg.figure:
                 fig = figure(pred)
@@ -399,7 +429,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
                     png = str(save_figure(fig, out / f"{name}.png"))
             results.append(pred)
             unit = f" (raw {pred.raw_score:.2f})" if pred.raw_score is not None else ""
-            print(
+            log.info(
                 f"{path}: {pred.score:.3f} ± {pred.spread:.3f}{unit}  group {pred.group}, "
                 f"{len(pred.exemplars)} exemplars, {pred.timings['total']:.2f} s "
                 f"(read {pred.timings['read']:.2f}, encode {pred.timings['encode']:.2f}, "
@@ -428,8 +458,8 @@ def run(cfg: DictConfig) -> list[Prediction]:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(out / "predictions.csv", buffer.getvalue())
-        print(f"{len(results)} of {len(inputs)} scored; table: {out / 'predictions.csv'}")
-    print(f"records and figures in {out}")
+        log.info("%d of %d scored; table: %s", len(results), len(inputs), out / "predictions.csv")
+    log.info("records and figures in %s", out)
     if failed:
         raise PredictionFailures(
             f"{failed} of {len(inputs)} inputs could not be scored (see above)"
@@ -444,12 +474,14 @@ class PredictionFailures(RuntimeError):
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    require_keys(cfg, USAGE)
     try:
         run(cfg)
     except PredictionFailures as err:
         print(f"error: {err}", file=sys.stderr)
+        to_log_file(f"error: {err}")
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "predict")

@@ -11,11 +11,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import atomic_write_text, json_text
+from tpt_aqa.cache import atomic_write_text
 from tpt_aqa.checkpoints import check_state_fits, config_differences, outline, read_checkpoint
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
     ConfigError,
@@ -24,9 +26,12 @@ from tpt_aqa.config import (
     exit_on_user_error,
     validate_config,
 )
+from tpt_aqa.report import json_text
 from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
 
 log = logging.getLogger(__name__)
+# callbacks that write checkpoints, left out of a smoke test (debug=fast_dev_run)
+CHECKPOINT_CALLBACKS = ("model_checkpoint", "checkpoint_on_signal")
 
 
 def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None) -> L.Trainer:
@@ -36,9 +41,12 @@ def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None)
     (default ``has_val``) says whether validation passes run at all.
     """
     callbacks = []
+    smoke_test = bool(cfg.trainer.get("fast_dev_run"))
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         if cb_cfg is None:
             continue
+        if smoke_test and name in CHECKPOINT_CALLBACKS:
+            continue  # Lightning would still write last.ckpt at the end of a fast_dev_run
         if name == "model_checkpoint" and not has_val:
             cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "mode": "max"})
         callbacks.append(instantiate(cb_cfg))
@@ -46,7 +54,12 @@ def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None)
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:  # the full resolved configuration (W&B: the run's config)
         logger.log_hyperparams(config)
-    extra: dict[str, Any] = {}
+    # without a configured bar (callbacks.progress_bar=null), none: Lightning would add its own
+    extra: dict[str, Any] = {
+        "enable_progress_bar": any(isinstance(c, ProgressBarBase) for c in callbacks)
+    }
+    if smoke_test:
+        extra["enable_checkpointing"] = False
     if not (has_val if evaluates is None else evaluates):
         extra["limit_val_batches"] = 0
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
@@ -167,6 +180,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     Before anything is written: a ``ckpt_path`` (or the folder's interrupted checkpoint) is read
     and checked against the model, every output location is checked writable, and the output
     folder is taken for this run (``tpt_aqa.run_folder``).
+
+    Without test videos, the selected checkpoint's validation metrics and predictions are
+    reported instead, labelled as such (``evaluated_split``, ``val/…``, ``predictions.split``).
     """
     validate_config(cfg)
     check_multirun_strategy(cfg)
@@ -180,6 +196,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # keep writing into the resumed run's checkpoint folder, so the best-so-far checkpoint and
         # score carry over (Lightning restores them only for the same folder)
         cfg.callbacks.model_checkpoint.dirpath = str(Path(resume).resolve().parent)
+    if cfg.trainer.get("max_epochs") == -1:
+        log.info("trainer.max_epochs=-1: training until stopped (Ctrl-C, or a SIGTERM)")
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
@@ -198,45 +216,74 @@ def _fit_and_test(cfg: DictConfig, dm, module, resume: str | None) -> dict[str, 
     results: dict[str, Any] = {}
     ckpt = trainer.checkpoint_callback
     chosen = ckpt.best_model_path if (ckpt and dm.has_val) else ""
-    if chosen:  # the last epoch's weights are still in memory: test them first
-        results.update(_test(trainer, module, dm, None, prefix="last_epoch_test/"))
-    elif ckpt:
+    selection = "best val/srcc" if chosen else "last epoch"
+    split = "test" if dm.has_test else "val" if dm.has_val else None
+    if chosen and split == "test":  # the last epoch's weights are still in memory: test them first
+        results.update(_evaluate(trainer, module, dm, None, "test", prefix="last_epoch_test/"))
+    if not chosen and ckpt:
         chosen = ckpt.last_model_path
-    test = _test(trainer, module, dm, chosen or None, prefix="test/")
-    results = {"checkpoint": chosen, "best_val_srcc": module.best_val_srcc, **test, **results}
-    results.update(paper_style)
-    preds = module.last_predictions  # of the final test: the chosen checkpoint
-    results["predictions"] = {
-        "ids": [dm.table.ids[int(i)] for i in preds["index"]],
-        "pred": preds["pred"].double().tolist(),
-        "target": preds["target"].double().tolist(),
+    if not ckpt:
+        selection = "last epoch, not saved" + (" (fast_dev_run)" if trainer.fast_dev_run else "")
+    if split != "test":
+        log.warning(
+            "there is no test split (no video has split 'test'): %s",
+            "results.json holds validation metrics (val/…) and predictions labelled "
+            '"split": "val", from the split that chose the checkpoint; add test videos for a '
+            "test score"
+            if split
+            else "nothing is evaluated; add test videos for a test score",
+        )
+    metrics = (
+        _evaluate(trainer, module, dm, chosen or None, split, prefix=f"{split}/") if split else {}
+    )
+    results = {
+        "checkpoint": chosen,
+        "best_val_srcc": module.best_val_srcc,
+        "evaluated_split": split,
+        **metrics,
+        **results,
     }
+    results.update(paper_style)
+    if split:
+        preds = module.last_records[split]  # of the final evaluation: the chosen checkpoint
+        results["predictions"] = {
+            "split": split,
+            "ids": [dm.table.ids[int(i)] for i in preds["index"]],
+            "pred": preds["pred"].double().tolist(),
+            "target": preds["target"].double().tolist(),
+        }
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero and chosen:
-        # the selected weights are in memory (the last test loaded them): store what scoring a
-        # new video needs in their checkpoint (tpt_aqa.predict)
+        # the selected weights are in memory (the last evaluation loaded them): store what scoring
+        # a new video needs in their checkpoint (tpt_aqa.predict)
         bank = build_bank(module, dm, forward_context=trainer.precision_plugin.forward_context)
         attach_bank(chosen, bank, module)
         results["bank_mib"] = round(bank.nbytes / 2**20, 3)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / RESULTS, json_text(results))
-        selection = "best val/srcc" if dm.has_val else "last epoch"
-        print(format_results(test, f"Test metrics (checkpoint: {selection}) — {out}"))
+        title = {
+            "test": "Test metrics",
+            "val": "No test split. Validation metrics (the split that chose the checkpoint)",
+            None: "No test split and no validation split: nothing evaluated",
+        }[split]
+        log.info(format_results(metrics, f"{title} (checkpoint: {selection}) — {out}"))
         others = {k: v for k, v in results.items() if k.startswith(("last_epoch_test/", "paper_"))}
         if others:
-            print(format_results(others, "\nFor reference (not model selection)"))
+            log.info(format_results(others, "\nFor reference (not model selection)"))
     return results
 
 
-def _test(trainer: L.Trainer, module, dm, ckpt_path: str | None, prefix: str) -> dict[str, float]:
-    """Test metrics of ``ckpt_path`` (or of the weights in memory), renamed with ``prefix``."""
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
-    return {
-        prefix + k.removeprefix("test/"): float(v)
-        for k, v in trainer.callback_metrics.items()
-        if k.startswith("test/")
-    }
+def _evaluate(
+    trainer: L.Trainer, module, dm, ckpt_path: str | None, split: str, prefix: str
+) -> dict[str, float]:
+    """Metrics of ``ckpt_path`` (or of the weights in memory) on ``split`` ("test" or "val"),
+    renamed with ``prefix``."""
+    if split == "test":
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+    else:
+        trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+    return {prefix + k: float(v) for k, v in module.last_metrics[split].items()}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -247,4 +294,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "train", validate=validate_config)

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import Progress
 
+from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
 
 
@@ -57,4 +58,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "verify")

@@ -8,6 +8,7 @@ fixing the evaluation exemplars per seed, training pairs, and evaluation batches
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tpt_aqa.config import ConfigError
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
 from tpt_aqa.scoring import pair_deltas
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 VIEWS = ("train", "test", "exemplar")
@@ -63,14 +66,13 @@ class SampleTable:
 def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
     """Move a seeded random fraction of the training rows to ``"val"``, in place.
 
-    At least two rows move (Spearman's ρ needs two). A row is kept in training when moving it would
+    ``fraction`` is in [0, 1) (``validate_config`` checks ``dataset.val_fraction``). At least two
+    rows move (Spearman's ρ needs two). A row is kept in training when moving it would
     leave its exemplar group without training members, so every validation sample has exemplars to
     be compared with.
     """
     if fraction <= 0:
         return
-    if fraction >= 1:
-        raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
     train = table.rows("train")
     wanted = max(2, int(np.ceil(fraction * len(train))))  # ρ needs at least two videos
     left = {
@@ -255,6 +257,7 @@ class AQADataModule(L.LightningDataModule):
                 f"the validation split has {len(table.rows('val'))} video: Spearman's ρ needs at "
                 "least 2; raise dataset.val_fraction, or set it to 0 to keep the last epoch"
             )
+        self._check_training_groups(table)
         self.table = table
         if self.features_root is not None:
             self._check_feature_cache()
@@ -268,6 +271,39 @@ class AQADataModule(L.LightningDataModule):
                 self.num_exemplars,
                 np.random.default_rng([self.seed, 23, code]),
             )
+
+    # Whether a table where no exemplar group has two training videos is refused (a folder of the
+    # user's own features, whose groups the user chose) or only warned about (a benchmark's
+    # fixed splits, e.g. the tiny tables of data-reading checks).
+    refuse_lone_groups = False
+
+    def group_fix(self) -> str:
+        """How to give every exemplar group two training videos, for this benchmark's files."""
+        return "merge exemplar groups or add training videos to them"
+
+    def _check_training_groups(self, table: SampleTable) -> None:
+        """Training pairs each video with another of its exemplar group, so a group needs two.
+
+        Raises:
+            ConfigError: with ``refuse_lone_groups``, when no group has two training videos
+                (nothing could be learned); otherwise a warning names the groups.
+        """
+        groups, counts = np.unique(table.group[table.rows("train")], return_counts=True)
+        alone = [table.group_names[g] for g, n in zip(groups, counts, strict=True) if n < 2]
+        if not alone:
+            return
+        names = ", ".join(alone[:5]) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
+        if self.refuse_lone_groups and len(alone) == len(groups):
+            raise ConfigError(
+                f"every exemplar group has a single training video ({names}): training compares "
+                f"a video with another of its group, so there is nothing to learn; {self.group_fix()}"
+            )
+        log.warning(
+            "exemplar groups %s have a single training video, compared only with itself in "
+            "training; %s",
+            names,
+            self.group_fix(),
+        )
 
     def _check_feature_cache(self) -> None:
         """The cache holds every video, extracted with this datamodule's settings."""
@@ -290,6 +326,11 @@ class AQADataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         assert self.table is not None, "call setup() first"
         return self.table.class_names
+
+    @property
+    def has_test(self) -> bool:
+        assert self.table is not None, "call setup() first"
+        return len(self.table.rows("test")) > 0
 
     @property
     def has_val(self) -> bool:
@@ -358,9 +399,16 @@ class AQADataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def exemplar_dataloader(self, split: str) -> DataLoader:
-        """Every training video used as an exemplar of ``split``, once each (encode once, pair many)."""
-        rows = np.unique(self.eval_exemplars[split])
+    def exemplar_dataloader(self, split: str, queries: np.ndarray | None = None) -> DataLoader:
+        """Every training video used as an exemplar of ``split``, once each (encode once, pair many).
+
+        Args:
+            split: ``"val"`` or ``"test"``.
+            queries: positions in the split of the evaluated videos whose exemplars are needed;
+                ``None`` for all of them.
+        """
+        lists = self.eval_exemplars[split]
+        rows = np.unique(lists if queries is None else lists[queries])
         rows = rows[rows >= 0]
         return self._loader(
             _Rows(self, rows, "exemplar"),

@@ -4,7 +4,8 @@ Layout::
 
     root/
       annotations.csv        id,score,split[,group][,scale][,class]
-      {id}.npy               float32 or float16, shape (T, C), the same T and C for every video
+      {id}.npy               float32 or float16 (float64 is cast), shape (T, C), the same T and C
+                             for every video
 
 Columns: ``score`` is on the training scale; the reported score is ``score × scale`` (``scale``
 defaults to 1; MTL-AQA w/ DD stores final/difficulty with scale = difficulty). ``split`` is ``train``,
@@ -15,6 +16,7 @@ drawn from the same ``group`` (default: one group). ``class`` enables per-class 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from tpt_aqa.cache import check_manifest
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
 
 REQUIRED = ("id", "score", "split")
+log = logging.getLogger(__name__)
 
 
 class FeatureDataError(ValueError):
@@ -38,6 +41,52 @@ def _index(names: list[str]) -> tuple[list[str], np.ndarray]:
     uniq = sorted(set(names))
     pos = {n: i for i, n in enumerate(uniq)}
     return uniq, np.array([pos[n] for n in names], dtype=np.int64)
+
+
+def read_feature_file(
+    path: Path,
+    num_clips: int | None = None,
+    feature_dim: int | None = None,
+    clips_fix: str = "",
+    width_fix: str = "",
+) -> tuple[np.ndarray, bool]:
+    """Read one ``(T, C)`` clip-feature file and check it: what training and prediction accept.
+
+    float64 arrays are cast to float32 (``True`` is returned with them, for an info line).
+
+    Args:
+        path: the ``.npy`` file.
+        num_clips: expected T, or ``None`` for any.
+        feature_dim: expected C, or ``None`` for any.
+        clips_fix: what the message for a wrong T adds (where the expected T comes from).
+        width_fix: what the message for a wrong C adds.
+
+    Returns:
+        The array (float32 or float16) and whether it was cast from float64.
+
+    Raises:
+        FeatureDataError: unreadable, not a 2-D float array, wrong T or C, NaN or infinite values.
+    """
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise FeatureDataError(f"{path}: not a readable .npy array ({err})") from None
+    cast = arr.dtype == np.float64
+    if cast:
+        arr = arr.astype(np.float32)
+    if arr.dtype not in (np.float32, np.float16) or arr.ndim != 2:
+        raise FeatureDataError(
+            f"{path}: expected a float32 or float16 array of shape (T, C), got {arr.dtype} {arr.shape}"
+        )
+    if feature_dim is not None and arr.shape[1] != feature_dim:
+        raise FeatureDataError(f"{path}: has C={arr.shape[1]} channels, {width_fix}")
+    if num_clips is not None and arr.shape[0] != num_clips:
+        raise FeatureDataError(f"{path}: has T={arr.shape[0]} clips, {clips_fix}")
+    if not np.isfinite(arr).all():
+        raise FeatureDataError(
+            f"{path}: contains NaN or infinite values; extract its features again"
+        )
+    return arr, cast
 
 
 def read_annotations(path: Path) -> list[dict[str, str]]:
@@ -52,7 +101,7 @@ def read_annotations(path: Path) -> list[dict[str, str]]:
             f"annotation table {path} not found: set dataset.annotations (a CSV with columns "
             f"{', '.join(REQUIRED)}[, group, scale, class])"
         )
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # spreadsheets write a BOM
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED if c not in columns]
@@ -136,35 +185,32 @@ class FeaturesDataModule(AQADataModule):
             check_manifest(self.root, self.expect)
         rows = read_annotations(self.annotations)
         features = []
+        cast_files = 0
         for row in rows:
             path = self.root / f"{row['id']}.npy"
             if not path.is_file():
                 raise FeatureDataError(
                     f"{path} not found (listed in {self.annotations}); extract its features or drop the row"
                 )
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as err:
-                raise FeatureDataError(f"{path}: not a readable .npy array ({err})") from None
-            if arr.dtype not in (np.float32, np.float16) or arr.ndim != 2:
-                raise FeatureDataError(
-                    f"{path}: expected a float32 or float16 array of shape (T, C), got {arr.dtype} {arr.shape}"
-                )
-            if arr.shape[1] != self.feature_dim:
-                raise FeatureDataError(
-                    f"{path}: has C={arr.shape[1]} channels, dataset.feature_dim={self.feature_dim}; "
-                    "set dataset.feature_dim to the features' width"
-                )
+            arr, cast = read_feature_file(
+                path,
+                num_clips=self._num_clips,
+                feature_dim=self.feature_dim,
+                clips_fix=f"expected {self._num_clips} like the other videos (or dataset.num_clips)",
+                width_fix=f"dataset.feature_dim={self.feature_dim}; set dataset.feature_dim to "
+                "the features' width",
+            )
             if self._num_clips is None:
                 self._num_clips = arr.shape[0]
-            if arr.shape[0] != self._num_clips:
-                raise FeatureDataError(
-                    f"{path}: has T={arr.shape[0]} clips, expected {self._num_clips} like the other "
-                    "videos (or dataset.num_clips)"
-                )
-            if not np.isfinite(arr).all():
-                raise FeatureDataError(f"{path}: contains NaN or infinite values")
+            cast_files += cast
             features.append(torch.from_numpy(arr))
+        if cast_files:
+            log.info(
+                "%d of %d feature files in %s are float64: cast to float32",
+                cast_files,
+                len(rows),
+                self.root,
+            )
         self._features = features
         classes, class_id = _index([r.get("class") or "all" for r in rows])
         groups, group = _index([r.get("group") or "all" for r in rows])
@@ -177,6 +223,14 @@ class FeaturesDataModule(AQADataModule):
             split=np.array([r["split"] for r in rows]),
             class_names=classes,
             group_names=groups,
+        )
+
+    refuse_lone_groups = True
+
+    def group_fix(self) -> str:
+        return (
+            f"merge groups in the group column of {self.annotations} (empty cells make one "
+            "group) or add training rows to them"
         )
 
     def load_video(self, row: int, view: str) -> torch.Tensor:

@@ -11,7 +11,8 @@ Implements the benchmark of SPEC §8 with the score groups of §5 and the protoc
                                    frames_layout=video_folders: 01/00000001.jpg …, whole videos
       videos/01.mp4                frames_layout=videos: the raw broadcast videos
 
-The annotation file may also be ``augmented_final_annotations_dict.pkl`` or
+The pickles may also sit in ``root/info/`` (as in public copies of the dataset); both places are
+searched. The annotation file may also be ``augmented_final_annotations_dict.pkl`` or
 ``final_annotations_dict_with_dive_number.pkl`` (searched in that order when
 ``annotation_file`` is null). Every pickle is read with ``safe_load``: only plain data, never code.
 
@@ -82,6 +83,9 @@ DD_DECIMALS = 1
 # beyond 100, a failed dive against the best finals, are clamped into the outermost group).
 DELTA_CAP_WITH_DD = 30.0
 DELTA_CAP_WITHOUT_DD = 100.0
+# Folders under root searched for the annotation and split pickles: root itself, then info/ (the
+# layout of the public copies of the dataset).
+ANNOTATION_FOLDERS = ("", "info")
 VERIFY = "python -m tpt_aqa.verify dataset=mtl_aqa dataset.root=..."
 PREPARE = "scripts/prepare_frames.py"
 
@@ -155,8 +159,9 @@ def read_split(path: Path, config_key: str) -> list[DiveKey]:
     """
     if not path.is_file():
         raise FileNotFoundError(
-            f"MTL-AQA split file {path} not found: set {config_key} to its name under "
-            "dataset.root (the release ships train_split_0.pkl and test_split_0.pkl)"
+            f"MTL-AQA split file {path} not found (nor in {path.parent / 'info'}): set "
+            f"{config_key} to its name under dataset.root or dataset.root/info (the release "
+            "ships train_split_0.pkl and test_split_0.pkl)"
         )
     data = safe_load(path)
     if not isinstance(data, list | tuple | set | frozenset):
@@ -276,22 +281,34 @@ class MTLAQADataModule(AQADataModule):
             FileNotFoundError: naming the file(s) looked for and ``dataset.annotation_file``.
         """
         if self.annotation_file:
-            path = self.root / self.annotation_file  # an absolute name replaces root
+            path = self.locate(self.annotation_file)
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"MTL-AQA annotation file {path} not found: set dataset.annotation_file to "
-                    f"the annotation dict's name under dataset.root={self.root} (or a path), or "
-                    f"null to search {', '.join(ANNOTATION_FILES)}"
+                    f"MTL-AQA annotation file {path} not found (nor in {self.root / 'info'}): set "
+                    f"dataset.annotation_file to the annotation dict's name under "
+                    f"dataset.root={self.root} (or a path), or null to search "
+                    f"{', '.join(ANNOTATION_FILES)}"
                 )
             return path
         for name in ANNOTATION_FILES:
-            if (self.root / name).is_file():
-                return self.root / name
+            if self.locate(name).is_file():
+                return self.locate(name)
         raise FileNotFoundError(
-            f"no MTL-AQA annotation file in {self.root}: looked for {', '.join(ANNOTATION_FILES)}. "
-            "Point dataset.root at the folder holding the annotation and split pickles, or set "
-            "dataset.annotation_file to the annotation dict's name or path"
+            f"no MTL-AQA annotation file in {self.root} or {self.root / 'info'}: looked for "
+            f"{', '.join(ANNOTATION_FILES)}. Point dataset.root at the folder holding the "
+            "annotation and split pickles (or their info/ folder), or set dataset.annotation_file "
+            "to the annotation dict's name or path"
         )
+
+    def locate(self, name: str) -> Path:
+        """An annotation or split file by name: in ``root``, else in ``root/info`` (where public
+        copies of MTL-AQA keep them); an absolute name is itself. The ``root`` path when neither
+        exists, for the error message."""
+        for folder in ANNOTATION_FOLDERS:
+            path = self.root / folder / name  # an absolute name replaces root
+            if path.is_file():
+                return path
+        return self.root / name
 
     def source(self, row: int) -> Path:
         """The frame folder or video file a dive's frames are read from."""
@@ -330,8 +347,8 @@ class MTLAQADataModule(AQADataModule):
             )
         ann_path = self.annotation_path()
         annotations = read_annotations(ann_path)
-        train = read_split(self.root / self.train_split, "dataset.train_split")
-        test = read_split(self.root / self.test_split, "dataset.test_split")
+        train = read_split(self.locate(self.train_split), "dataset.train_split")
+        test = read_split(self.locate(self.test_split), "dataset.test_split")
         if not train:
             raise ConfigError(
                 f"{self.root / self.train_split} lists no dives; set dataset.train_split to the "

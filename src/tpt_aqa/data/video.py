@@ -52,6 +52,14 @@ FIX_HINT = (
     "Check the dataset's frames path, re-run scripts/prepare_frames.py for the videos named here, "
     "and list every problem with python -m tpt_aqa.verify dataset=<name> dataset.root=..."
 )
+
+
+def without_dataset_hint(err: VideoReadError) -> str:
+    """The message of ``err`` without ``FIX_HINT``, the advice about a dataset's frame folders and
+    tools, which does not apply to a single video a user gives (``tpt_aqa.predict``)."""
+    return " ".join(str(err).replace(FIX_HINT, "").split())
+
+
 # Below this first needed frame, decoding from the start costs about what a seek saves.
 SEEK_MIN_FRAME = 16
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# The optimizer's parameter groups, each with its learning rate (optim.lr.<name>; paper §4.1).
+PARAM_GROUPS = ("backbone", "body", "heads")
+
 
 @dataclass
 class Parsed:
@@ -143,12 +146,12 @@ class TPT(nn.Module):
         I3D logits layer) are left out, so DDP needs no ``find_unused_parameters``.
         """
         unused = {id(p) for p in getattr(self.encoder, "unused_parameters", lambda: [])()}
-        groups = {
-            "backbone": self.encoder.parameters(),
-            "body": [*self.parser.parameters(), *self.pair_stage.parameters()],
-            "heads": self.heads.parameters(),
-        }
-        for name, params in groups.items():
+        groups = (
+            self.encoder.parameters(),
+            [*self.parser.parameters(), *self.pair_stage.parameters()],
+            self.heads.parameters(),
+        )
+        for name, params in zip(PARAM_GROUPS, groups, strict=True):
             kept = [p for p in params if p.requires_grad and id(p) not in unused]
             if kept:
                 yield name, kept
