@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run JIGSAWS 4-fold cross-validation per task and pool the folds (SPEC §7, §10).
+"""Run JIGSAWS 4-fold cross-validation per task and pool the folds (docs/method.md §7, §10).
 
     python scripts/run_jigsaws_folds.py --tasks all --seeds 12 13 14 --out outputs/jigsaws \\
         -- dataset.root=/data/JIGSAWS model.encoder.weights=/weights/model_rgb.pth
@@ -32,7 +32,7 @@ results.json) leaves the average it belongs to empty instead of silently droppin
 These are computed for the checkpoint each run selects on its validation carve (``test/*`` in
 results.json, the headline). When the runs also report them, a second table gives the same fold
 means for the last epoch (``last_epoch_test/*``) and for the release's optimistic pick of the best
-test epoch (``paper_style_best_test/*``), clearly labelled as not model selection (SPEC §7).
+test epoch (``paper_style_best_test/*``), clearly labelled as not model selection (docs/method.md §7).
 
 Per-trial predictions come from each run's results.json (``predictions``: trial ids, predicted and
 true scores of the selected checkpoint, written by ``tpt_aqa.train``). When a fold lacks them, the
@@ -61,7 +61,7 @@ from tpt_aqa.data.jigsaws import NUM_FOLDS, TASKS, resolve_task
 from tpt_aqa.metrics import fisher_z_mean, spearman
 from tpt_aqa.paper import PAPER as PAPER_NUMBERS
 
-# The paper's numbers (SPEC §10; R-ℓ2 ×100), from the package's shared table.
+# The paper's numbers (docs/method.md §10; R-ℓ2 ×100), from the package's shared table.
 PAPER = {
     name: dict(zip(("srcc", "rl2"), PAPER_NUMBERS[("jigsaws_tpt", name)], strict=True))
     for name in (*TASKS, "average")

@@ -98,7 +98,7 @@ def test_sweep_sets_seeds_and_ablations():
 
 
 def test_release_defaults():
-    """The default model and criterion are the released settings of SPEC §3, §4 and §6."""
+    """The default model and criterion are the released settings of docs/method.md §3, §4 and §6."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=/tmp/unused"])
     assert (cfg.model.d_model, cfg.model.num_queries, cfg.model.num_groups) == (512, 5, 16)

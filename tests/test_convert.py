@@ -2,7 +2,7 @@
 
 The release's modules are re-created here only as far as the checks need: attribute names as the
 release's ``layer.py``/``model.py`` spell them (so ``state_dict()`` has the release's key layout),
-forward passes written from SPEC §3 the straightforward way (every clip projected to keys and
+forward passes written from docs/method.md §3 the straightforward way (every clip projected to keys and
 values), which our decoder computes differently. Converted outputs must equal them.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of the I3D encoder (SPEC §9).
+"""Tests of the I3D encoder (docs/method.md §9).
 
 Checkpoint layouts, loader errors, padding, BN freezing, memory-saving paths and input handling;
 all on CPU with small clips, except one 224² shape check.
@@ -21,7 +21,7 @@ from tpt_aqa.models.i3d import (
     load_i3d_weights,
 )
 
-# The channel table of SPEC §9, written out independently of the model:
+# The channel table of docs/method.md §9, written out independently of the model:
 # name → (in, branch_0, branch_1 reduce, branch_1, branch_2 reduce, branch_2, branch_3).
 MIXED = {
     "3b": (192, 64, 96, 128, 16, 32, 32),

@@ -546,7 +546,8 @@ def test_fold_aggregation_on_fake_results(tmp_path, capsys):
         entry = summary["tasks"][task]["seeds"][str(seed)]
         rhos = [f["test/srcc"] for f in folds]
         assert entry["srcc_fold_mean"] == pytest.approx(
-            math.tanh(np.mean([math.atanh(r) for r in rhos]))
+            # ρ = 1 exactly can occur with 5 trials: fisher_z_mean clips it to 1 − 1e-12
+            math.tanh(np.mean([math.atanh(min(r, 1 - 1e-12)) for r in rhos]))
         )
         assert entry["rl2_fold_mean"] == pytest.approx(np.mean([f["test/rl2"] for f in folds]))
         if task == TASK:  # no saved predictions: no pooled ρ
@@ -572,7 +573,7 @@ def test_fold_aggregation_on_fake_results(tmp_path, capsys):
     last = [f["test/rl2"] * 2 for f in runs[("Suturing", 12)]]
     assert sut["seeds"]["12"]["last_epoch_rl2_fold_mean"] == pytest.approx(np.mean(last))
     assert math.isnan(avg["last_epoch_rl2_fold_mean"])
-    assert list(tasks) == ["Suturing", TASK]  # SPEC order
+    assert list(tasks) == ["Suturing", TASK]  # the order of docs/method.md §8
     assert script.main(["--aggregate-only", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| Suturing | 4 × 2 |" in printed and "| 0.88 | 2.722 |" in printed

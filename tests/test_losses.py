@@ -1,4 +1,4 @@
-"""Losses of SPEC §4 against values computed by hand (the arithmetic is in the comments)."""
+"""Losses of docs/method.md §4 against values computed by hand (the arithmetic is in the comments)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of the model stages (SPEC §2–3): shapes, attention maths, gradients, variants."""
+"""Unit tests of the model stages (docs/method.md §2–3): shapes, attention maths, gradients, variants."""
 
 from __future__ import annotations
 
@@ -420,7 +420,7 @@ def test_every_trainable_parameter_gets_a_gradient(clips):
     losses = TPTCriterion(margin=0.5)(out, labels, offsets)
     losses["loss"].backward()
     # The key projection's bias adds key_bias · query_k to every clip's logit of query k, and the
-    # softmax over clips cancels it: its gradient is zero up to rounding by construction (SPEC §3
+    # softmax over clips cancels it: its gradient is zero up to rounding by construction (docs/method.md §3
     # asks for "all with bias"). Every other parameter must learn.
     dead = {f"parser.layers.{i}.key_proj.bias" for i in range(Y)}
     for name, p in model.named_parameters():

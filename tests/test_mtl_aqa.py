@@ -1,4 +1,4 @@
-"""MTL-AQA datamodule (SPEC §8, §5, §7): annotations, score modes, the three frame layouts, errors.
+"""MTL-AQA datamodule (docs/method.md §8, §5, §7): annotations, score modes, the three frame layouts, errors.
 
 Fixtures are written in the real on-disk format: pickles with ``pickle.dump``, JPEG frames with PIL,
 H.264 videos with PyAV. Frames are flat grey with a level that encodes their number, so a test can
@@ -281,6 +281,7 @@ def test_a_cap_of_the_wrong_scale_is_refused_with_a_value_that_works(tmp_path, r
         "dataset.use_dd=false",
         "dataset.delta_cap=3",
         "dataset.val_fraction=0",
+        "model/encoder=i3d",
         "model.num_queries=3",
     )
     # Training finals 40, 50, 70.4, 64, 80, 30: the largest difference is 50.

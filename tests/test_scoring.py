@@ -1,4 +1,4 @@
-"""Score groups (SPEC §5): Δ list, equal-count edges, encode/decode, state, errors."""
+"""Score groups (docs/method.md §5): Δ list, equal-count edges, encode/decode, state, errors."""
 
 from __future__ import annotations
 

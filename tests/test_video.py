@@ -1,4 +1,4 @@
-"""Temporal sampling, frame and video reading, spatial transforms and clip gathering (SPEC §8–9)."""
+"""Temporal sampling, frame and video reading, spatial transforms and clip gathering (docs/method.md §8–9)."""
 
 from __future__ import annotations
 

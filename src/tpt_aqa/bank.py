@@ -1,4 +1,4 @@
-"""The exemplar bank: what scoring a new video needs, carried by the checkpoint (SPEC §7).
+"""The exemplar bank: what scoring a new video needs, carried by the checkpoint (docs/method.md §7).
 
 TPT scores a video relative to exemplars of known score: prediction = mean over M exemplars of
 (exemplar score + Δ̂), × the video's scale. To score a video without the training data, the

@@ -18,16 +18,18 @@ from tpt_aqa.errors import ConfigError
 from tpt_aqa.report import quiet_lightning_tips
 from tpt_aqa.weights import NAMED, named_setting, resolve_weights
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The Hydra configs ship inside the package (package data), so an installed wheel finds them too;
+# the repository's top-level `conf` is a link to this folder.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 # conf/model/encoder/i3d.yaml: `${tpt_aqa.weights_setting:${.weights},bn_eps,1.0e-5}` is what the
 # named weights need (model.encoder.weights=kinetics400: 1e-3), else the default; a key the
 # configuration sets itself replaces the interpolation.
 OmegaConf.register_new_resolver("tpt_aqa.weights_setting", named_setting, replace=True)
 
-# Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on (see ENV.md).
+# Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on.
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
-# The I3D encoder keeps its BatchNorm layers in eval mode on purpose (frozen statistics, SPEC §6).
+# The I3D encoder keeps its BatchNorm layers in eval mode on purpose (frozen statistics, docs/method.md §6).
 warnings.filterwarnings(
     "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
 )

@@ -7,7 +7,7 @@ The result loads in ``python -m tpt_aqa.eval ckpt_path=tpt.ckpt`` and
 ``python -m tpt_aqa.predict ckpt_path=tpt.ckpt input=...``: the release's weights mapped onto our
 modules (strictly: every weight of ours set, every weight of the file used, shapes equal), the
 score groups fitted on the training split (the release keeps no group edges in its files; it
-rebuilds them from the training data at every start, as we do, SPEC §5), the exemplar bank
+rebuilds them from the training data at every start, as we do, docs/method.md §5), the exemplar bank
 (``tpt_aqa.bank``) and the resolved configuration.
 
 What the release file holds (source: github.com/baiyang4/aqa_tpt at commit 4f1506e, the one model
@@ -37,7 +37,7 @@ Every name in ``RELEASE_KEY_MAP`` is confirmed from those files. No tensor needs
 embedding weight ``(K, D)`` is our ``query_embed`` parameter as is, every linear is stored
 ``(out, in)`` in both, and both self-attentions are ``nn.MultiheadAttention`` with the same fused
 q/k/v ``in_proj`` (batch-first or not does not change the parameters). The computations match
-SPEC §3 layer for layer (``tests/test_convert.py`` checks outputs against a re-creation of the
+docs/method.md §3 layer for layer (``tests/test_convert.py`` checks outputs against a re-creation of the
 release's modules). Assumed, not confirmed: that a given file comes from this model variant; a
 file from another one (another layer count, heads, pooling) fails the strict key and shape checks
 instead of loading partly. What keys cannot show (the logit scale, layer order, positional
@@ -103,7 +103,7 @@ RELEASE_KEY_MAP: tuple[tuple[str, str, str], ...] = (
 # their value. The counter plays no part in evaluation (BatchNorm statistics are frozen).
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
-# What the release computes that its keys cannot show, as our config values (SPEC §3, §9).
+# What the release computes that its keys cannot show, as our config values (docs/method.md §3, §9).
 RELEASE_SETTINGS: dict[str, Any] = {
     "model.parser._target_": "tpt_aqa.models.TemporalParsingDecoder",
     "model.parser.scale": "dim",
@@ -120,7 +120,7 @@ RELEASE_I3D_SETTINGS: dict[str, Any] = {
 
 # Data settings of the release applied unless an override names them: its exemplars and score
 # groups come from the whole training split (it had no validation carve), and it resized frames
-# to height 455 x width 256 (SPEC §9), which its weights were fitted to.
+# to height 455 x width 256 (docs/method.md §9), which its weights were fitted to.
 # Keys set together count as one setting: an override of any of them keeps them all as given.
 RELEASE_DATA_DEFAULTS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("dataset.val_fraction",), 0.0),

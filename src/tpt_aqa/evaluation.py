@@ -1,4 +1,4 @@
-"""The reference's evaluation, pair by pair, to check and measure encode-once evaluation (SPEC §7).
+"""The reference's evaluation, pair by pair, to check and measure encode-once evaluation (docs/method.md §7).
 
 ``AQAModule`` evaluates by encoding every exemplar of a split once into a bank of parts, encoding
 each evaluated video once, and pairing cached parts (``TPT.encode`` then ``TPT.compare``). The

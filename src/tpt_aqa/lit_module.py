@@ -1,7 +1,7 @@
 """LightningModule: wiring of model, criterion and score groups, one shared evaluation step, metrics.
 
-Training (SPEC §6): each batch holds (query, exemplar) pairs; both pair orders are scored and the
-relative scores encoded into score groups. Evaluation (SPEC §7): every exemplar video is encoded once
+Training (docs/method.md §6): each batch holds (query, exemplar) pairs; both pair orders are scored and the
+relative scores encoded into score groups. Evaluation (docs/method.md §7): every exemplar video is encoded once
 per evaluation into a bank of parts; each evaluated video is encoded once and compared with its M
 fixed exemplars; prediction = mean over real exemplars of (exemplar score + Δ̂), × the video's scale.
 """

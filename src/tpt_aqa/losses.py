@@ -1,4 +1,4 @@
-"""Training losses of TPT (paper §3.4, SPEC §4), as the release coded them, paper variants as switches.
+"""Training losses of TPT (paper §3.4, docs/method.md §4), as the release coded them, paper variants as switches.
 
 Attention maps are ``(B,Y,T,K)``: post-softmax cross-attention of every decoder layer, each query's
 weights summing to 1 over the T clips. Clip positions are 1-based, so attention centres lie in [1, T].

@@ -1,4 +1,4 @@
-"""The paper's reported numbers (Bai et al., ECCV 2022, Tab. 1–5; SPEC §10), for results tables.
+"""The paper's reported numbers (Bai et al., ECCV 2022, Tab. 1–5; docs/method.md §10), for results tables.
 
 Keys are what a run's overrides say: the experiment and, for per-class or per-task models, the
 class or task. R-ℓ2 is ×100 as everywhere in this package.

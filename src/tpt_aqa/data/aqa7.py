@@ -1,4 +1,4 @@
-"""AQA-7 (``dataset=aqa7``): six Olympic actions, 1106 videos, scores normalised per class (SPEC §8).
+"""AQA-7 (``dataset=aqa7``): six Olympic actions, 1106 videos, scores normalised per class (docs/method.md §8).
 
 On disk (the layout of the AQA-7 release, paths relative to ``dataset.root``)::
 
@@ -8,12 +8,12 @@ On disk (the layout of the AQA-7 release, paths relative to ``dataset.root``)::
 
 Class ids in the split files are 1–6: diving, gym_vault, ski_big_air, snowboard_big_air,
 sync_diving_3m, sync_diving_10m. A video is its first 103 frames (no temporal jitter), cut into 20
-clips of 8 frames at stride 5 (SPEC §8). Scores are mapped per class to 0–100 with
-``(s - lo) / (hi - lo) * 100`` (SPEC §8); those are the training targets and the reported scale
-(``scale = 1``), so score groups cover |Δ| up to 100 (SPEC §5). Exemplars come from the query's own
-class (exemplar group = class, SPEC §5, §7).
+clips of 8 frames at stride 5 (docs/method.md §8). Scores are mapped per class to 0–100 with
+``(s - lo) / (hi - lo) * 100`` (docs/method.md §8); those are the training targets and the reported scale
+(``scale = 1``), so score groups cover |Δ| up to 100 (docs/method.md §5). Exemplars come from the query's own
+class (exemplar group = class, docs/method.md §5, §7).
 
-``dataset.classes`` picks one class, several, or all six. The paper's AQA-7 numbers (SPEC §10) are
+``dataset.classes`` picks one class, several, or all six. The paper's AQA-7 numbers (docs/method.md §10) are
 one model per class; training on several classes at once is offered as well and, unlike the release
 (which crashes in all-class mode), reports per-class ρ / R-ℓ2 and their Fisher-z / arithmetic
 averages, because the table's classes are the selected ones.
@@ -43,7 +43,7 @@ from tpt_aqa.data.video import (
     read_frame_folder,
 )
 
-# Class names in the order of their ids 1–6 in the split files (SPEC §8).
+# Class names in the order of their ids 1–6 in the split files (docs/method.md §8).
 AQA7_CLASSES: tuple[str, ...] = (
     "diving",
     "gym_vault",
@@ -53,7 +53,7 @@ AQA7_CLASSES: tuple[str, ...] = (
     "sync_diving_10m",
 )
 
-# Raw score range (lo, hi) of each class, mapped to 0–100 (SPEC §8; the ranges of the AQA-7 lineage).
+# Raw score range (lo, hi) of each class, mapped to 0–100 (docs/method.md §8; the ranges of the AQA-7 lineage).
 AQA7_SCORE_RANGES: dict[str, tuple[float, float]] = {
     "diving": (21.6, 102.6),
     "gym_vault": (12.3, 16.87),

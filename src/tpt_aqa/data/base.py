@@ -1,4 +1,4 @@
-"""The datamodule contract shared by every benchmark (SPEC §6–7).
+"""The datamodule contract shared by every benchmark (docs/method.md §6–7).
 
 A benchmark only says what its samples are (a ``SampleTable``) and how to load one video
 (``load_video``). Everything else is common: carving a seeded validation split out of training,

@@ -1,4 +1,4 @@
-"""Temporal sampling: which frames of a video make up its T clips of L frames (SPEC §8).
+"""Temporal sampling: which frames of a video make up its T clips of L frames (docs/method.md §8).
 
 Two schemes cover the three benchmarks:
 

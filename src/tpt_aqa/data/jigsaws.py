@@ -1,4 +1,4 @@
-"""JIGSAWS surgical skill assessment (``dataset=jigsaws``; SPEC §7–8, §10).
+"""JIGSAWS surgical skill assessment (``dataset=jigsaws``; docs/method.md §7–8, §10).
 
 Three tasks, each its own benchmark: Suturing (39 trials), Needle_Passing (28) and Knot_Tying (36).
 A trial's score is the sum of its six GRS sub-scores (each 1–5, so 6–30); it is trained and reported

@@ -1,6 +1,6 @@
 """MTL-AQA (``dataset=mtl_aqa``): 1412 dives from 10 m platform diving, 1059 train / 353 test.
 
-Implements the benchmark of SPEC §8 with the score groups of §5 and the protocol of §7. On disk::
+Implements the benchmark of docs/method.md §8 with the score groups of §5 and the protocol of §7. On disk::
 
     root/
       final_annotations_dict.pkl   {(video_no, clip_no): {"difficulty", "final_score",
@@ -71,7 +71,7 @@ from tpt_aqa.data.video import (
 )
 
 LAYOUTS = ("dive_folders", "video_folders", "videos")
-# Names the annotation dict is distributed under, searched in this order (SPEC §8).
+# Names the annotation dict is distributed under, searched in this order (docs/method.md §8).
 ANNOTATION_FILES = (
     "final_annotations_dict.pkl",
     "augmented_final_annotations_dict.pkl",
@@ -435,7 +435,7 @@ class MTLAQADataModule(AQADataModule):
     def _check_test_groups(
         self, group: np.ndarray, split: np.ndarray, names: list[str], dives: list[DiveKey]
     ) -> None:
-        """Every test difficulty has training dives to serve as its exemplars (SPEC §7)."""
+        """Every test difficulty has training dives to serve as its exemplars (docs/method.md §7)."""
         lonely = sorted(set(group[split == "test"]) - set(group[split == "train"]))
         if lonely:
             rows = np.flatnonzero(np.isin(group, lonely) & (split == "test"))

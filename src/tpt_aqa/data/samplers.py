@@ -1,4 +1,4 @@
-"""Exemplar pairing (SPEC §6–7): one exemplar per training sample, M fixed exemplars per evaluated one."""
+"""Exemplar pairing (docs/method.md §6–7): one exemplar per training sample, M fixed exemplars per evaluated one."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spatial transforms of whole videos and the gathering of frames into clips (SPEC §9).
+"""Spatial transforms of whole videos and the gathering of frames into clips (docs/method.md §9).
 
 Frames travel as uint8 ``(F, 3, H, W)`` torch tensors (RGB; the readers in
 ``tpt_aqa.data.video`` return them as views of channels-last memory, which bilinear resizing of
@@ -11,7 +11,8 @@ swapped tuple that distorts the aspect ratio; ``reference_resize_quirk=True`` re
 default is the intended height 256 × width 455. JIGSAWS takes a center crop of the raw frames with
 no resize and no flip: ``VideoTransform(resize=None, train=False)`` for every view.
 
-torchvision is not available here (see ENV.md); these are a few lines of torch instead.
+torchvision does not import beside the CPU build of torch this project pins; these are a few lines
+of torch instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading the frames of a video: JPEG frame folders and video files (SPEC §8–9).
+"""Reading the frames of a video: JPEG frame folders and video files (docs/method.md §8–9).
 
 All readers return the requested frames only, as uint8 RGB ``(F, 3, H, W)`` torch tensors in the
 order of the requested indices (repeats allowed; each distinct frame is decoded once). The tensor is

@@ -1,4 +1,4 @@
-"""Model stages of TPT, one module per stage of the data flow (SPEC §2).
+"""Model stages of TPT, one module per stage of the data flow (docs/method.md §2).
 
 Shape legend used in every docstring and reshape comment:
 

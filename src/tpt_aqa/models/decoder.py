@@ -1,4 +1,4 @@
-"""Temporal parsing decoder (paper §3.2, SPEC §3).
+"""Temporal parsing decoder (paper §3.2, docs/method.md §3).
 
 K learnable queries decode the T clip features into K temporally ordered part representations. How
 this differs from the paper's description and from a DETR decoder, following the authors' released

@@ -1,7 +1,7 @@
 """Encoders: turn a video into clip features ``(B,T,C)``.
 
 ``PrecomputedEncoder`` is the identity on cached clip features (the ``dataset=features`` format and
-the synthetic benchmark). The I3D backbone of SPEC §9 plugs in behind the same contract: a module with
+the synthetic benchmark). The I3D backbone of docs/method.md §9 plugs in behind the same contract: a module with
 an ``out_dim`` attribute whose ``forward`` maps a batch of videos to ``(B,T,out_dim)``.
 """
 

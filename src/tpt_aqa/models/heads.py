@@ -1,4 +1,4 @@
-"""Group-aware regression heads (SPEC §3, paper §3.3): two two-layer MLPs, no regression tree."""
+"""Group-aware regression heads (docs/method.md §3, paper §3.3): two two-layer MLPs, no regression tree."""
 
 from __future__ import annotations
 

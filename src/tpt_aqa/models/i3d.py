@@ -1,4 +1,4 @@
-"""I3D clip encoder: Inception-v1 inflated to 3D, up to Mixed_5c (SPEC §9).
+"""I3D clip encoder: Inception-v1 inflated to 3D, up to Mixed_5c (docs/method.md §9).
 
 Implements the RGB stream of I3D (Carreira & Zisserman, "Quo Vadis, Action Recognition?", CVPR 2017,
 §2.4 and Fig. 3) as the TPT reference code uses it: every clip of ``L`` frames passes the network
@@ -460,7 +460,7 @@ def load_i3d_weights(model: InceptionI3d, path: str | Path) -> str:
 
 
 class I3DEncoder(nn.Module):
-    """Video encoder of SPEC §9: I3D per clip, Mixed_5c mean-pooled to one vector per clip.
+    """Video encoder of docs/method.md §9: I3D per clip, Mixed_5c mean-pooled to one vector per clip.
 
     Args:
         weights: Kinetics-400 RGB checkpoint (``model_rgb.pth`` or ``rgb_imagenet.pt``) loaded

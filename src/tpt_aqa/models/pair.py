@@ -1,4 +1,4 @@
-"""Part-aware pair stage f_r (SPEC §3, paper Eq. 7).
+"""Part-aware pair stage f_r (docs/method.md §3, paper Eq. 7).
 
 A shared MLP on the concatenation of the two videos' aligned parts, then the mean over parts. It is
 trained to predict ``s_second - s_first``; evaluation calls it with (exemplar, query).

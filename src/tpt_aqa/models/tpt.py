@@ -1,4 +1,4 @@
-"""The TPT composer: encoder → parser → pair stage → group heads (paper Fig. 2, SPEC §2).
+"""The TPT composer: encoder → parser → pair stage → group heads (paper Fig. 2, docs/method.md §2).
 
 Encoder and parser run per video; only the pair stage and the heads see two videos. That split is
 what lets evaluation encode every video once and pair cached parts (``encode`` then ``compare``).
@@ -140,7 +140,7 @@ class TPT(nn.Module):
         )
 
     def param_groups(self) -> Iterator[tuple[str, list[nn.Parameter]]]:
-        """Yield the optimizer groups of SPEC §6: backbone, body (parser + pair stage), heads.
+        """Yield the optimizer groups of docs/method.md §6: backbone, body (parser + pair stage), heads.
 
         Parameters with ``requires_grad=False`` and the encoder's ``unused_parameters()`` (e.g. the
         I3D logits layer) are left out, so DDP needs no ``find_unused_parameters``.
