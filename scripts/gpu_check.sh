@@ -42,7 +42,7 @@ step ddp_nccl $PY -m tpt_aqa.train trainer=ddp trainer.devices=1 trainer.max_epo
 step eval_compare $PY -m tpt_aqa.benchmark --device cuda --eval-compare --eval-size 112 \
   --out "$OUT_DIR/bench_eval_compare.json"
 # 6. predict: one 103-frame video at MTL-AQA shapes (20 clips of 8, 256×455 → 224²), twice (warm)
-step demo_mtl $PY scripts/make_demo_checkpoint.py "$OUT_DIR/demo_mtl" --preset mtl_aqa_shape \
+step demo_mtl $PY -m tpt_aqa.make_demo_checkpoint "$OUT_DIR/demo_mtl" --preset mtl_aqa_shape \
   --videos 1 trainer=gpu
 mkdir -p "$OUT_DIR/videos"
 for copy in a b; do cp -r "$OUT_DIR"/demo_mtl/videos/* "$OUT_DIR/videos/dive_$copy"; done

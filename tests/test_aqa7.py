@@ -344,7 +344,7 @@ def test_missing_frames_at_setup(tmp_path):
     with pytest.raises(
         VideoReadError,
         match=r"1 of 18 AQA-7 videos .* no frame folder \(e\.g\. gym_vault_008 → .*gym_vault-out/008\)"
-        r".*scripts/prepare_frames\.py.*python -m tpt_aqa\.verify dataset=aqa7 dataset\.root=",
+        r".*python -m tpt_aqa\.prepare_frames.*python -m tpt_aqa\.verify dataset=aqa7 dataset\.root=",
     ):
         datamodule(tmp_path, root)
     shutil.rmtree(root / "frames")
@@ -373,7 +373,7 @@ def test_frame_numbering_and_short_folders_at_load(tmp_path):
     with pytest.raises(
         VideoReadError,
         match=r"diving-out/002 has 11 frames named img_00001\.jpg onwards, but the clips need the "
-        r"first 12 .*re-extract its frames with scripts/prepare_frames\.py",
+        r"first 12 .*re-extract its frames with python -m tpt_aqa\.prepare_frames",
     ):
         dm.load_video(1, "train")
 
@@ -394,7 +394,7 @@ def test_check_sample_finds_planted_problems(tmp_path):
         path.rename(path.with_name(f"frame_{int(path.stem[4:]):04d}.jpg"))
     problems = {r: dm.check_sample(r) for r in range(5)}
     assert len(problems[0]) == 1 and "diving-out/001 does not exist" in problems[0][0]
-    assert "prepare_frames.py" in problems[0][0]
+    assert "tpt_aqa.prepare_frames" in problems[0][0]
     assert len(problems[1]) == 1 and "has 11 frames" in problems[1][0]
     assert len(problems[2]) == 1 and "img_00001.jpg is not a readable JPEG" in problems[2][0]
     assert len(problems[3]) == 1 and "may start at 0: try dataset.frame_start=0" in problems[3][0]

@@ -8,7 +8,6 @@ import json
 import math
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -54,7 +53,6 @@ DATA = [  # 2 clips of 8 frames, 32² crops, no workers
     "dataset.eval_batch_size=4",
 ]
 SMALL = [*DATA, "model.num_queries=2"]
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_jigsaws_folds.py"
 
 
 # ---- fixtures in the real formats --------------------------------------------------------------
@@ -393,7 +391,7 @@ def test_data_errors(tmp_path, videos):
     short = linked_root(tmp_path / "s", videos, TRIALS[0], textured_frames(10, HEIGHT, WIDTH))
     dm = make_dm(tmp_path, short)
     err = raises(VideoReadError, "needs at least 16 frames", dm.load_video, 0, "test")
-    assert f"{TRIALS[0]}_capture1.avi" in str(err) and "prepare_frames.py" in str(err)
+    assert f"{TRIALS[0]}_capture1.avi" in str(err) and "tpt_aqa.prepare_frames" in str(err)
 
 
 def test_pickle_errors(tmp_path, videos):
@@ -428,7 +426,7 @@ def test_check_sample_finds_planted_problems(tmp_path, videos):
     (folder / f"{TRIALS[3]}_capture1.avi").unlink()
     write_video(folder / f"{TRIALS[3]}_capture1.avi", textured_frames(12, HEIGHT, WIDTH))
     [missing] = dm.check_sample(row[TRIALS[1]])
-    assert f"{TRIALS[1]}_capture1.avi not found" in missing and "prepare_frames.py" in missing
+    assert f"{TRIALS[1]}_capture1.avi not found" in missing and "tpt_aqa.prepare_frames" in missing
     [corrupt] = dm.check_sample(row[TRIALS[2]])
     assert "not a readable video" in corrupt and f"{TRIALS[2]}_capture1.avi" in corrupt
     [short] = dm.check_sample(row[TRIALS[3]])
@@ -464,13 +462,8 @@ def test_fast_dev_run_i3d(tmp_path, videos):
 
 
 def load_script():
-    """``scripts/run_jigsaws_folds.py`` as a module (scripts/ is not a package)."""
-    if "run_jigsaws_folds" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_jigsaws_folds", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules["run_jigsaws_folds"]
+    """The fold runner (``python -m tpt_aqa.run_jigsaws_folds``)."""
+    return importlib.import_module("tpt_aqa.run_jigsaws_folds")
 
 
 def test_feature_cache_training_and_predictions(tmp_path, videos):

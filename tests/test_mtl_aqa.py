@@ -459,7 +459,7 @@ def test_short_dive_folder(tmp_path):
     dm = datamodule(tmp_path, root)
     row = dm.table.ids.index("01_02")
     assert dm.load_video(row, "exemplar").shape == (4, 3, 8, 32, 32)
-    msg = r"dive 01_02: .*01_02 has 21 JPEG frames but the train view needs 22.*prepare_frames.py"
+    msg = r"dive 01_02: .*01_02 has 21 JPEG frames but the train view needs 22.*tpt_aqa.prepare_frames"
     with pytest.raises(VideoReadError, match=msg):
         dm.load_video(row, "train")
     assert "has 21 JPEG frames, 22 needed" in dm.check_sample(row)[0]
@@ -487,7 +487,7 @@ def test_check_sample_dive_folders(tmp_path):
         (root / "frames" / "03_01" / name).unlink()
     problems = {vid: dm.check_sample(row) for row, vid in enumerate(ids)}
     assert "frame folder" in problems["02_01"][0] and "02_01 is missing" in problems["02_01"][0]
-    assert "prepare_frames.py" in problems["02_01"][0]
+    assert "tpt_aqa.prepare_frames" in problems["02_01"][0]
     assert "00021.jpg is not a readable JPEG" in problems["02_02"][0]
     assert "has 19 JPEG frames, 22 needed" in problems["03_01"][0]
     assert all(not p for vid, p in problems.items() if vid not in ("02_01", "02_02", "03_01"))

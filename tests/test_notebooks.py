@@ -32,7 +32,7 @@ def demo(tmp_path_factory):
     """A demo checkpoint made by the script the notebooks tell users to run (one epoch)."""
     out = tmp_path_factory.mktemp("demo")
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_demo_checkpoint.py"), str(out), "--epochs=1"],
+        [sys.executable, "-m", "tpt_aqa.make_demo_checkpoint", str(out), "--epochs=1"],
         check=True,
         capture_output=True,
         timeout=600,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import pickle
 import subprocess
 import sys
@@ -11,16 +11,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import tomllib
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"tpt_aqa.{name}")
 
 
 def write_video(path: Path, num_frames: int, size=(48, 64)) -> None:
@@ -38,14 +36,41 @@ def write_video(path: Path, num_frames: int, size=(48, 64)) -> None:
             container.mux(packet)
 
 
-@pytest.mark.parametrize("script", ["prepare_frames", "export_synthetic", "run_jigsaws_folds"])
-def test_scripts_have_help(script):
-    if not (REPO / "scripts" / f"{script}.py").is_file():
-        pytest.skip(f"{script} not present")
+# every tool users are told to run is a module of the package (python -m tpt_aqa.<tool>)
+ARGPARSE_TOOLS = [
+    "prepare_frames",
+    "export_synthetic",
+    "run_jigsaws_folds",
+    "make_demo_checkpoint",
+    "weights",
+    "benchmark",
+    "aggregate",
+    "convert",
+]
+
+
+@pytest.mark.parametrize("tool", ARGPARSE_TOOLS)
+def test_tools_are_package_modules_with_help(tool, tmp_path):
     proc = subprocess.run(
-        [sys.executable, f"scripts/{script}.py", "--help"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", f"tpt_aqa.{tool}", "--help"],
+        cwd=tmp_path,  # not the checkout: the installed package alone
+        capture_output=True,
+        text=True,
     )
-    assert proc.returncode == 0 and "usage:" in proc.stdout
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-1000:]
+
+
+def test_console_scripts_point_at_entry_points():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    modules = {target.split(":")[0].removeprefix("tpt_aqa.") for target in scripts.values()}
+    assert (
+        set(ARGPARSE_TOOLS) | {"train", "eval", "predict", "verify", "extract_features"} <= modules
+    )
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        assert name.startswith("tpt-aqa-") and callable(
+            getattr(importlib.import_module(module), func)
+        )
 
 
 def test_prepare_whole_videos_and_resume(tmp_path, capsys):

@@ -64,7 +64,7 @@ AQA7_SCORE_RANGES: dict[str, tuple[float, float]] = {
 }
 
 VERIFY_HINT = "python -m tpt_aqa.verify dataset=aqa7 dataset.root=/path/to/AQA-7"
-PREPARE_HINT = "scripts/prepare_frames.py"
+PREPARE_HINT = "python -m tpt_aqa.prepare_frames"
 
 
 class AQA7DataError(ConfigError):

@@ -4,7 +4,7 @@ Three tasks, each its own benchmark: Suturing (39 trials), Needle_Passing (28) a
 A trial's score is the sum of its six GRS sub-scores (each 1–5, so 6–30); it is trained and reported
 on that scale (``scale = 1``), and the whole task is one exemplar group. Evaluation is 4-fold
 cross-validation: with ``fold=f`` fold ``f`` is the test split and the other three train (one model
-per task and fold; ``scripts/run_jigsaws_folds.py`` runs and pools them).
+per task and fold; ``python -m tpt_aqa.run_jigsaws_folds`` runs and pools them).
 
 Annotations, in either of two forms (``annotation_format``; ``auto`` picks the pickles when both
 exist, else the meta file):
@@ -34,7 +34,7 @@ exist, else the meta file):
 
 Video: the left camera only (``capture1``), as ``{root}/{Task}/video/{trial}_capture1.avi``
 (``source: video``, decoded with PyAV) or as pre-extracted JPEG folders
-``{frames_root}/{trial}_capture1/`` (``source: frames``; ``scripts/prepare_frames.py``). Decoding
+``{frames_root}/{trial}_capture1/`` (``source: frames``; ``python -m tpt_aqa.prepare_frames``). Decoding
 the AVIs reads the whole video for every sample, as the 160 frames are spread over all of it; frame
 folders or a feature cache (``features_root``) are much faster for training.
 
@@ -487,7 +487,7 @@ class JIGSAWSDataModule(AQADataModule):
                 if self.source == "video"
                 else f"dataset.frames_root / dataset.frames_template={self.frames_template!r}"
             )
-            + "; extract frame folders with scripts/prepare_frames.py; list every problem with "
+            + "; extract frame folders with python -m tpt_aqa.prepare_frames; list every problem with "
             f"python -m tpt_aqa.verify dataset=jigsaws dataset.root={self.root} "
             f"dataset.task={self.task}"
         )

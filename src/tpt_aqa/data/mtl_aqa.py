@@ -87,7 +87,7 @@ DELTA_CAP_WITHOUT_DD = 100.0
 # layout of the public copies of the dataset).
 ANNOTATION_FOLDERS = ("", "info")
 VERIFY = "python -m tpt_aqa.verify dataset=mtl_aqa dataset.root=..."
-PREPARE = "scripts/prepare_frames.py"
+PREPARE = "python -m tpt_aqa.prepare_frames"
 
 Layout = Literal["dive_folders", "video_folders", "videos"]
 DiveKey = tuple[int, int]

@@ -49,7 +49,7 @@ DECODERS = ("auto", "pil", "simplejpeg")
 ON_MISSING = ("error", "repeat_last")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 FIX_HINT = (
-    "Check the dataset's frames path, re-run scripts/prepare_frames.py for the videos named here, "
+    "Check the dataset's frames path, re-run python -m tpt_aqa.prepare_frames for the videos named here, "
     "and list every problem with python -m tpt_aqa.verify dataset=<name> dataset.root=..."
 )
 

@@ -2,7 +2,7 @@
 """Train a small checkpoint on rendered synthetic videos, with videos to score, for the notebooks,
 ``tpt_aqa.predict`` demos and its timing.
 
-    python scripts/make_demo_checkpoint.py OUT_DIR [--preset notebook|mtl_aqa_shape] [--epochs N]
+    python -m tpt_aqa.make_demo_checkpoint OUT_DIR [--preset notebook|mtl_aqa_shape] [--epochs N]
 
 OUT_DIR then holds
     checkpoint.ckpt   the selected checkpoint, with its exemplar bank (a copy)

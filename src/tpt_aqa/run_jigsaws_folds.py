@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run JIGSAWS 4-fold cross-validation per task and pool the folds (docs/method.md §7, §10).
 
-    python scripts/run_jigsaws_folds.py --tasks all --seeds 12 13 14 --out outputs/jigsaws \\
+    python -m tpt_aqa.run_jigsaws_folds --tasks all --seeds 12 13 14 --out outputs/jigsaws \\
         -- dataset.root=/data/JIGSAWS model.encoder.weights=/weights/model_rgb.pth
 
 (``--`` ends the options: everything after it is passed to every run as Hydra overrides.)
@@ -319,7 +319,7 @@ def write_summary(out: Path, summary: dict[str, Any]) -> str:
     """Write ``jigsaws_results.md`` and ``.json`` into ``out``; returns the Markdown."""
     markdown = (
         "JIGSAWS, 4-fold cross-validation per task (ρ: Spearman; mean ± std over seeds). "
-        "Pooling: see scripts/run_jigsaws_folds.py.\n\n" + markdown_table(summary)
+        "Pooling: see python -m tpt_aqa.run_jigsaws_folds --help.\n\n" + markdown_table(summary)
     )
     (out / "jigsaws_results.md").write_text(markdown + "\n")
     # NaN is not JSON: missing numbers are written as null

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the embedded synthetic benchmark in the `dataset=features` format.
 
-    python scripts/export_synthetic.py OUT_DIR [--num-train 600 --num-test 200 --seed 0]
+    python -m tpt_aqa.export_synthetic OUT_DIR [--num-train 600 --num-test 200 --seed 0]
 
 OUT_DIR then holds {id}.npy clip features (T, C) and annotations.csv (id, score, split, group,
 scale, class); train on it with

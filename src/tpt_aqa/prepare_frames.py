@@ -3,14 +3,14 @@
 
 Whole videos (one folder per video, frames numbered from --start):
 
-    python scripts/prepare_frames.py videos/ frames/ --pattern "{:08d}.jpg"
+    python -m tpt_aqa.prepare_frames videos/ frames/ --pattern "{:08d}.jpg"
 
 MTL-AQA dives (one folder {video:02d}_{clip:02d}/ per annotated dive, cut from the whole videos
 {video:02d}.mp4 by the annotation's start/end frame numbers, which count from --frame-number-start
 like the dataset's frame_number_start; dives shorter than --min-frames are extended backwards from
 their end frame, as the training window of 103 frames ending at end_frame is):
 
-    python scripts/prepare_frames.py videos/ frames/ --mtl-annotations final_annotations_dict.pkl
+    python -m tpt_aqa.prepare_frames videos/ frames/ --mtl-annotations final_annotations_dict.pkl
 
 A folder is written under a temporary name and renamed when complete, so an interrupted run
 leaves no half-written folder, and running again resumes: finished folders are skipped. The summary
