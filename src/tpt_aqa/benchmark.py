@@ -53,11 +53,7 @@ from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
 from tpt_aqa.data.batch import PairBatch, Videos
 from tpt_aqa.data.video import benchmark_frame_loading, make_benchmark_folder
 from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
-
-
-def stage(text: str) -> None:
-    """One progress line per stage, so a long run is never silent."""
-    print(f"[{datetime.now():%H:%M:%S}] {text} …", flush=True)
+from tpt_aqa.report import stage
 
 
 def _compose(*overrides: str):

@@ -23,17 +23,19 @@ Presets:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa import train as train_entry
+from tpt_aqa.cache import atomic_write_text
 from tpt_aqa.config import CONF_DIR, build_datamodule
 from tpt_aqa.data.video import write_frame_folder
 from tpt_aqa.eval import load_checkpoint
+from tpt_aqa.report import json_text, stage
 
 PRESETS = {
     "notebook": [
@@ -97,7 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [
         *PRESETS[args.preset],
         "logger=none",
-        "callbacks.progress_bar=null",
         f"hydra.run.dir={out / 'run'}",
         *args.overrides,
     ]
@@ -106,11 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     cfg.paths.output_dir = str(out / "run")
+    start = time.perf_counter()
+    stage(f"training the {args.preset} demo ({cfg.trainer.max_epochs} epochs; a bar shows each)")
     results = train_entry.run(cfg)
+    stage(f"trained in {time.perf_counter() - start:.0f} s; writing {args.videos} test videos")
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results["checkpoint"], out / "checkpoint.ckpt")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "results.json", json_text(results))
     _, run_cfg = load_checkpoint(out / "checkpoint.ckpt")
     dm = build_datamodule(run_cfg)
     predicted = dict(
@@ -132,8 +136,11 @@ def main(argv: list[str] | None = None) -> None:
             "prediction": predicted[vid],
             "clip_phases": dm.clip_labels(int(row)).tolist(),
         }
-    (out / "videos.json").write_text(json.dumps(videos, indent=2))
-    print(f"checkpoint, results and {len(videos)} test videos written to {out}")
+    atomic_write_text(out / "videos.json", json_text(videos))
+    stage(
+        f"done in {time.perf_counter() - start:.0f} s: checkpoint, results and {len(videos)} test "
+        f"videos written to {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from datetime import datetime
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
@@ -25,6 +26,11 @@ def finite_or_none(value: Any) -> Any:
 def json_text(record: Any) -> str:
     """``record`` as valid JSON text (indented): an undefined number is written ``null``."""
     return json.dumps(finite_or_none(record), indent=2, allow_nan=False)
+
+
+def stage(text: str) -> None:
+    """One timestamped line as a long command enters a stage, so it is never silent."""
+    print(f"[{datetime.now():%H:%M:%S}] {text} …", flush=True)
 
 
 # ---- log lines -------------------------------------------------------------------------------
