@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from tpt_aqa.cache import atomic_torch_save
-from tpt_aqa.config import ConfigError
 from tpt_aqa.data.samplers import choose_eval_exemplars
+from tpt_aqa.errors import ConfigError
 
 # Difficulty values are matched at one decimal, as MTL-AQA groups them (data/mtl_aqa.py).
 DIFFICULTY_DECIMALS = 1

@@ -20,11 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tpt_aqa.errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT = "tpt_aqa.features/1"
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError, ValueError):
     """A feature cache was produced with settings other than the requested ones."""
 
 

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from tpt_aqa.cache import flatten
+from tpt_aqa.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
@@ -33,7 +34,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         CheckpointError: when it cannot be read (truncated, not a checkpoint, unsafe to unpickle)
             or holds no model weights.
     """
-    from tpt_aqa.config import ConfigError
+    from tpt_aqa.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():

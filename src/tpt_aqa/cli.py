@@ -18,7 +18,8 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from tpt_aqa.config import CONF_DIR, ConfigError, find_user_error
+from tpt_aqa.config import CONF_DIR, find_user_error
+from tpt_aqa.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 

@@ -14,9 +14,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.errors import ConfigError, UserError
+from tpt_aqa.pretrained import NAMED, named_setting, resolve_weights
 from tpt_aqa.report import quiet_lightning_tips
-from tpt_aqa.weights import NAMED, named_setting, resolve_weights
 
 # The Hydra configs ship inside the package (package data), so an installed wheel finds them too;
 # the repository's top-level `conf` is a link to this folder.
@@ -45,26 +45,9 @@ KNOWN_ENCODERS = {
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's config or data, reported as one message without a traceback."""
-    from tpt_aqa.cache import CacheMismatchError
-    from tpt_aqa.checkpoints import CheckpointError
-    from tpt_aqa.data.features import FeatureDataError
-    from tpt_aqa.data.safe_pickle import UnsafePickleError
-    from tpt_aqa.data.video import VideoReadError
-    from tpt_aqa.models.i3d import I3DWeightsError
-    from tpt_aqa.weights import WeightsDownloadError
-
-    return (
-        ConfigError,
-        CacheMismatchError,
-        CheckpointError,
-        FeatureDataError,
-        UnsafePickleError,
-        VideoReadError,
-        I3DWeightsError,
-        WeightsDownloadError,
-        FileNotFoundError,
-    )
+    """Errors caused by the user's config or data, reported as one message without a traceback:
+    every :class:`~tpt_aqa.errors.UserError`, and a missing file."""
+    return (UserError, FileNotFoundError)
 
 
 def find_user_error(exc: BaseException) -> BaseException | None:

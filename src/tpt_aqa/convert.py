@@ -64,7 +64,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpt_aqa.cache import atomic_torch_save
 from tpt_aqa.checkpoints import compare_state, listing, load_torch_file
-from tpt_aqa.config import CONF_DIR, ConfigError, find_user_error
+from tpt_aqa.config import CONF_DIR, find_user_error
+from tpt_aqa.errors import ConfigError
 
 RELEASE_FORMAT = "baiyang4/aqa_tpt@4f1506e"
 

@@ -24,13 +24,13 @@ from tpt_aqa.checkpoints import read_checkpoint
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
-    ConfigError,
     build_datamodule,
     build_module,
     exit_on_user_error,
     require_keys,
     validate_config,
 )
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.report import json_text
 from tpt_aqa.train import build_trainer, format_results
 

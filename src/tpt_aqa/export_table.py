@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
+from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.extract_features import write_annotations
 
 

@@ -33,8 +33,9 @@ from tpt_aqa.cache import (
     read_manifest,
 )
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
-from tpt_aqa.weights import resolve_weights
+from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.errors import ConfigError
+from tpt_aqa.pretrained import resolve_weights
 
 # Settings that change speed or training, not the features.
 ENCODER_KEYS_IGNORED = (

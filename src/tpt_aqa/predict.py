@@ -36,13 +36,7 @@ from omegaconf import DictConfig
 from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
 from tpt_aqa.cache import atomic_write_text
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import (
-    CONF_DIR,
-    ConfigError,
-    build_module,
-    exit_on_user_error,
-    require_keys,
-)
+from tpt_aqa.config import CONF_DIR, build_module, exit_on_user_error, require_keys
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import read_feature_file
 from tpt_aqa.data.transforms import VideoTransform
@@ -53,6 +47,7 @@ from tpt_aqa.data.video import (
     load_clips,
     without_dataset_hint,
 )
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.eval import load_checkpoint, without_pretrained_file
 from tpt_aqa.report import json_text, to_log_file
 

@@ -33,7 +33,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import ConfigError, exit_on_user_error
+from tpt_aqa.config import exit_on_user_error
+from tpt_aqa.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from tpt_aqa.checkpoints import check_state_fits, config_differences, outline, r
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
-    ConfigError,
     build_datamodule,
     build_module,
     exit_on_user_error,
     validate_config,
 )
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.report import json_text
 from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, ConfigError, exit_on_user_error
+from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> list[str]:

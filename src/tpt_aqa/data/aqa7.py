@@ -31,7 +31,6 @@ import scipy.io
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tpt_aqa.config import ConfigError
 from tpt_aqa.data.base import AQADataModule, SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.transforms import VideoTransform
@@ -42,6 +41,7 @@ from tpt_aqa.data.video import (
     load_clips,
     read_frame_folder,
 )
+from tpt_aqa.errors import ConfigError
 
 # Class names in the order of their ids 1–6 in the split files (docs/method.md §8).
 AQA7_CLASSES: tuple[str, ...] = (

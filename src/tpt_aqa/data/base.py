@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from tpt_aqa.cache import CacheMismatchError, check_manifest
-from tpt_aqa.config import ConfigError
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.scoring import pair_deltas
 
 log = logging.getLogger(__name__)

@@ -27,12 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.cache import check_manifest
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
+from tpt_aqa.errors import UserError
 
 REQUIRED = ("id", "score", "split")
 log = logging.getLogger(__name__)
 
 
-class FeatureDataError(ValueError):
+class FeatureDataError(UserError, ValueError):
     """A problem in a features folder, naming the file and row."""
 
 

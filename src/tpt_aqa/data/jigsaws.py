@@ -55,12 +55,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpt_aqa.config import ConfigError
 from tpt_aqa.data.base import VIEWS, AQADataModule, SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import VideoReadError, count_frames, load_clips, read_frames
+from tpt_aqa.errors import ConfigError
 
 TASKS = ("Suturing", "Needle_Passing", "Knot_Tying")
 NUM_FOLDS = 4

@@ -57,7 +57,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tpt_aqa.config import ConfigError
 from tpt_aqa.data.base import VIEWS, AQADataModule, SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.safe_pickle import safe_load
@@ -69,6 +68,7 @@ from tpt_aqa.data.video import (
     read_frame_folder,
     read_video_file,
 )
+from tpt_aqa.errors import ConfigError
 
 LAYOUTS = ("dive_folders", "video_folders", "videos")
 # Names the annotation dict is distributed under, searched in this order (docs/method.md §8).

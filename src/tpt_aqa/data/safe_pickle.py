@@ -14,6 +14,8 @@ import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tpt_aqa.errors import UserError
+
 # Globals a pickle of plain data (and numpy arrays/scalars, from numpy 1.x or 2.x) may reference.
 ALLOWED = {
     ("builtins", "dict"),
@@ -41,7 +43,7 @@ ALLOWED = {
 }
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(UserError, ValueError):
     """A pickle referenced something other than plain data."""
 
 

@@ -39,6 +39,7 @@ from PIL import Image
 
 from tpt_aqa.data.clips import unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
+from tpt_aqa.errors import UserError
 
 try:  # optional: about twice as fast as PIL (`pip install -e '.[fast]'`)
     import simplejpeg
@@ -68,7 +69,7 @@ Decoder = Literal["auto", "pil", "simplejpeg"]
 OnMissing = Literal["error", "repeat_last"]
 
 
-class VideoReadError(ValueError):
+class VideoReadError(UserError, ValueError):
     """A video or frame folder could not be read as requested."""
 
 

@@ -37,7 +37,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _triple
 from torch.utils.checkpoint import checkpoint
 
-from tpt_aqa.weights import resolve_weights
+from tpt_aqa.errors import UserError
+from tpt_aqa.pretrained import resolve_weights
 
 KINETICS_CLASSES = 400
 
@@ -329,7 +330,7 @@ _LAYOUT_RGB_IMAGENET = "rgb_imagenet.pt"
 _WEIGHTS_KEY = "model.encoder.weights"
 
 
-class I3DWeightsError(ValueError):
+class I3DWeightsError(UserError, ValueError):
     """An I3D weights file that does not match ``InceptionI3d``."""
 
 
