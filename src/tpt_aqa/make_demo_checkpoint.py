@@ -12,7 +12,9 @@ OUT_DIR then holds
 
 Presets:
     notebook       a frozen random-init I3D on 40-frame 40×40 videos, 5 clips of 8 frames, 30
-                   epochs: about a minute on 2 CPU cores (the notebooks' test runs --epochs 1).
+                   epochs: 5–15 minutes on 2 CPU cores, since every epoch runs its videos through
+                   the I3D (about 30 s an epoch measured beside another run); --epochs 5 for a
+                   quick one (the notebooks' test runs --epochs 1).
     mtl_aqa_shape  the MTL-AQA input shapes: 103-frame videos, 20 clips of 8 frames at stride 5,
                    frames resized to 256×455 and center-cropped to 224²; one training step from a
                    random init (a timing demo, not a model): score its video with
