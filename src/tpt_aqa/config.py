@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +59,34 @@ def find_user_error(exc: BaseException) -> BaseException | None:
     return err
 
 
+@contextlib.contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """Inside: a user error (also when Hydra's ``instantiate`` wrapped it) prints its message on
+    stderr (and the run's log file) and exits with status 2; anything else keeps its traceback."""
+    try:
+        yield
+    except Exception as exc:
+        err = find_user_error(exc)
+        if err is None:
+            raise
+        from tpt_aqa.report import to_log_file
+
+        label = "config error" if isinstance(err, ConfigError) else "error"
+        print(f"{label}: {err}", file=sys.stderr)
+        to_log_file(f"{label}: {err}")
+        sys.exit(2)
+
+
 def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap an entry point: a user error (also when Hydra's ``instantiate`` wrapped it) prints its
-    message on stderr and exits with status 2; anything else propagates with its traceback."""
+    """Wrap a Hydra entry point in :func:`user_errors_exit`, its log lines in the run's files."""
 
     @functools.wraps(main)
     def wrapper(cfg: DictConfig) -> Any:
-        from tpt_aqa.report import log_to_run_files, to_log_file
+        from tpt_aqa.report import log_to_run_files
 
         log_to_run_files()
-        try:
+        with user_errors_exit():
             return main(cfg)
-        except Exception as exc:
-            err = find_user_error(exc)
-            if err is None:
-                raise
-            label = "config error" if isinstance(err, ConfigError) else "error"
-            print(f"{label}: {err}", file=sys.stderr)
-            to_log_file(f"{label}: {err}")
-            sys.exit(2)
 
     return wrapper
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import numbers
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpt_aqa.cache import atomic_torch_save
 from tpt_aqa.checkpoints import compare_state, listing, load_torch_file
-from tpt_aqa.config import CONF_DIR, find_user_error
+from tpt_aqa.config import CONF_DIR, user_errors_exit
 from tpt_aqa.errors import ConfigError
 
 RELEASE_FORMAT = "baiyang4/aqa_tpt@4f1506e"
@@ -538,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset.root=/data")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit():
         summary = convert(
             args.from_release,
             args.out,
@@ -546,12 +545,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             bank=not args.no_bank,
             device=args.device,
         )
-    except Exception as exc:
-        err = find_user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     meta = ", ".join(f"{k}={v}" for k, v in summary["release"].items())
     print(f"converted {args.from_release} ({meta or 'no metadata'}) to {summary['checkpoint']}")
     if summary["bank_videos"] is not None:

