@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from tpt_aqa.cache import atomic_torch_save
-from tpt_aqa.data.samplers import choose_eval_exemplars
+from tpt_aqa.data.samplers import STREAM_BANK, choose_eval_exemplars
 from tpt_aqa.errors import ConfigError
 
 # Difficulty values are matched at one decimal, as MTL-AQA groups them (data/mtl_aqa.py).
@@ -267,7 +267,7 @@ def build_bank(
     exemplars = np.full((num_groups, dm.num_exemplars), -1, dtype=np.int64)
     present = np.unique(groups)
     chosen = choose_eval_exemplars(
-        present, rows, groups, dm.num_exemplars, np.random.default_rng([dm.seed, 29])
+        present, rows, groups, dm.num_exemplars, np.random.default_rng([dm.seed, STREAM_BANK])
     )  # table rows (G', M)
     for g, table_rows in zip(present, chosen, strict=True):
         real = table_rows >= 0

@@ -21,7 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from tpt_aqa.cache import CacheMismatchError, check_manifest
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
-from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
+from tpt_aqa.data.samplers import (
+    STREAM_EVAL_EXEMPLARS,
+    STREAM_VAL_CARVE,
+    ExemplarPairSampler,
+    choose_eval_exemplars,
+)
 from tpt_aqa.errors import ConfigError
 from tpt_aqa.scoring import pair_deltas
 
@@ -79,7 +84,7 @@ def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
         g: int(n) for g, n in zip(*np.unique(table.group[train], return_counts=True), strict=True)
     }
     moved = 0
-    for row in np.random.default_rng([seed, 11]).permutation(train):
+    for row in np.random.default_rng([seed, STREAM_VAL_CARVE]).permutation(train):
         if moved == wanted:
             break
         if left[table.group[row]] > 1:
@@ -269,7 +274,7 @@ class AQADataModule(L.LightningDataModule):
                 pool,
                 table.group[pool],
                 self.num_exemplars,
-                np.random.default_rng([self.seed, 23, code]),
+                np.random.default_rng([self.seed, STREAM_EVAL_EXEMPLARS, code]),
             )
 
     # Whether a table where no exemplar group has two training videos is refused (a folder of the

@@ -7,6 +7,13 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import DistributedSampler
 
+# Tags of the independent random streams drawn from one seed (numpy's SeedSequence mixes the tag
+# with the seed, so each stream is its own and changing one use never shifts another).
+STREAM_TRAIN_PAIRS = 7  # training exemplar per video, per epoch
+STREAM_VAL_CARVE = 11  # which training videos form the validation split
+STREAM_EVAL_EXEMPLARS = 23  # the fixed evaluation exemplars of each split
+STREAM_BANK = 29  # the exemplars stored in a checkpoint's bank
+
 
 def draw_exemplars(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """For every position, a uniformly drawn other position of the same group (itself when alone).
@@ -63,7 +70,7 @@ class ExemplarPairSampler(DistributedSampler):
         )
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        rng = np.random.default_rng([self.seed, self.epoch, STREAM_TRAIN_PAIRS])
         partner = draw_exemplars(self.groups, rng)
         for pos in super().__iter__():
             yield int(self.rows[pos]), int(self.rows[partner[pos]])
