@@ -31,12 +31,16 @@ def test_notebooks_are_stored_without_outputs():
 def demo(tmp_path_factory):
     """A demo checkpoint made by the script the notebooks tell users to run (one epoch)."""
     out = tmp_path_factory.mktemp("demo")
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "tpt_aqa.make_demo_checkpoint", str(out), "--epochs=1"],
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    # never silent: a line per stage with its time (it once ran 35 minutes printing nothing)
+    assert "training the notebook demo (1 epochs" in proc.stdout
+    assert "done in" in proc.stdout and "trained in" in proc.stdout
     return out
 
 
