@@ -15,7 +15,7 @@ from tpt_aqa.data import AQADataModule
 from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT
 from tpt_aqa.report import ProgressBar, epoch_label
-from tpt_aqa.train import build_trainer
+from tpt_aqa.runtime import build_trainer
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 

@@ -27,8 +27,8 @@ from tpt_aqa.convert import (
     load_release,
     map_release_state,
 )
-from tpt_aqa.eval import load_checkpoint
 from tpt_aqa.predict import Predictor
+from tpt_aqa.runtime import load_checkpoint
 
 from .conftest import TINY, compose_cfg
 

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
 from tpt_aqa.faults import AtomicCheckpointIO, CheckpointOnSignal
+from tpt_aqa.runtime import build_trainer
 
 from .conftest import TINY
 
@@ -52,14 +53,14 @@ def fit(cfg, ckpt_path=None, extra_callbacks=()):
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = train_entry.build_trainer(cfg, has_val=dm.has_val)
+    trainer = build_trainer(cfg, has_val=dm.has_val)
     trainer.callbacks.extend(extra_callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, module
 
 
 def test_configured_trainer_checkpoints_on_sigterm_and_writes_atomically(tiny_cfg):
-    trainer = train_entry.build_trainer(tiny_cfg(), has_val=True)
+    trainer = build_trainer(tiny_cfg(), has_val=True)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert sum(isinstance(c, CheckpointOnSignal) for c in trainer.callbacks) == 1
 
@@ -167,7 +168,7 @@ def test_sigterm_state_is_the_module_state_at_the_stop(tiny_cfg):
     cfg = tiny_cfg(*SHORT, "trainer.max_epochs=1")
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = train_entry.build_trainer(cfg, has_val=dm.has_val)
+    trainer = build_trainer(cfg, has_val=dm.has_val)
     trainer.callbacks.append(SigtermAt(epoch=0, batch=0))
     with pytest.raises(SystemExit):
         trainer.fit(module, datamodule=dm)

@@ -72,3 +72,41 @@ def test_the_package_has_no_import_cycle():
     graph = import_graph()
     assert "tpt_aqa.config" in graph and "tpt_aqa.errors" in graph["tpt_aqa.config"]
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+# Commands users run; each is an entry point on one floor above the shared modules.
+ENTRY_POINTS = {
+    "train",
+    "eval",
+    "predict",
+    "convert",
+    "extract_features",
+    "verify",
+    "export_table",
+    "aggregate",
+    "benchmark",
+    "weights",
+    "prepare_frames",
+    "export_synthetic",
+}
+# Tools built on a whole training run, one floor higher still.
+TOOLS = {"make_demo_checkpoint", "run_jigsaws_folds"}
+
+
+def test_every_command_module_is_classified():
+    graph = import_graph()
+    commands = {
+        name.removeprefix("tpt_aqa.")
+        for name in graph
+        if name.count(".") == 1
+        and (PACKAGE / f"{name.removeprefix('tpt_aqa.')}.py").is_file()
+        and "def main(" in (PACKAGE / f"{name.removeprefix('tpt_aqa.')}.py").read_text()
+    }
+    assert commands == ENTRY_POINTS | TOOLS
+
+
+def test_entry_points_never_import_each_other():
+    graph = import_graph()
+    for name in ENTRY_POINTS:
+        others = {f"tpt_aqa.{e}" for e in ENTRY_POINTS | TOOLS} - {f"tpt_aqa.{name}"}
+        assert not graph[f"tpt_aqa.{name}"] & others, name

@@ -17,7 +17,7 @@ from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
 from tpt_aqa.config import build_datamodule, build_module
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
-from tpt_aqa.eval import load_checkpoint
+from tpt_aqa.runtime import load_checkpoint
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 

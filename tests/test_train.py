@@ -14,6 +14,7 @@ import torch
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
+from tpt_aqa.runtime import apply_global_batch
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 
@@ -196,7 +197,7 @@ def test_global_batch_is_kept_across_devices(tiny_cfg, total, limit, devices, ba
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False
     )
     dm = type("DM", (), {"batch_size": None})()
-    train_entry.apply_global_batch(cfg, trainer, dm)
+    apply_global_batch(cfg, trainer, dm)
     assert (dm.batch_size, trainer.accumulate_grad_batches) == (batch, accumulate)
     assert dm.batch_size * trainer.accumulate_grad_batches * devices == total
 
@@ -206,7 +207,7 @@ def test_global_batch_must_split_over_devices(tiny_cfg):
     cfg.global_batch_size = 24
     trainer = L.Trainer(accelerator="cpu", devices=5, strategy="ddp", logger=False)
     with pytest.raises(ConfigError, match="global_batch_size=24 does not split over 5 devices"):
-        train_entry.apply_global_batch(cfg, trainer, object())
+        apply_global_batch(cfg, trainer, object())
 
 
 def test_reports_last_epoch_and_paper_style_best(tiny_cfg):

@@ -441,7 +441,7 @@ def convert(
 
     from tpt_aqa.bank import build_bank
     from tpt_aqa.config import build_datamodule, build_module, validate_config
-    from tpt_aqa.predict import _autocast
+    from tpt_aqa.runtime import autocast
 
     out = Path(out_path).resolve()
     release = load_release(release_path)
@@ -469,7 +469,7 @@ def convert(
             )
             module.to(dev)
             precision = str(cfg.trainer.get("precision", "32-true"))
-            exemplars = build_bank(module, dm, forward_context=lambda: _autocast(precision, dev))
+            exemplars = build_bank(module, dm, forward_context=lambda: autocast(precision, dev))
             module.cpu()
     epoch = release.meta.get("epoch")
     ckpt: dict[str, Any] = {

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
 from tpt_aqa.cache import atomic_write_text, flatten
-from tpt_aqa.checkpoints import read_checkpoint
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
@@ -31,37 +30,11 @@ from tpt_aqa.config import (
     validate_config,
 )
 from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import json_text
-from tpt_aqa.train import build_trainer, format_results
+from tpt_aqa.report import format_results, json_text
+from tpt_aqa.runtime import build_trainer, load_checkpoint, without_pretrained_file
 
 log = logging.getLogger(__name__)
 USAGE = "python -m tpt_aqa.eval ckpt_path=PATH [write_bank=true] [+dataset.root=/new/location]"
-
-
-def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
-    """A tpt_aqa checkpoint and the resolved training configuration stored in it.
-
-    Raises:
-        ConfigError: when the file is missing or holds no tpt_aqa configuration.
-        CheckpointError: when it cannot be read (truncated, not a checkpoint, unsafe).
-    """
-    path = Path(ckpt_path)
-    ckpt = read_checkpoint(path)
-    config = ckpt.get("tpt_aqa", {}).get("config")
-    if config is None:
-        raise ConfigError(
-            f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?"
-        )
-    return ckpt, OmegaConf.create(config)
-
-
-def without_pretrained_file(run_cfg: DictConfig) -> None:
-    """The checkpoint holds every weight: do not read the pretrained encoder file again (it may
-    not exist where the checkpoint is used)."""
-    encoder = run_cfg.model.get("encoder") or {}
-    if "weights" in encoder:
-        run_cfg.model.encoder.weights = None
-    run_cfg.require_encoder_weights = False
 
 
 # The keys of conf/eval.yaml that ``run`` reads; the rest of the run's configuration is the

@@ -10,8 +10,6 @@ videos whose features are already there, provided the manifest matches.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from tpt_aqa.cache import (
 )
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.data.features import write_annotations
 from tpt_aqa.errors import ConfigError
 from tpt_aqa.pretrained import resolve_weights
 
@@ -81,25 +80,6 @@ def finished(path: Path, shape: tuple[int, int]) -> bool:
         return tuple(np.load(path, mmap_mode="r").shape) == shape
     except (ValueError, OSError):
         return False
-
-
-def write_annotations(path: Path, dm) -> None:
-    t = dm.table
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["id", "score", "split", "group", "scale", "class"])
-    for row, vid in enumerate(t.ids):
-        writer.writerow(
-            [
-                vid,
-                repr(float(t.target[row])),
-                dm.source_split[row],
-                t.group_names[t.group[row]],
-                repr(float(t.scale[row])),
-                t.class_names[t.class_id[row]],
-            ]
-        )
-    atomic_write_text(path, buf.getvalue())
 
 
 @torch.no_grad()

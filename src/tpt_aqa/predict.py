@@ -23,7 +23,6 @@ import io
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,8 @@ from tpt_aqa.data.video import (
     without_dataset_hint,
 )
 from tpt_aqa.errors import ConfigError
-from tpt_aqa.eval import load_checkpoint, without_pretrained_file
 from tpt_aqa.report import json_text, to_log_file
+from tpt_aqa.runtime import autocast, load_checkpoint, without_pretrained_file
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +105,6 @@ class Prediction:
             rec["attention"] = [[[round(x, 6) for x in r] for r in y] for y in self.attn.tolist()]
         rec["timings_s"] = {k: round(v, 4) for k, v in self.timings.items()}
         return rec
-
-
-def _autocast(precision: str, device: torch.device):
-    """The autocast context of the run's ``trainer.precision``, so scores match its evaluation."""
-    if str(precision).startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if str(precision).startswith("16") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
 
 
 class Predictor:
@@ -228,7 +218,7 @@ class Predictor:
         t0 = time.perf_counter()
         video, frames = self.read(source, start_frame)
         t1 = time.perf_counter()
-        with _autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             parsed = self.module.model.encode(video.unsqueeze(0).to(self.device))
             t2 = time.perf_counter()
             out = score_parts(self.module, bank, parsed.parts[0], rows)

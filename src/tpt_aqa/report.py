@@ -33,6 +33,14 @@ def stage(text: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {text} …", flush=True)
 
 
+def format_results(results: dict[str, float], title: str) -> str:
+    """A short plain-text table of metrics."""
+    width = max(len(k) for k in results) if results else 0
+    lines = [title, "-" * max(len(title), width + 12)]
+    lines += [f"{k:<{width}}  {v:10.4f}" for k, v in results.items()]
+    return "\n".join(lines)
+
+
 # ---- log lines -------------------------------------------------------------------------------
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 # Lightning logs its messages through this one logger (lightning_utilities' rank-zero helpers).

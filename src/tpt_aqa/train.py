@@ -10,8 +10,6 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.bank import attach_bank, build_bank
@@ -26,83 +24,11 @@ from tpt_aqa.config import (
     validate_config,
 )
 from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import json_text
+from tpt_aqa.report import format_results, json_text
 from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
+from tpt_aqa.runtime import apply_global_batch, build_trainer
 
 log = logging.getLogger(__name__)
-# callbacks that write checkpoints, left out of a smoke test (debug=fast_dev_run)
-CHECKPOINT_CALLBACKS = ("model_checkpoint", "checkpoint_on_signal")
-
-
-def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None) -> L.Trainer:
-    """The Lightning trainer with the configured callbacks and loggers.
-
-    Without a validation split, checkpoint selection falls back to the last epoch; ``evaluates``
-    (default ``has_val``) says whether validation passes run at all.
-    """
-    callbacks = []
-    smoke_test = bool(cfg.trainer.get("fast_dev_run"))
-    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
-        if cb_cfg is None:
-            continue
-        if smoke_test and name in CHECKPOINT_CALLBACKS:
-            continue  # Lightning would still write last.ckpt at the end of a fast_dev_run
-        if name == "model_checkpoint" and not has_val:
-            cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "mode": "max"})
-        callbacks.append(instantiate(cb_cfg))
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:  # the full resolved configuration (W&B: the run's config)
-        logger.log_hyperparams(config)
-    # without a configured bar (callbacks.progress_bar=null), none: Lightning would add its own
-    extra: dict[str, Any] = {
-        "enable_progress_bar": any(isinstance(c, ProgressBarBase) for c in callbacks)
-    }
-    if smoke_test:
-        extra["enable_checkpointing"] = False
-    if not (has_val if evaluates is None else evaluates):
-        extra["limit_val_batches"] = 0
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
-
-
-def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
-    """Keep the experiment's global batch whatever the number of devices.
-
-    ``global_batch_size`` pairs per optimizer step are split over the devices; when a device's share
-    exceeds ``max_device_batch_size`` it is accumulated over several steps. With frozen BatchNorm
-    statistics this gives the same gradients as one large batch (dropout aside).
-    """
-    total = cfg.get("global_batch_size")
-    if not total:
-        return
-    devices = trainer.num_devices * trainer.num_nodes
-    if total % devices:
-        raise ConfigError(
-            f"global_batch_size={total} does not split over {devices} devices: "
-            "choose a multiple of the device count"
-        )
-    share = total // devices
-    limit = cfg.get("max_device_batch_size") or share
-    accumulate = -(-share // limit)
-    while share % accumulate:
-        accumulate += 1
-    dm.batch_size = share // accumulate
-    trainer.accumulate_grad_batches = accumulate
-    log.info(
-        "global batch %d = %d devices x %d pairs x %d accumulation steps",
-        total,
-        devices,
-        dm.batch_size,
-        accumulate,
-    )
-
-
-def format_results(results: dict[str, float], title: str) -> str:
-    """A short plain-text table of metrics."""
-    width = max(len(k) for k in results) if results else 0
-    lines = [title, "-" * max(len(title), width + 12)]
-    lines += [f"{k:<{width}}  {v:10.4f}" for k, v in results.items()]
-    return "\n".join(lines)
 
 
 def check_multirun_strategy(cfg: DictConfig) -> None:

@@ -16,6 +16,7 @@ drawn from the same ``group`` (default: one group). ``class`` enables per-class 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.cache import check_manifest
+from tpt_aqa.cache import atomic_write_text, check_manifest
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
 from tpt_aqa.errors import UserError
 
@@ -236,3 +237,23 @@ class FeaturesDataModule(AQADataModule):
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
         return self._features[row].float()
+
+
+def write_annotations(path: Path, dm) -> None:
+    """``annotations.csv`` of the features format for every video of a datamodule's table."""
+    t = dm.table
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "score", "split", "group", "scale", "class"])
+    for row, vid in enumerate(t.ids):
+        writer.writerow(
+            [
+                vid,
+                repr(float(t.target[row])),
+                dm.source_split[row],
+                t.group_names[t.group[row]],
+                repr(float(t.scale[row])),
+                t.class_names[t.class_id[row]],
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,124 @@
+"""What the entry points share, so that none imports another: the trainer and its batch rule,
+reading a trained checkpoint with its configuration, and the autocast of a run's precision.
+
+``train``, ``eval``, ``predict``, ``convert``, … sit on one floor above this module
+(``tests/test_imports.py`` checks that they never import each other).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
+from omegaconf import DictConfig, OmegaConf
+
+from tpt_aqa.checkpoints import read_checkpoint
+from tpt_aqa.errors import ConfigError
+
+log = logging.getLogger(__name__)
+# callbacks that write checkpoints, left out of a smoke test (debug=fast_dev_run)
+CHECKPOINT_CALLBACKS = ("model_checkpoint", "checkpoint_on_signal")
+
+
+def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None) -> L.Trainer:
+    """The Lightning trainer with the configured callbacks and loggers.
+
+    Without a validation split, checkpoint selection falls back to the last epoch; ``evaluates``
+    (default ``has_val``) says whether validation passes run at all.
+    """
+    callbacks = []
+    smoke_test = bool(cfg.trainer.get("fast_dev_run"))
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None:
+            continue
+        if smoke_test and name in CHECKPOINT_CALLBACKS:
+            continue  # Lightning would still write last.ckpt at the end of a fast_dev_run
+        if name == "model_checkpoint" and not has_val:
+            cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "mode": "max"})
+        callbacks.append(instantiate(cb_cfg))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:  # the full resolved configuration (W&B: the run's config)
+        logger.log_hyperparams(config)
+    # without a configured bar (callbacks.progress_bar=null), none: Lightning would add its own
+    extra: dict[str, Any] = {
+        "enable_progress_bar": any(isinstance(c, ProgressBarBase) for c in callbacks)
+    }
+    if smoke_test:
+        extra["enable_checkpointing"] = False
+    if not (has_val if evaluates is None else evaluates):
+        extra["limit_val_batches"] = 0
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+
+
+def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
+    """Keep the experiment's global batch whatever the number of devices.
+
+    ``global_batch_size`` pairs per optimizer step are split over the devices; when a device's share
+    exceeds ``max_device_batch_size`` it is accumulated over several steps. With frozen BatchNorm
+    statistics this gives the same gradients as one large batch (dropout aside).
+    """
+    total = cfg.get("global_batch_size")
+    if not total:
+        return
+    devices = trainer.num_devices * trainer.num_nodes
+    if total % devices:
+        raise ConfigError(
+            f"global_batch_size={total} does not split over {devices} devices: "
+            "choose a multiple of the device count"
+        )
+    share = total // devices
+    limit = cfg.get("max_device_batch_size") or share
+    accumulate = -(-share // limit)
+    while share % accumulate:
+        accumulate += 1
+    dm.batch_size = share // accumulate
+    trainer.accumulate_grad_batches = accumulate
+    log.info(
+        "global batch %d = %d devices x %d pairs x %d accumulation steps",
+        total,
+        devices,
+        dm.batch_size,
+        accumulate,
+    )
+
+
+def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
+    """A tpt_aqa checkpoint and the resolved training configuration stored in it.
+
+    Raises:
+        ConfigError: when the file is missing or holds no tpt_aqa configuration.
+        CheckpointError: when it cannot be read (truncated, not a checkpoint, unsafe).
+    """
+    path = Path(ckpt_path)
+    ckpt = read_checkpoint(path)
+    config = ckpt.get("tpt_aqa", {}).get("config")
+    if config is None:
+        raise ConfigError(
+            f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?"
+        )
+    return ckpt, OmegaConf.create(config)
+
+
+def without_pretrained_file(run_cfg: DictConfig) -> None:
+    """The checkpoint holds every weight: do not read the pretrained encoder file again (it may
+    not exist where the checkpoint is used)."""
+    encoder = run_cfg.model.get("encoder") or {}
+    if "weights" in encoder:
+        run_cfg.model.encoder.weights = None
+    run_cfg.require_encoder_weights = False
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The autocast context of the run's ``trainer.precision``, so scores match its evaluation."""
+    if str(precision).startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if str(precision).startswith("16") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
