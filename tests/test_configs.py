@@ -220,3 +220,17 @@ def test_progress_bar_counts_epochs_from_one(epoch, max_epochs, label):
     bar._trainer = type("T", (), {"max_epochs": max_epochs})()
     assert epoch_label(epoch, max_epochs) == label
     assert bar._get_train_description(epoch).strip() == label
+
+
+def test_queries_beyond_a_video_samplers_clips_are_refused_before_any_data(tmp_path):
+    # The check used to read dataset.num_clips, a key only the synthetic benchmarks have.
+    cfg = compose_cfg(
+        tmp_path,
+        "experiment=mtl_aqa_tpt",
+        f"dataset.root={tmp_path}",  # empty: the data is never read
+        "model.encoder.weights=null",
+        "require_encoder_weights=false",
+        "model.num_queries=21",
+    )
+    with pytest.raises(ConfigError, match=r"21 exceeds the 20 clips .*dataset.sampler.num_clips"):
+        validate_config(cfg)

@@ -236,12 +236,11 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.num_queries={k}: must be an integer >= 1 (e.g. model.num_queries=5)"
         )
-    t = _get(cfg, "dataset.num_clips")
-    if isinstance(t, int) and k > t:
-        raise ConfigError(
-            f"model.num_queries={k} exceeds the {t} clips per video (dataset.num_clips): "
-            f"use model.num_queries<={t}"
-        )
+    # T where the config states it (the synthetic benchmarks, the video samplers); feature folders
+    # only know it once read, so build_datamodule checks again against the data
+    for key in ("dataset.num_clips", "dataset.sampler.num_clips"):
+        if isinstance(t := _get(cfg, key), int):
+            check_queries_fit(k, t, key)
     g = _get(cfg, "model.num_groups")
     if not isinstance(g, int) or g < 2 or g & (g - 1):
         raise ConfigError(
@@ -314,13 +313,21 @@ def build_datamodule(cfg: DictConfig):
     """Instantiate and set up the datamodule, checking K against its clip count."""
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
-    k = cfg.model.num_queries
-    if k > dm.num_clips:
-        raise ConfigError(
-            f"model.num_queries={k} exceeds the {dm.num_clips} clips per video of the data: "
-            f"use model.num_queries<={dm.num_clips}"
-        )
+    check_queries_fit(cfg.model.num_queries, dm.num_clips, "the data")
     return dm
+
+
+def check_queries_fit(k: int, num_clips: int, source: str) -> None:
+    """K queries parse T clips: K ≤ T (paper §3.2).
+
+    Raises:
+        ConfigError: naming ``source``, where T comes from, and the largest K that fits.
+    """
+    if k > num_clips:
+        raise ConfigError(
+            f"model.num_queries={k} exceeds the {num_clips} clips per video ({source}): "
+            f"use model.num_queries<={num_clips}"
+        )
 
 
 def build_module(cfg: DictConfig):
