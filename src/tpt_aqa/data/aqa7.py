@@ -401,12 +401,6 @@ class AQA7DataModule(AQADataModule):
         )
         return self.frames_root / sub
 
-    def frame_paths(self, row: int) -> list[Path]:
-        """The frame files the clips of a row are made of, in frame order (each file once)."""
-        folder = self.frame_folder(row)
-        frames = np.unique(self.clip_index)
-        return [folder / self.frame_pattern.format(self.frame_start + int(i)) for i in frames]
-
     def _split_path(self, path: Path) -> Path:
         if path.is_file():
             return path
