@@ -131,7 +131,7 @@ class TPTCriterion(nn.Module):
         self.weights = {
             "loss_cls": weight_cls,
             "loss_reg": weight_reg,
-            "loss_rank": weight_rank,
+            f"loss_{order_loss}": weight_rank,  # loss_rank, or loss_diversity (Tab. 5b)
             "loss_sparsity": weight_sparsity,
         }
         self.margin = margin
@@ -157,7 +157,8 @@ class TPTCriterion(nn.Module):
             offsets: true offsets of both orders ``(2B,)``.
 
         Returns:
-            ``{"loss_cls", "loss_reg", "loss_rank", "loss_sparsity", "loss"}``; classification and
+            ``{"loss_cls", "loss_reg", "loss_rank" (or "loss_diversity"), "loss_sparsity", "loss"}``
+            (each logged as ``train/<name>``); classification and
             regression are summed over the two pair orders; the attention losses are one mean over
             the query's and the exemplar's maps stacked together, summed over layers.
         """
@@ -181,9 +182,9 @@ class TPTCriterion(nn.Module):
             if self.order_loss == "rank":
                 losses["loss_rank"] = rank_loss(attn, self.margin)
             else:
-                losses["loss_rank"] = diversity_loss(attn, self.diversity_sigma)
+                losses["loss_diversity"] = diversity_loss(attn, self.diversity_sigma)
             losses["loss_sparsity"] = sparsity_loss(attn, self.sparsity_sum_over_queries)
         else:
-            losses["loss_rank"] = losses["loss_sparsity"] = logits.new_zeros(())
+            losses[f"loss_{self.order_loss}"] = losses["loss_sparsity"] = logits.new_zeros(())
         losses["loss"] = sum(self.weights[k] * losses[k] for k in self.weights)
         return losses
