@@ -40,23 +40,10 @@ from tpt_aqa.weights import (
 )
 
 from .conftest import TINY_MODEL, compose_cfg
+from .test_i3d import MIXED  # the channel table, written out independently of the model
 
 DATA = Path(__file__).parent / "data"
 COMMAND = "python -m tpt_aqa.weights kinetics400"
-
-# DeepMind's unit scopes, written out from the layout rather than taken from the code under test:
-# scope → (kernel size, in channels, out channels) of Inception-v1 I3D.
-MIXED = {
-    "3b": (192, 64, 96, 128, 16, 32, 32),
-    "3c": (256, 128, 128, 192, 32, 96, 64),
-    "4b": (480, 192, 96, 208, 16, 48, 64),
-    "4c": (512, 160, 112, 224, 24, 64, 64),
-    "4d": (512, 128, 128, 256, 24, 64, 64),
-    "4e": (512, 112, 144, 288, 32, 64, 64),
-    "4f": (528, 256, 160, 320, 32, 128, 128),
-    "5b": (832, 256, 160, 320, 32, 128, 128),
-    "5c": (832, 384, 192, 384, 48, 128, 128),
-}
 
 
 def deepmind_units(narrow: bool) -> dict[str, tuple[int, int, int]]:
