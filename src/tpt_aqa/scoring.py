@@ -165,8 +165,8 @@ class ScoreGroups(nn.Module):
         """
         self._check()
         half = self.num_groups // 2
-        cap = float(self.right[-1])
-        d = delta.detach().to(torch.float64).clamp(-cap, cap)[:, None]  # (N, 1)
+        cap = self.right[-1]  # a tensor: no device sync in the training step
+        d = torch.clamp(delta.detach().to(torch.float64), -cap, cap)[:, None]  # (N, 1)
         idx = torch.arange(self.num_groups, device=d.device)
         left, right = self.left[None, :], self.right[None, :]  # (1, G)
         pos = (d >= 0) & (idx >= half) & (left <= d) & (d < right)
