@@ -152,7 +152,7 @@ def test_table_from_mat_files(tmp_path, data_root):
     assert dm.raw_score[7] == pytest.approx(16.87) and dm.sample_no[7] == 2
     assert dm.class_name_of(14) == "diving" and dm.num_clips == 2
     assert dm.delta_cap == 100.0
-    assert dm.frame_folder(7) == data_root / "frames" / "gym_vault-out" / "002"
+    assert dm.source(7) == data_root / "frames" / "gym_vault-out" / "002"
 
 
 @pytest.mark.parametrize(
@@ -232,12 +232,13 @@ def test_default_index_arithmetic(tmp_path):
     dm = instantiate(cfg.dataset)
     dm.setup()
     assert dm.frames_needed == 103
-    assert dm.clip_index[:, 0].tolist() == list(range(0, 100, 5))  # clip starts 0, 5, …, 95
-    assert dm.clip_index[-1].tolist() == list(range(95, 103))
+    index = dm.clip_index(0)
+    assert index[:, 0].tolist() == list(range(0, 100, 5))  # clip starts 0, 5, …, 95
+    assert index[-1].tolist() == list(range(95, 103))
     clips = dm.load_video(0, "test")
     assert clips.shape == (20, 3, 8, HEIGHT, WIDTH) and clips.dtype == torch.uint8
     grey = clips.float().mean(dim=(1, 3, 4))  # (T, L)
-    want = 2 * (1 + dm.clip_index)  # clip t, frame l is file img_{1 + 5t + l}
+    want = 2 * (1 + index)  # clip t, frame l is file img_{1 + 5t + l}
     assert np.abs(grey.numpy() - want).max() < 2
     cfg.dataset.frame_start = 0  # the other numbering reads img_00000 … img_00102
     dm0 = instantiate(cfg.dataset)
@@ -370,8 +371,8 @@ def test_frame_numbering_and_short_folders_at_load(tmp_path):
     (root / "frames" / "diving-out" / "002" / "img_00012.jpg").unlink()
     with pytest.raises(
         VideoReadError,
-        match=r"diving-out/002 has 11 frames named img_00001\.jpg onwards, but the clips need the "
-        r"first 12 .*re-extract its frames with python -m tpt_aqa\.prepare_frames",
+        match=r"diving-out/002 has 11 frames but the train view needs 12; counted from "
+        r"img_00001\.jpg: re-extract its frames with python -m tpt_aqa\.prepare_frames",
     ):
         dm.load_video(1, "train")
 
@@ -391,7 +392,7 @@ def test_check_sample_finds_planted_problems(tmp_path):
     for path in sorted(folder.iterdir()):
         path.rename(path.with_name(f"frame_{int(path.stem[4:]):04d}.jpg"))
     problems = {r: dm.check_sample(r) for r in range(5)}
-    assert len(problems[0]) == 1 and "diving-out/001 does not exist" in problems[0][0]
+    assert len(problems[0]) == 1 and "diving-out/001 is missing" in problems[0][0]
     assert "tpt_aqa.prepare_frames" in problems[0][0]
     assert len(problems[1]) == 1 and "has 11 frames" in problems[1][0]
     assert len(problems[2]) == 1 and "img_00001.jpg is not a readable JPEG" in problems[2][0]

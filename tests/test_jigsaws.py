@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 
 from tpt_aqa import extract_features
 from tpt_aqa import train as train_entry
+from tpt_aqa.benchmark import textured_frames
 from tpt_aqa.cache import CacheMismatchError
 from tpt_aqa.data.jigsaws import (
     JIGSAWSDataError,
@@ -29,7 +30,6 @@ from tpt_aqa.data.video import (
     VideoReadError,
     read_frame_folder,
     read_video_file,
-    textured_frames,
     write_frame_folder,
 )
 from tpt_aqa.metrics import spearman
@@ -426,7 +426,7 @@ def test_check_sample_finds_planted_problems(tmp_path, videos):
     (folder / f"{TRIALS[3]}_capture1.avi").unlink()
     write_video(folder / f"{TRIALS[3]}_capture1.avi", textured_frames(12, HEIGHT, WIDTH))
     [missing] = dm.check_sample(row[TRIALS[1]])
-    assert f"{TRIALS[1]}_capture1.avi not found" in missing and "tpt_aqa.prepare_frames" in missing
+    assert f"{TRIALS[1]}_capture1.avi is missing" in missing and "tpt_aqa.prepare_frames" in missing
     [corrupt] = dm.check_sample(row[TRIALS[2]])
     assert "not a readable video" in corrupt and f"{TRIALS[2]}_capture1.avi" in corrupt
     [short] = dm.check_sample(row[TRIALS[3]])

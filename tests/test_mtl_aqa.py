@@ -433,7 +433,8 @@ def test_default_window_arithmetic(tmp_path):
     cfg = compose_cfg(tmp_path, "dataset=mtl_aqa", f"dataset.root={root}", *small)
     dm = instantiate(cfg.dataset)
     dm.setup()
-    assert dm.num_clips == 20 and dm.window == 103 and dm.folder_frames_needed() == 109
+    assert dm.num_clips == 20 and dm.window == 103
+    assert max(dm.frame_span(0, view)[1] for view in ("train", "test", "exemplar")) == 109
     starts = 5 * np.arange(20)[:, None] + np.arange(8)[None, :]  # (20, 8): 0, 5, …, 95 (+ 0..7)
     row = dm.table.ids.index("01_01")
     for view, offset in (("test", 0), ("exemplar", 3)):
@@ -459,10 +460,10 @@ def test_short_dive_folder(tmp_path):
     dm = datamodule(tmp_path, root)
     row = dm.table.ids.index("01_02")
     assert dm.load_video(row, "exemplar").shape == (4, 3, 8, 32, 32)
-    msg = r"dive 01_02: .*01_02 has 21 JPEG frames but the train view needs 22.*tpt_aqa.prepare_frames"
+    msg = r"dive 01_02: .*01_02 has 21 frames but the train view needs 22.*tpt_aqa.prepare_frames"
     with pytest.raises(VideoReadError, match=msg):
         dm.load_video(row, "train")
-    assert "has 21 JPEG frames, 22 needed" in dm.check_sample(row)[0]
+    assert "has 21 frames but the train view needs 22" in dm.check_sample(row)[0]
 
 
 def test_train_view_is_random_and_eval_views_fixed(tmp_path, release):
@@ -489,7 +490,7 @@ def test_check_sample_dive_folders(tmp_path):
     assert "frame folder" in problems["02_01"][0] and "02_01 is missing" in problems["02_01"][0]
     assert "tpt_aqa.prepare_frames" in problems["02_01"][0]
     assert "00021.jpg is not a readable JPEG" in problems["02_02"][0]
-    assert "has 19 JPEG frames, 22 needed" in problems["03_01"][0]
+    assert "has 19 frames but the train view needs 22" in problems["03_01"][0]
     assert all(not p for vid, p in problems.items() if vid not in ("02_01", "02_02", "03_01"))
     with pytest.raises(VideoReadError, match=r"dive 02_01: frame folder .*02_01 is missing"):
         dm.load_video(ids.index("02_01"), "train")
@@ -547,12 +548,12 @@ def test_whole_video_problems(tmp_path, layout):
         shutil.rmtree(root / "frames" / "02")
         (root / "frames" / "04" / "00000025.jpg").write_bytes(b"garbage")
     problems = {vid: dm.check_sample(row) for row, vid in enumerate(ids)}
-    assert "window would start before the first frame" in problems["01_02"][0]
+    assert "window would start 8 frame(s) before the first frame" in problems["01_02"][0]
     assert "has 60 frames" in problems["03_02"][0] or "index 69" in problems["03_02"][0]
     what = "video file" if layout == "videos" else "frame folder"
     assert f"{what} " in problems["02_01"][0] and "is missing" in problems["02_01"][0]
     assert problems["04_01"] and not problems["01_01"] and not problems["03_01"]
-    with pytest.raises(VideoReadError, match=r"dive 01_02 ends at frame 12.*start 8 frame"):
+    with pytest.raises(VideoReadError, match=r"dive 01_02: it ends at frame 12.*start 8 frame"):
         dm.load_video(ids.index("01_02"), "test")
     with pytest.raises(VideoReadError, match=r"MTL-AQA dive 03_02: .*03"):
         dm.load_video(ids.index("03_02"), "test")

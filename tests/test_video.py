@@ -13,6 +13,7 @@ import torch
 
 import tpt_aqa.data.transforms as transforms_module
 import tpt_aqa.data.video as video_module
+from tpt_aqa.benchmark import benchmark_frame_loading, textured_frames
 from tpt_aqa.data.clips import ClipSampler, linspace_clips, strided_clips, unique_frames
 from tpt_aqa.data.transforms import (
     CropParams,
@@ -21,7 +22,6 @@ from tpt_aqa.data.transforms import (
 )
 from tpt_aqa.data.video import (
     VideoReadError,
-    benchmark_frame_loading,
     count_frames,
     list_frames,
     load_clips,
@@ -160,7 +160,7 @@ def test_frame_folder_round_trip(tmp_path, decoder):
 
 def test_pil_and_simplejpeg_agree(tmp_path):
     pytest.importorskip("simplejpeg")
-    write_frame_folder(tmp_path, video_module.textured_frames(5, 40, 56, seed=3))
+    write_frame_folder(tmp_path, textured_frames(5, 40, 56, seed=3))
     pil = read_frame_folder(tmp_path, range(5), decoder="pil").int()
     fast = read_frame_folder(tmp_path, range(5), decoder="simplejpeg").int()
     assert (pil - fast).abs().max() <= 2

@@ -32,11 +32,8 @@ import numpy as np
 import torch
 
 from tpt_aqa.cache import atomic_torch_save
-from tpt_aqa.data.samplers import STREAM_BANK, choose_eval_exemplars
+from tpt_aqa.data.samplers import DIFFICULTY_DECIMALS, STREAM_BANK, choose_eval_exemplars
 from tpt_aqa.errors import ConfigError
-
-# Difficulty values are matched at one decimal, as MTL-AQA groups them (data/mtl_aqa.py).
-DIFFICULTY_DECIMALS = 1
 
 
 class BankError(ConfigError):
@@ -244,14 +241,9 @@ def build_bank(
     Returns:
         The bank, on the CPU.
     """
-    from tpt_aqa.data.base import _Rows
-    from tpt_aqa.data.batch import collate_videos
-
     table = dm.table
     rows = table.rows("train")  # sorted
-    loader = dm._loader(
-        _Rows(dm, rows, "exemplar"), collate_videos, batch_size=dm.eval_batch_size, shuffle=False
-    )
+    loader = dm.rows_dataloader(rows, "exemplar")
     was_training = module.training
     module.eval()
     device = module.device

@@ -142,7 +142,6 @@ NUMERIC_RULES: list[tuple[tuple[str, ...], tuple[Callable, Callable, str], str]]
         _AT_LEAST_ONE,
         "8",
     ),
-    (("dataset.num_workers",), (_is_int, lambda v: v >= 0, "an integer >= 0"), "0"),
     (
         ("dataset.delta_cap", "criterion.diversity_sigma", "model.parser.temperature_init"),
         (_is_number, lambda v: v > 0 and math.isfinite(v), "a number > 0"),
@@ -310,9 +309,15 @@ def check_encoder_input(cfg: DictConfig, encoder: str) -> None:
 
 
 def build_datamodule(cfg: DictConfig):
-    """Instantiate and set up the datamodule, checking K against its clip count."""
+    """Instantiate and set up the datamodule, checking K against its clip count.
+
+    A ``dataset.num_clips`` left null (a feature folder: T comes from its files) is set to the
+    datamodule's T, so that the model parts built for T (``model.parser.num_clips``) read it.
+    """
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
+    if "num_clips" in cfg.dataset and cfg.dataset.num_clips is None:
+        cfg.dataset.num_clips = dm.num_clips
     check_queries_fit(cfg.model.num_queries, dm.num_clips, "the data")
     return dm
 

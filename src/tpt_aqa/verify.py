@@ -18,15 +18,17 @@ from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> list[str]:
     """All problems found, one line each (empty when the dataset is ready)."""
     dm = instantiate(cfg.dataset)
-    if not hasattr(dm, "check_sample"):
+    if not isinstance(dm, VideoDataModule):
         raise ConfigError(
-            f"dataset {cfg.dataset._target_} reads no files to verify (it has no check_sample)"
+            f"dataset {cfg.dataset._target_} reads no video files to verify: it takes clip "
+            "features, checked when training reads them"
         )
     dm.setup("fit")
     table = dm.table

@@ -11,6 +11,7 @@ from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
 from tpt_aqa.data.synthetic import SyntheticDataModule
 from tpt_aqa.data.synthetic_video import SyntheticVideoDataModule
 from tpt_aqa.data.transforms import VideoTransform
+from tpt_aqa.data.video_base import VideoDataModule
 
 __all__ = [
     "AQA7DataModule",
@@ -25,6 +26,7 @@ __all__ = [
     "SampleTable",
     "SyntheticDataModule",
     "SyntheticVideoDataModule",
+    "VideoDataModule",
     "VideoTransform",
     "Videos",
     "choose_eval_exemplars",

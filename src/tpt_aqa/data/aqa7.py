@@ -22,25 +22,18 @@ averages, because the table's classes are the selected ones.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.io
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tpt_aqa.data.base import AQADataModule, SampleTable
+from tpt_aqa.data.base import SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.transforms import VideoTransform
-from tpt_aqa.data.video import (
-    VideoReadError,
-    count_frames,
-    list_frames,
-    load_clips,
-    read_frame_folder,
-)
+from tpt_aqa.data.video import PREPARE_COMMAND, count_frames, list_frames
+from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
 # Class names in the order of their ids 1–6 in the split files (docs/method.md §8).
@@ -62,9 +55,6 @@ AQA7_SCORE_RANGES: dict[str, tuple[float, float]] = {
     "sync_diving_3m": (46.2, 104.88),
     "sync_diving_10m": (49.8, 99.36),
 }
-
-VERIFY_HINT = "python -m tpt_aqa.verify dataset=aqa7 dataset.root=/path/to/AQA-7"
-PREPARE_HINT = "python -m tpt_aqa.prepare_frames"
 
 
 class AQA7DataError(ConfigError):
@@ -221,7 +211,7 @@ def read_split_list(path: Path, variable: str, key: str) -> np.ndarray:
     return rows
 
 
-class AQA7DataModule(AQADataModule):
+class AQA7DataModule(VideoDataModule):
     """AQA-7 from its split ``.mat`` files and per-video JPEG frame folders (``dataset=aqa7``).
 
     Args:
@@ -230,7 +220,8 @@ class AQA7DataModule(AQADataModule):
         train_transform: spatial transform of training videos (resize, random crop, flip).
         test_transform: spatial transform of evaluated videos and exemplars (resize, center crop).
         classes: ``"all"``/``None``, a class name or id (1–6), or a list of them.
-        score_ranges: raw ``(lo, hi)`` per class name, mapped to 0–100.
+        score_ranges: raw ``(lo, hi)`` per class name, mapped to 0–100; ``None``:
+            ``AQA7_SCORE_RANGES``.
         split_dir: folder of the split files, relative to ``root`` (or absolute).
         train_list: training split file in ``split_dir``.
         test_list: test split file in ``split_dir``.
@@ -242,8 +233,11 @@ class AQA7DataModule(AQADataModule):
         frame_pattern: file name of a frame, formatted with its number.
         frame_start: the number in the file name of a video's first frame (1: ``img_00001.jpg``).
         decoder: JPEG decoder (``auto``, ``pil``, ``simplejpeg``; see ``read_frame_folder``).
-        **kwargs: ``AQADataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments.
     """
+
+    title = "AQA-7"
+    config_name = "aqa7"
 
     def __init__(
         self,
@@ -266,11 +260,7 @@ class AQA7DataModule(AQADataModule):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("delta_cap", 100.0)
-        super().__init__(**kwargs)
-        self.root = Path(root)
-        self.sampler = sampler
-        self.transforms = {"train": train_transform, "test": test_transform}
-        self.transforms["exemplar"] = test_transform  # exemplars are seen as evaluated videos are
+        super().__init__(sampler, train_transform, test_transform, root=root, **kwargs)
         self.class_ids = resolve_classes(classes)
         if isinstance(score_ranges, DictConfig):
             score_ranges = OmegaConf.to_container(score_ranges, resolve=True)
@@ -292,35 +282,18 @@ class AQA7DataModule(AQADataModule):
         self.frame_start = int(frame_start)
         self.decoder = decoder
         self.frames_needed = sampler.frames_needed
-        # The first frames_needed frames, no jitter: one index matrix serves every video and view.
-        self.clip_index = sampler.indices(self.frames_needed)  # (T, L)
         # Filled by build_table, per table row: sample number, raw score, class name.
         self.sample_no: np.ndarray | None = None
         self.raw_score: np.ndarray | None = None
         self._class_of_row: list[str] | None = None
 
-    # ---- what the base class asks for ----------------------------------------------------------
-    @property
-    def num_clips(self) -> int:
-        return self.sampler.num_clips
-
+    # ---- the table -----------------------------------------------------------------------------
     def group_option(self) -> dict[str, Any]:
         return {"option": "class", "values": list(self.table.group_names)}
 
     def raw_score_ranges(self) -> dict[str, list[float]]:
         return {
             name: [float(v) for v in self.score_ranges[name]] for name in self.table.group_names
-        }
-
-    def video_settings(self) -> dict[str, Any]:
-        # Frame numbering (frame_start, pattern) only names files; the first frame is the same
-        # picture either way, so it is left out and a cache survives renaming.
-        test = self.transforms["test"]
-        return {
-            "sampler": asdict(self.sampler),
-            "offset": 0,
-            "frames": self.frames_needed,
-            "test_transform": test.settings(),
         }
 
     def build_table(self) -> SampleTable:
@@ -358,8 +331,6 @@ class AQA7DataModule(AQADataModule):
         self.sample_no = np.asarray(sample_no, dtype=np.int64)
         self.raw_score = np.asarray(raw, dtype=np.float64)
         self._class_of_row = [AQA7_CLASSES[self.class_ids[c] - 1] for c in class_id]
-        if self.features_root is None:  # frames are only read when no feature cache is used
-            self._check_frame_folders(ids)
         return SampleTable(
             ids=ids,
             target=np.asarray(target, dtype=np.float64),
@@ -371,43 +342,19 @@ class AQA7DataModule(AQADataModule):
             group_names=list(selected),
         )
 
-    def load_video(self, row: int, view: str) -> torch.Tensor:
-        """Clips of one video ``(T, 3, L, crop, crop)`` uint8, read lazily from its frame folder."""
-        folder = self.frame_folder(row)
-        try:
-            return load_clips(
-                folder,
-                self.clip_index,
-                self.transforms[view],
-                pattern=self.frame_pattern,
-                start=self.frame_start,
-                decoder=self.decoder,
-            )
-        except VideoReadError as err:
-            # Replace the reader's message by the full diagnosis (numbering, counts, the fix).
-            problems = self.check_sample(row) or [str(err)]
-            raise VideoReadError("; ".join(problems)) from err
-
-    # ---- paths and checks ----------------------------------------------------------------------
     def class_name_of(self, row: int) -> str:
         """AQA-7 class name of a table row."""
         assert self._class_of_row is not None, "call setup() first"
         return self._class_of_row[row]
 
-    def frame_folder(self, row: int) -> Path:
-        """The JPEG folder of a table row."""
-        sub = self.folder_pattern.format(
-            class_name=self.class_name_of(row), sample_no=int(self.sample_no[row])
-        )
-        return self.frames_root / sub
-
     def _split_path(self, path: Path) -> Path:
         if path.is_file():
             return path
+        verify = self.verify_command()
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"AQA-7 data root {self.root} does not exist: pass dataset.root=/path/to/AQA-7 "
-                f"(the folder holding Split_4/ and frames/), then check it with {VERIFY_HINT}"
+                f"(the folder holding Split_4/ and frames/), then check it with {verify}"
             )
         found = [p for p in _locate(self.root, path.name) if p != path]
         hint = (
@@ -418,85 +365,55 @@ class AQA7DataModule(AQADataModule):
         )
         raise FileNotFoundError(
             f"AQA-7 split file {path} not found (dataset.split_dir / dataset.train_list / "
-            f"dataset.test_list){hint}; check the layout with {VERIFY_HINT}"
+            f"dataset.test_list){hint}; check the layout with {verify}"
         )
 
-    def _check_frame_folders(self, ids: list[str]) -> None:
-        """Every selected video has a frame folder (a quick stat each; frames are read later)."""
-        if not self.frames_root.is_dir():
-            raise VideoReadError(
-                f"AQA-7 frames folder {self.frames_root} does not exist: set dataset.frames_dir "
-                f"(relative to dataset.root={self.root}), or extract the frames with "
-                f"{PREPARE_HINT}; check with {VERIFY_HINT}"
-            )
-        missing = [
-            (vid, folder)
-            for vid, folder in ((v, self.frame_folder(r)) for r, v in enumerate(ids))
-            if not folder.is_dir()
-        ]
-        if missing:
-            examples = ", ".join(f"{vid} → {folder}" for vid, folder in missing[:3])
-            raise VideoReadError(
-                f"{len(missing)} of {len(ids)} AQA-7 videos in the split files have no frame "
-                f"folder (e.g. {examples}); extract their frames with {PREPARE_HINT}, or fix "
-                f"dataset.frames_dir / dataset.folder_pattern ({self.folder_pattern!r}); list "
-                f"every problem with {VERIFY_HINT}"
-            )
+    # ---- frames --------------------------------------------------------------------------------
+    def source(self, row: int) -> Path:
+        sub = self.folder_pattern.format(
+            class_name=self.class_name_of(row), sample_no=int(self.sample_no[row])
+        )
+        return self.frames_root / sub
 
-    def check_sample(self, row: int) -> list[str]:
-        """Problems of one video on disk, each naming the path and the fix (empty when fine).
+    def source_keys(self) -> str:
+        return "dataset.frames_dir / dataset.folder_pattern"
 
-        Checks that the frame folder exists, that its first needed frame has the expected name
-        (suggesting the other ``frame_start`` when the numbering is off by one), that it holds
-        the needed frames, and decodes the first and the last needed frame.
+    def sources_folder(self) -> tuple[Path, str]:
+        return self.frames_root, "frames_dir"
 
-        Args:
-            row: table row.
+    def reader_options(self) -> dict[str, Any]:
+        return {"pattern": self.frame_pattern, "start": self.frame_start, "decoder": self.decoder}
 
-        Returns:
-            Human-readable problems.
-        """
-        folder = self.frame_folder(row)
-        vid = f"{self.class_name_of(row)} sample {int(self.sample_no[row])}"
-        if not folder.is_dir():
-            return [
-                f"{vid}: frame folder {folder} does not exist; extract its frames with "
-                f"{PREPARE_HINT} or fix dataset.frames_dir / dataset.folder_pattern"
-            ]
+    def clip_index(self, row: int, view: str = "test", generator=None) -> np.ndarray:
+        # The first frames_needed frames, no jitter: one index matrix serves every video and view.
+        return self.sampler.indices(self.frames_needed)  # (T, L)
+
+    def clip_settings(self) -> dict[str, Any]:
+        # Frame numbering (frame_start, pattern) only names files; the first frame is the same
+        # picture either way, so it is left out and a cache survives renaming.
+        return {"offset": 0, "frames": self.frames_needed}
+
+    def short_advice(self, row: int) -> str:
+        """Which numbering a folder follows when the configured one finds too few frames."""
+        folder = self.source(row)
         names = set(list_frames(folder))
         first = self.frame_pattern.format(self.frame_start)
-        available = count_frames(folder, self.frame_pattern, self.frame_start)
-        if available >= self.frames_needed:
-            problems = []
-        elif available == 0 and first not in names:
+        if first not in names:
             other = 1 - self.frame_start if self.frame_start in (0, 1) else 1
             if self.frame_pattern.format(other) in names:
-                fix = f"its numbering starts at {other}: try dataset.frame_start={other}"
-            else:
-                seen = sorted(names)[:1]
-                fix = (
-                    f"it holds {len(names)} JPEG files{f' such as {seen[0]}' if seen else ''}; "
-                    "set dataset.frame_pattern / dataset.frame_start to match, or re-extract "
-                    f"the frames with {PREPARE_HINT}"
+                return (
+                    f"first frame {folder / first} is missing; its numbering starts at {other}: "
+                    f"try dataset.frame_start={other}"
                 )
-            return [f"{vid}: first frame {folder / first} is missing; {fix}"]
-        else:
-            fix = f"re-extract its frames with {PREPARE_HINT}"
-            for other in (0, 1):
-                if other != self.frame_start and (
-                    count_frames(folder, self.frame_pattern, other) >= self.frames_needed
-                ):
-                    fix = f"its numbering may start at {other}: try dataset.frame_start={other}"
-            problems = [
-                f"{vid}: {folder} has {available} frames named {first} onwards, but the clips "
-                f"need the first {self.frames_needed} (sampler: {self.sampler.num_clips} clips of "
-                f"{self.sampler.clip_len}); {fix}"
-            ]
-        for i in sorted({0, min(available, self.frames_needed) - 1} - {-1}):
-            try:
-                read_frame_folder(
-                    folder, [i], self.frame_pattern, self.frame_start, decoder=self.decoder
-                )
-            except VideoReadError as err:
-                problems.append(f"{vid}: {err}")
-        return problems
+            seen = f" such as {min(names)}" if names else ""
+            return (
+                f"first frame {folder / first} is missing; it holds {len(names)} JPEG files"
+                f"{seen}; set dataset.frame_pattern / dataset.frame_start to match, or "
+                f"re-extract the frames with {PREPARE_COMMAND}"
+            )
+        for other in (0, 1):
+            if other != self.frame_start and (
+                count_frames(folder, self.frame_pattern, other) >= self.frames_needed
+            ):
+                return f"its numbering may start at {other}: try dataset.frame_start={other}"
+        return f"counted from {first}: re-extract its frames with {PREPARE_COMMAND}"

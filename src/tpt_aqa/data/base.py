@@ -2,24 +2,22 @@
 
 A benchmark only says what its samples are (a ``SampleTable``) and how to load one video
 (``load_video``). Everything else is common: carving a seeded validation split out of training,
-fixing the evaluation exemplars per seed, training pairs, and evaluation batches.
+fixing the evaluation exemplars per seed, training pairs, evaluation batches and the loaders'
+processes. Benchmarks read from disk build on ``tpt_aqa.data.video_base.VideoDataModule``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from tpt_aqa.cache import CacheMismatchError, check_manifest
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.samplers import (
     STREAM_EVAL_EXEMPLARS,
@@ -135,6 +133,19 @@ class _Queries(Dataset):
         return self.dm.sample(int(self.rows[i]), "test"), ex, targets * (ex >= 0)
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_workers(cpus: int, devices: int) -> int:
+    """Loader processes per device for ``num_workers: auto``: the CPUs this process may use,
+    shared by the node's devices, one left to each device's main process."""
+    return max(0, cpus // max(1, devices) - 1)
+
+
 class AQADataModule(L.LightningDataModule):
     """Shared datamodule: subclasses implement ``build_table`` and ``load_video``.
 
@@ -146,13 +157,12 @@ class AQADataModule(L.LightningDataModule):
             split named ``val`` in the data is used as is).
         seed: seed of the validation carve and of the evaluation exemplar lists.
         delta_cap: largest |Δ| the score groups cover, on the training scale.
-        num_workers: data loading processes.
-        features_root: a feature cache of this benchmark written by ``tpt_aqa.extract_features``
-            (``{id}.npy`` + ``manifest.json``); when set, samples are its ``(T,C)`` features (use
-            ``model/encoder=precomputed``) and the manifest must match this datamodule's clip
-            sampling and transforms and the test view.
-        features_expect: further manifest entries the cache must have, e.g.
-            ``{"encoder.normalization": "imagenet"}``.
+        num_workers: data loading processes per device, or ``"auto"``: the CPU cores this process
+            may use, shared by the node's devices, less one (``auto_workers``).
+        pin_memory: page-locked batches for faster copies to the GPU; ``None``: when the trainer
+            runs on CUDA.
+        persistent_workers: keep the loading processes between epochs; ``None``: whenever there
+            are any.
         test_every_epoch: also evaluate the test split at every validation, to report the
             release's best-on-test number beside the validation-selected one (never used for
             selection).
@@ -166,12 +176,19 @@ class AQADataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 12,
         delta_cap: float = 30.0,
-        num_workers: int = 0,
-        features_root: str | None = None,
-        features_expect: dict[str, Any] | None = None,
+        num_workers: int | str = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
         test_every_epoch: bool = False,
     ) -> None:
         super().__init__()
+        if num_workers != "auto" and (
+            not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0
+        ):
+            raise ConfigError(
+                f"dataset.num_workers={num_workers!r}: must be an integer >= 0 (0 loads in the "
+                "main process) or auto (one per CPU core of the device, less one)"
+            )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_exemplars = num_exemplars
@@ -179,10 +196,8 @@ class AQADataModule(L.LightningDataModule):
         self.seed = seed
         self.delta_cap = delta_cap
         self.num_workers = num_workers
-        self.features_root = Path(features_root) if features_root else None
-        if isinstance(features_expect, DictConfig):
-            features_expect = OmegaConf.to_container(features_expect, resolve=True)
-        self.features_expect = dict(features_expect or {})
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
         self.test_every_epoch = test_every_epoch
         self.table: SampleTable | None = None
         self.eval_exemplars: dict[str, np.ndarray] = {}
@@ -199,16 +214,12 @@ class AQADataModule(L.LightningDataModule):
         """
         raise NotImplementedError
 
+    def check_files(self) -> None:
+        """Check, once the table is set, the files its samples are read from (here: none)."""
+
     def clip_labels(self, row: int) -> torch.Tensor | None:
         """Known temporal phase of every clip ``(T,)``, or ``None`` (the default) when unknown."""
         return None
-
-    def video_settings(self) -> dict[str, Any]:
-        """What determines the clips of a video (sampling, transforms); recorded in feature caches.
-
-        Benchmarks that decode videos override this; feature datasets have nothing to record.
-        """
-        return {}
 
     @property
     def num_clips(self) -> int:
@@ -217,22 +228,9 @@ class AQADataModule(L.LightningDataModule):
 
     # ---- what ``tpt_aqa.predict`` needs, stored in the checkpoint's exemplar bank ---------------
     def prediction_input(self) -> dict[str, Any]:
-        """How a new video is read to be scored like this benchmark's test videos.
-
-        ``{"kind": "video", "sampler": …, "transform": …, "start_frame": …}`` for benchmarks that
-        decode videos (ClipSampler fields, VideoTransform settings, first frame of the clip
-        window), ``{"kind": "features", "num_clips": T}`` when the model takes cached features.
-        """
-        sampler = getattr(self, "sampler", None)
-        transforms = getattr(self, "transforms", None)
-        if self.features_root is not None or sampler is None or transforms is None:
-            return {"kind": "features", "num_clips": self.num_clips}
-        return {
-            "kind": "video",
-            "sampler": asdict(sampler),
-            "transform": transforms["test"].settings(),
-            "start_frame": 0,
-        }
+        """How a new input is read to be scored like this benchmark's test videos: here
+        ``{"kind": "features", "num_clips": T}``, a ``(T,C)`` feature file."""
+        return {"kind": "features", "num_clips": self.num_clips}
 
     def group_option(self) -> dict[str, Any]:
         """How a user names a new video's exemplar group: ``{"option": name or None, "values": […]}``
@@ -264,8 +262,7 @@ class AQADataModule(L.LightningDataModule):
             )
         self._check_training_groups(table)
         self.table = table
-        if self.features_root is not None:
-            self._check_feature_cache()
+        self.check_files()
         pool = table.rows("train")
         for code, split in enumerate(("val", "test")):
             rows = table.rows(split)
@@ -310,23 +307,6 @@ class AQADataModule(L.LightningDataModule):
             self.group_fix(),
         )
 
-    def _check_feature_cache(self) -> None:
-        """The cache holds every video, extracted with this datamodule's settings."""
-        root = self.features_root
-        expected = {"video": self.video_settings(), "view": "test", **self.features_expect}
-        check_manifest(root, json.loads(json.dumps(expected)))  # tuples → lists, as in the JSON
-        missing = [vid for vid in self.table.ids if not (root / f"{vid}.npy").is_file()]
-        if missing:
-            raise CacheMismatchError(
-                f"feature cache {root} lacks {len(missing)} of {len(self.table.ids)} videos "
-                f"(e.g. {missing[0]}.npy); run python -m tpt_aqa.extract_features again to resume"
-            )
-
-    def _video(self, row: int, view: str) -> torch.Tensor:
-        if self.features_root is None:
-            return self.load_video(row, view)
-        return torch.from_numpy(np.load(self.features_root / f"{self.table.ids[row]}.npy")).float()
-
     @property
     def class_names(self) -> list[str]:
         assert self.table is not None, "call setup() first"
@@ -351,7 +331,7 @@ class AQADataModule(L.LightningDataModule):
     def sample(self, row: int, view: str) -> dict[str, Any]:
         """One sample as a dict of the fields of ``Videos``."""
         t = self.table
-        video = self._video(row, view)
+        video = self.load_video(row, view)
         labels = self.clip_labels(row)
         if labels is None:
             labels = torch.full((video.shape[0],), -1, dtype=torch.long)
@@ -366,11 +346,21 @@ class AQADataModule(L.LightningDataModule):
         }
 
     def _loader(self, dataset: Dataset, collate, **kwargs: Any) -> DataLoader:
+        trainer = self.trainer
+        workers = self.num_workers
+        if workers == "auto":
+            workers = auto_workers(available_cpus(), trainer.num_devices if trainer else 1)
+        cuda = (
+            trainer.strategy.root_device.type == "cuda"
+            if trainer is not None
+            else torch.cuda.is_available()
+        )
         return DataLoader(
             dataset,
             collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=False,
+            num_workers=workers,
+            pin_memory=cuda if self.pin_memory is None else self.pin_memory,
+            persistent_workers=workers > 0 and self.persistent_workers is not False,
             **kwargs,
         )
 
@@ -404,6 +394,12 @@ class AQADataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
+    def rows_dataloader(self, rows: np.ndarray, view: str) -> DataLoader:
+        """The videos of some table rows as ``Videos`` batches, in order, seen as ``view`` sees them."""
+        return self._loader(
+            _Rows(self, rows, view), collate_videos, batch_size=self.eval_batch_size, shuffle=False
+        )
+
     def exemplar_dataloader(self, split: str, queries: np.ndarray | None = None) -> DataLoader:
         """Every training video used as an exemplar of ``split``, once each (encode once, pair many).
 
@@ -414,10 +410,4 @@ class AQADataModule(L.LightningDataModule):
         """
         lists = self.eval_exemplars[split]
         rows = np.unique(lists if queries is None else lists[queries])
-        rows = rows[rows >= 0]
-        return self._loader(
-            _Rows(self, rows, "exemplar"),
-            collate_videos,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-        )
+        return self.rows_dataloader(rows[rows >= 0], "exemplar")

@@ -48,18 +48,17 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from tpt_aqa.data.base import VIEWS, AQADataModule, SampleTable
+from tpt_aqa.data.base import SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load
 from tpt_aqa.data.transforms import VideoTransform
-from tpt_aqa.data.video import VideoReadError, count_frames, load_clips, read_frames
+from tpt_aqa.data.video import ON_MISSING
+from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
 TASKS = ("Suturing", "Needle_Passing", "Knot_Tying")
@@ -69,7 +68,6 @@ SUBSCORE_RANGE = (1.0, 5.0)
 ANNOTATION_FORMATS = ("auto", "meta", "pickle")
 SOURCES = ("video", "frames")
 META_FOLD_RULES = ("surgeon", "seeded")
-ON_MISSING = ("error", "repeat_last")
 # A trial name ends in the surgeon letter and the repetition number: Knot_Tying_B001.
 TRIAL_RE = re.compile(r"_(?P<surgeon>[A-Za-z])(?P<rep>\d+)$")
 
@@ -315,7 +313,7 @@ def seeded_folds(trials: Sequence[str], seed: int, num_folds: int = NUM_FOLDS) -
     return [sorted(names[i] for i in order[f::num_folds]) for f in range(num_folds)]
 
 
-class JIGSAWSDataModule(AQADataModule):
+class JIGSAWSDataModule(VideoDataModule):
     """One JIGSAWS task and fold (``dataset=jigsaws``): see the module docstring.
 
     Args:
@@ -341,8 +339,11 @@ class JIGSAWSDataModule(AQADataModule):
             (for AVIs whose header over-counts); ``source: video`` only.
         on_missing: ``error``, or ``repeat_last`` to repeat the last frame when a video yields
             fewer frames than counted (warned).
-        **kwargs: ``AQADataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments.
     """
+
+    config_name = "jigsaws"
+    noun = "trial"
 
     def __init__(
         self,
@@ -366,8 +367,9 @@ class JIGSAWSDataModule(AQADataModule):
         on_missing: str = "error",
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(sampler, train_transform, test_transform, root, **kwargs)
         self.task = resolve_task(task)
+        self.title = self.task  # each task is its own benchmark
         if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < NUM_FOLDS:
             raise JIGSAWSDataError(
                 f"dataset.fold={fold!r} is out of range: JIGSAWS has {NUM_FOLDS} folds, "
@@ -382,25 +384,21 @@ class JIGSAWSDataModule(AQADataModule):
             if value not in allowed:
                 raise JIGSAWSDataError(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
         self.fold = int(fold)
-        self.sampler = sampler
-        self.transforms = {"train": train_transform, "test": test_transform}
-        self.transforms["exemplar"] = test_transform
-        self.root = Path(root)
         self.annotation_format = annotation_format
         self.meta_template = meta_template
         self.splits_file = splits_file
         self.labels_file = labels_file
         self.meta_folds = meta_folds
         self.fold_seed = fold_seed
-        self.source = source
+        self.source_kind = source
         self.video_template = video_template
         self.frames_root = Path(frames_root) if frames_root else self.root / "frames"
         self.frames_template = frames_template
         self.exact_frame_count = exact_frame_count
         self.on_missing = on_missing
+        self.reads_files = source == "video"
         self.subscores: np.ndarray | None = None  # (N, 6), set by build_table
         self.format_used: str | None = None  # "meta" or "pickle", set by build_table
-        self._frame_counts: dict[int, int] = {}
 
     # ---- annotations ---------------------------------------------------------------------------
     @property
@@ -464,7 +462,7 @@ class JIGSAWSDataModule(AQADataModule):
             raise JIGSAWSDataError(f"fold {self.fold} of {self.task} has no trials")
         self.subscores = np.stack([scores[name] for name in ids])  # (N, 6)
         n = len(ids)
-        table = SampleTable(
+        return SampleTable(
             ids=ids,
             target=self.subscores.sum(1),  # GRS total, 6–30
             scale=np.ones(n),
@@ -474,124 +472,37 @@ class JIGSAWSDataModule(AQADataModule):
             class_names=[self.task],
             group_names=[self.task],
         )
-        if self.features_root is None:  # a feature cache needs no videos
-            self._check_sources(ids)
-        return table
 
     # ---- videos --------------------------------------------------------------------------------
-    def _fix_hint(self) -> str:
-        return (
-            f"Check dataset.source={self.source} and "
-            + (
-                f"dataset.video_template={self.video_template!r}"
-                if self.source == "video"
-                else f"dataset.frames_root / dataset.frames_template={self.frames_template!r}"
-            )
-            + "; extract frame folders with python -m tpt_aqa.prepare_frames; list every problem with "
-            f"python -m tpt_aqa.verify dataset=jigsaws dataset.root={self.root} "
-            f"dataset.task={self.task}"
-        )
-
-    def source_path(self, trial: str) -> Path:
+    def source(self, row: int) -> Path:
         """A trial's video file (``source: video``) or frame folder (``source: frames``)."""
-        if self.source == "video":
+        trial = self.table.ids[row]
+        if self.reads_files:
             return self.root / self.video_template.format(task=self.task, trial=trial)
         return self.frames_root / self.frames_template.format(task=self.task, trial=trial)
 
-    def _check_sources(self, ids: list[str]) -> None:
-        exists = Path.is_file if self.source == "video" else Path.is_dir
-        missing = [self.source_path(t) for t in ids if not exists(self.source_path(t))]
-        if missing:
-            what = "video" if self.source == "video" else "frame folder"
-            shown = ", ".join(map(str, missing[:3]))
-            if len(missing) > 3:
-                shown += f" and {len(missing) - 3} more"
-            raise VideoReadError(
-                f"{len(missing)} of {len(ids)} {self.task} trials have no {what}: {shown}. "
-                + self._fix_hint()
-            )
+    def source_keys(self) -> str:
+        if self.reads_files:
+            return f"dataset.video_template={self.video_template!r}"
+        return f"dataset.frames_root / dataset.frames_template={self.frames_template!r}"
 
-    @property
-    def num_clips(self) -> int:
-        return self.sampler.num_clips
+    def reader_options(self) -> dict[str, Any]:
+        return {"on_missing": self.on_missing}
 
-    def video_settings(self) -> dict[str, Any]:
+    def verify_command(self) -> str:
+        return f"{super().verify_command()} dataset.task={self.task}"
+
+    def clip_settings(self) -> dict[str, Any]:
         frame_count = "files"
-        if self.source == "video":
+        if self.reads_files:
             frame_count = "decoded" if self.exact_frame_count else "container"
         return {
-            "sampler": asdict(self.sampler),
-            "test_transform": self.transforms["test"].settings(),
-            "source": self.source,
+            "source": self.source_kind,
             "frame_count": frame_count,
             "on_missing": self.on_missing,
         }
 
-    def num_video_frames(self, row: int) -> int:
-        """Frames of a row's video or frame folder (counted once per process)."""
-        if row not in self._frame_counts:
-            path = self.source_path(self.table.ids[row])
-            self._frame_counts[row] = count_frames(path, exact=self.exact_frame_count)
-        return self._frame_counts[row]
-
-    def clip_index(self, row: int) -> np.ndarray:
-        """Frame numbers of a row's clips ``(T, L)``.
-
-        Raises:
-            VideoReadError: when the video is missing, unreadable or shorter than the clips need.
-        """
-        count = self.num_video_frames(row)
-        try:
-            return self.sampler.indices(count)
-        except ValueError as err:
-            path = self.source_path(self.table.ids[row])
-            raise VideoReadError(f"{path}: {err} {self._fix_hint()}") from err
-
-    def load_video(self, row: int, view: str) -> torch.Tensor:
-        """A trial's clips ``(T, 3, L, crop, crop)`` uint8; the same crop in every view."""
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-        path = self.source_path(self.table.ids[row])
-        index = self.clip_index(row)  # (T, L)
-        return load_clips(path, index, self.transforms[view], on_missing=self.on_missing)
-
-    def check_sample(self, row: int) -> list[str]:
-        """Problems of one trial's video on disk, each naming the path and the fix.
-
-        Checks that the video or frame folder exists, has the frames the clips need, and that the
-        first and last needed frames decode (not every frame, to stay fast).
-
-        Args:
-            row: table row (``setup`` must have run).
-
-        Returns:
-            Human-readable problems; empty when the trial is usable.
-        """
-        assert self.table is not None, "call setup() first"
-        trial = self.table.ids[row]
-        path = self.source_path(trial)
-        what = "video" if self.source == "video" else "frame folder"
-        exists = path.is_file() if self.source == "video" else path.is_dir()
-        if not exists:
-            return [f"{trial}: {what} {path} not found. {self._fix_hint()}"]
-        try:
-            count = count_frames(path, exact=self.exact_frame_count)
-        except VideoReadError as err:
-            return [f"{trial}: {err}"]
-        try:
-            index = self.sampler.indices(count)  # (T, L)
-        except ValueError as err:
-            return [f"{trial}: {path} is too short: {err} {self._fix_hint()}"]
-        problems = []
-        for frame in (int(index.min()), int(index.max())):
-            try:
-                read_frames(path, [frame], on_missing=self.on_missing)
-            except VideoReadError as err:
-                hint = ""
-                if self.source == "video" and not self.exact_frame_count:
-                    hint = (
-                        " If the container over-counts its frames, set "
-                        "dataset.exact_frame_count=true."
-                    )
-                problems.append(f"{trial}: frame {frame} cannot be read: {err}{hint}")
-        return problems
+    def read_advice(self) -> str:
+        if self.reads_files and not self.exact_frame_count:
+            return " If the container over-counts its frames, set dataset.exact_frame_count=true."
+        return ""

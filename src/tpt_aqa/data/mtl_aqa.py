@@ -50,24 +50,18 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from tpt_aqa.data.base import VIEWS, AQADataModule, SampleTable
+from tpt_aqa.data.base import SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.safe_pickle import safe_load
+from tpt_aqa.data.samplers import difficulty_groups
 from tpt_aqa.data.transforms import VideoTransform
-from tpt_aqa.data.video import (
-    VideoReadError,
-    count_frames,
-    load_clips,
-    read_frame_folder,
-    read_video_file,
-)
+from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
 LAYOUTS = ("dive_folders", "video_folders", "videos")
@@ -77,8 +71,6 @@ ANNOTATION_FILES = (
     "augmented_final_annotations_dict.pkl",
     "final_annotations_dict_with_dive_number.pkl",
 )
-# Difficulties are one-decimal values; rounding makes float noise in the pickles harmless.
-DD_DECIMALS = 1
 # Largest |Δ| the score groups cover: raw scores are 0–29, final scores 0–104.5 (the few pairs
 # beyond 100, a failed dive against the best finals, are clamped into the outermost group).
 DELTA_CAP_WITH_DD = 30.0
@@ -86,8 +78,6 @@ DELTA_CAP_WITHOUT_DD = 100.0
 # Folders under root searched for the annotation and split pickles: root itself, then info/ (the
 # layout of the public copies of the dataset).
 ANNOTATION_FOLDERS = ("", "info")
-VERIFY = "python -m tpt_aqa.verify dataset=mtl_aqa dataset.root=..."
-PREPARE = "python -m tpt_aqa.prepare_frames"
 
 Layout = Literal["dive_folders", "video_folders", "videos"]
 DiveKey = tuple[int, int]
@@ -174,7 +164,7 @@ def read_split(path: Path, config_key: str) -> list[DiveKey]:
     return keys
 
 
-class MTLAQADataModule(AQADataModule):
+class MTLAQADataModule(VideoDataModule):
     """MTL-AQA dives through the shared clip sampler and transforms (``dataset=mtl_aqa``).
 
     See the module docstring for the files, the score modes and the frame windows.
@@ -204,8 +194,12 @@ class MTLAQADataModule(AQADataModule):
         train_end_jitter: the window end moves by a uniform integer in
             ``[-train_end_jitter, train_end_jitter]`` in training (whole-video layouts).
         delta_cap: largest |Δ| the score groups cover; ``None`` means 30 w/ DD and 100 w/o DD.
-        **kwargs: ``AQADataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments.
     """
+
+    title = "MTL-AQA"
+    config_name = "mtl_aqa"
+    noun = "dive"
 
     def __init__(
         self,
@@ -232,7 +226,9 @@ class MTLAQADataModule(AQADataModule):
     ) -> None:
         if delta_cap is None:
             delta_cap = DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
-        super().__init__(delta_cap=delta_cap, **kwargs)
+        super().__init__(
+            sampler, train_transform, test_transform, root, delta_cap=delta_cap, **kwargs
+        )
         if frames_layout not in LAYOUTS:
             raise ConfigError(
                 f"dataset.frames_layout={frames_layout!r}: use one of {', '.join(LAYOUTS)}"
@@ -245,13 +241,6 @@ class MTLAQADataModule(AQADataModule):
         ):
             if int(value) != value or value < 0:
                 raise ConfigError(f"dataset.{name}={value!r}: must be a non-negative integer")
-        self.root = Path(root)
-        self.sampler = sampler
-        self.transforms = {
-            "train": train_transform,
-            "test": test_transform,
-            "exemplar": test_transform,
-        }
         self.annotation_file = annotation_file
         self.train_split = train_split
         self.test_split = test_split
@@ -269,9 +258,12 @@ class MTLAQADataModule(AQADataModule):
             "exemplar": int(exemplar_offset),
         }
         self.train_end_jitter = int(train_end_jitter)
+        self.reads_files = frames_layout == "videos"
+        # A user's dive is read like a dive folder: its clip window starts at the test offset
+        # (dive folders) or at its first frame (whole videos, whose window the annotations place).
+        self.prediction_start = self.offsets["test"] if frames_layout == "dive_folders" else 0
         self.dives: list[DiveKey] = []
         self.annotations: dict[DiveKey, dict] = {}
-        self._frame_counts: dict[Path, int] = {}
 
     # ---- files ---------------------------------------------------------------------------------
     def annotation_path(self) -> Path:
@@ -319,24 +311,15 @@ class MTLAQADataModule(AQADataModule):
             return self.frames_root / f"{video:02d}"
         return self.videos_root / f"{video:02d}{self.video_ext}"
 
-    def _check_sources_root(self) -> None:
-        """The frames (or videos) folder exists: a wrong path fails here, not mid-epoch."""
-        where = self.videos_root if self.frames_layout == "videos" else self.frames_root
-        if where.is_dir():
-            return
-        example = {
-            "dive_folders": "01_01/*.jpg (one folder per dive)",
-            "video_folders": f"01/{self.frame_pattern.format(self.frame_number_start)} … "
-            "(one folder per video)",
-            "videos": f"01{self.video_ext} …",
-        }[self.frames_layout]
-        key = "videos_root" if self.frames_layout == "videos" else "frames_root"
-        raise FileNotFoundError(
-            f"MTL-AQA {'videos' if key == 'videos_root' else 'frames'} folder {where} does not "
-            f"exist; dataset.frames_layout={self.frames_layout} expects {where}/{example}. Set "
-            f"dataset.{key} (or dataset.frames_layout), or extract the frames with {PREPARE}; "
-            f"then check every dive with {VERIFY}"
-        )
+    def source_keys(self) -> str:
+        if self.reads_files:
+            return "dataset.videos_root / video_ext"
+        return "dataset.frames_layout / frames_root"
+
+    def sources_folder(self) -> tuple[Path, str]:
+        if self.reads_files:
+            return self.videos_root, "videos_root"
+        return self.frames_root, "frames_root"
 
     # ---- the table -----------------------------------------------------------------------------
     def build_table(self) -> SampleTable:
@@ -388,17 +371,12 @@ class MTLAQADataModule(AQADataModule):
         split = np.array(["train"] * len(train) + ["test"] * len(test))
         if self.use_dd:
             target, scale = final / difficulty, difficulty
-            rounded = np.round(difficulty, DD_DECIMALS)
-            values = np.unique(rounded)
-            group = np.searchsorted(values, rounded)
-            group_names = [f"dd{v:g}" for v in values]
+            group, group_names = difficulty_groups(difficulty)
             self._check_test_groups(group, split, group_names, dives)
         else:
             target, scale = final, np.ones_like(final)
             group = np.zeros(len(dives), dtype=np.int64)
             group_names = ["all"]
-        if self.features_root is None:
-            self._check_sources_root()
         self.dives, self.annotations = dives, annotations
         return SampleTable(
             ids=[dive_id(k) for k in dives],
@@ -447,105 +425,52 @@ class MTLAQADataModule(AQADataModule):
 
     # ---- frames --------------------------------------------------------------------------------
     @property
-    def num_clips(self) -> int:
-        return self.sampler.num_clips
-
-    @property
     def window(self) -> int:
         """Frames one dive spans: 103 for 20 clips of 8 at stride 5."""
         return self.sampler.frames_needed
 
-    def folder_frames_needed(self) -> int:
-        """Frames a dive folder needs for every view: the largest offset + the window (109)."""
-        return max(self.offsets.values()) + self.window
+    def reader_options(self) -> dict[str, Any]:
+        if self.frames_layout == "video_folders":
+            return {"pattern": self.frame_pattern, "start": self.frame_number_start}
+        return {}
 
-    def _missing(self, row: int) -> str | None:
-        """Why a dive's frame folder or video is absent, naming the path and the fix; else None."""
-        source = self.source(row)
-        if self.frames_layout == "videos":
-            if source.is_file():
-                return None
-            return (
-                f"dive {self.table.ids[row]}: video file {source} is missing; put video "
-                f"{self.dives[row][0]:02d} there or fix dataset.videos_root / video_ext"
+    def frame_span(self, row: int, view: str) -> tuple[int, int]:
+        if self.frames_layout == "dive_folders":  # training draws its offset from 0 up
+            return 0 if view == "train" else self.offsets[view], self.offsets[view] + self.window
+        end = self._end_position(row)
+        if end < self.window - 1:
+            raise ValueError(
+                f"it ends at frame {self.end_frame(row)}, so its {self.window}-frame window would "
+                f"start {self.window - 1 - end} frame(s) before the first frame (number "
+                f"{self.frame_number_start}) of {self.source(row)}; check its end_frame in the "
+                "annotation file and dataset.frame_number_start"
             )
-        if source.is_dir():
-            return None
-        return (
-            f"dive {self.table.ids[row]}: frame folder {source} is missing; extract it with "
-            f"{PREPARE} or fix dataset.frames_layout / frames_root"
-        )
-
-    def _count(self, source: Path) -> int:
-        if self.frames_layout == "dive_folders":
-            return count_frames(source)  # the folder listing is cached by the reader
-        if source not in self._frame_counts:
-            if self.frames_layout == "video_folders":
-                n = count_frames(source, self.frame_pattern, self.frame_number_start)
-            else:
-                n = count_frames(source)  # container metadata; clamps the jitter only
-            self._frame_counts[source] = n
-        return self._frame_counts[source]
+        return end - self.window + 1, end + 1
 
     def _randint(self, low: int, high: int, generator: torch.Generator | None) -> int:
         """Uniform integer in ``[low, high]``, from torch's RNG (seeded per DataLoader worker)."""
         return int(torch.randint(low, high + 1, (), generator=generator))
 
-    def clip_frames(
-        self, row: int, view: str, generator: torch.Generator | None = None
-    ) -> tuple[Path, np.ndarray]:
-        """Where a dive's clips come from and which frames they are.
-
-        Args:
-            row: table row.
-            view: ``"train"`` (random window offset or end jitter), ``"test"`` or ``"exemplar"``.
-            generator: randomness of the training draw; ``None`` uses torch's global RNG.
-
-        Returns:
-            ``(source, index)``: the frame folder or video file, and the position of every clip
-            frame in it ``(T, L)`` (0 = its first JPEG in name order, or its first frame).
-
-        Raises:
-            VideoReadError: a dive folder with too few frames, or a window that would start before
-                the first frame of its video; the message names the path and the fix.
-        """
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-        source = self.source(row)
-        missing = self._missing(row)
-        if missing:
-            raise VideoReadError(f"MTL-AQA {missing}; then check every dive with {VERIFY}")
+    def clip_index(
+        self, row: int, view: str = "test", generator: torch.Generator | None = None
+    ) -> np.ndarray:
+        """Clip frames of a dive ``(T, L)``: its window at the view's offset in a dive folder
+        (random in training), or ending at its ``end_frame`` in a whole video (training moves
+        that end by the jitter, inside the video)."""
         if self.frames_layout == "dive_folders":
-            n = self._count(source)
-            needed = self.offsets[view] + self.window
-            if n < needed:
-                raise VideoReadError(
-                    f"MTL-AQA dive {self.table.ids[row]}: {source} has {n} JPEG frames but the "
-                    f"{view} view needs {needed} (a {self.window}-frame window at offset "
-                    f"{self.offsets[view]}{' at most' if view == 'train' else ''}); re-extract it "
-                    f"with {PREPARE}, and check every dive with {VERIFY}"
-                )
             offset = self.offsets[view]
             if view == "train":
-                offset = self._randint(0, self.offsets["train"], generator)
-            return source, self.sampler.indices(n, offset)
+                offset = self._randint(0, offset, generator)
+            return self.sampler.indices(offset + self.window, offset)
         end = self._end_position(row)
         if view == "train" and self.train_end_jitter:
-            n = self._count(source)
+            n = self.frame_count(row)
             jittered = end + self._randint(-self.train_end_jitter, self.train_end_jitter, generator)
             # Stay inside the video, but never move an annotated end that is itself outside it:
-            # that is reported by the window check below or by the reader.
+            # that is reported by the frame count check.
             jittered = min(jittered, max(end, n - 1))
             end = max(jittered, min(end, self.window - 1))
-        first = end - self.window + 1
-        if first < 0:
-            raise VideoReadError(
-                f"MTL-AQA dive {self.table.ids[row]} ends at frame {self.end_frame(row)}, so its "
-                f"{self.window}-frame window would start {-first} frame(s) before the first frame "
-                f"(number {self.frame_number_start}) of {source}; check its end_frame and "
-                f"dataset.frame_number_start, and check every dive with {VERIFY}"
-            )
-        return source, self.sampler.indices(end + 1, first)
+        return self.sampler.indices(end + 1, end - self.window + 1)
 
     def end_frame(self, row: int) -> int:
         """The annotated ``end_frame`` of a dive."""
@@ -554,44 +479,14 @@ class MTLAQADataModule(AQADataModule):
     def _end_position(self, row: int) -> int:
         return self.end_frame(row) - self.frame_number_start
 
-    def _reader_options(self) -> dict[str, Any]:
-        if self.frames_layout == "video_folders":
-            return {"pattern": self.frame_pattern, "start": self.frame_number_start}
-        return {}
-
-    def load_video(self, row: int, view: str) -> torch.Tensor:
-        """The clips of one dive, uint8 ``(T, 3, L, H, W)``, read from disk now."""
-        source, index = self.clip_frames(row, view)
-        try:
-            return load_clips(source, index, self.transforms[view], **self._reader_options())
-        except VideoReadError as err:
-            raise VideoReadError(
-                f"MTL-AQA dive {self.table.ids[row]}: {err} Re-extract it with {PREPARE} (or fix "
-                f"dataset.frames_layout / frames_root / videos_root); {VERIFY} lists every "
-                "problem at once"
-            ) from err
-
-    def prediction_input(self) -> dict[str, Any]:
-        # A user's dive is read like a dive folder: its clip window starts at the test offset
-        # (dive folders) or at its first frame (whole videos, whose window the annotations place).
-        settings = super().prediction_input()
-        if settings["kind"] == "video" and self.frames_layout == "dive_folders":
-            settings["start_frame"] = self.offsets["test"]
-        return settings
-
     def group_option(self) -> dict[str, Any]:
         if not self.use_dd:
             return super().group_option()
         # group names are dd<difficulty>: the difficulty is what a user knows
         return {"option": "difficulty", "values": [float(n[2:]) for n in self.table.group_names]}
 
-    def video_settings(self) -> dict[str, Any]:
-        """What determines the test-view clips, recorded in and checked against feature caches."""
-        settings: dict[str, Any] = {
-            "frames_layout": self.frames_layout,
-            "sampler": asdict(self.sampler),
-            "test_transform": self.transforms["test"].settings(),
-        }
+    def clip_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"frames_layout": self.frames_layout}
         if self.frames_layout == "dive_folders":
             settings["test_offset"] = self.offsets["test"]
         else:
@@ -600,52 +495,3 @@ class MTLAQADataModule(AQADataModule):
         if self.frames_layout == "video_folders":
             settings["frame_pattern"] = self.frame_pattern
         return settings
-
-    # ---- checks for the verify command --------------------------------------------------------
-    def check_sample(self, row: int) -> list[str]:
-        """Problems of one dive on disk, each naming the path and the fix (empty when fine).
-
-        Looks for a missing frame folder or video, too few frames for every view, a window
-        reaching before the first frame, and an unreadable first or last needed frame (only those
-        two are decoded, to stay fast).
-        """
-        assert self.table is not None, "call setup() first"
-        name = self.table.ids[row]
-        source = self.source(row)
-        missing = self._missing(row)
-        if missing:
-            return [missing]
-        fix = f"re-extract it with {PREPARE} or fix dataset.frames_layout / frames_root"
-        if self.frames_layout == "videos":
-            fix = "replace the video or fix dataset.videos_root / video_ext"
-        problems = []
-        if self.frames_layout == "dive_folders":
-            n = self._count(source)
-            needed = self.folder_frames_needed()
-            if n < needed:
-                problems.append(
-                    f"dive {name}: {source} has {n} JPEG frames, {needed} needed (window of "
-                    f"{self.window} at offsets up to {needed - self.window}); {fix}"
-                )
-            first = min(self.offsets.values())
-            last = min(n, needed) - 1
-        else:
-            last = self._end_position(row)
-            first = last - self.window + 1
-            if first < 0:
-                problems.append(
-                    f"dive {name}: ends at frame {self.end_frame(row)}, so its {self.window}-frame "
-                    f"window would start before the first frame of {source}; check its end_frame "
-                    f"in the annotation file and dataset.frame_number_start"
-                )
-                first = 0
-        if last < first:
-            return problems
-        try:
-            if self.frames_layout == "videos":
-                read_video_file(source, [first, last])
-            else:
-                read_frame_folder(source, [first, last], **self._reader_options())
-        except VideoReadError as err:
-            problems.append(f"dive {name}: {err} ({fix})")
-        return problems

@@ -1,4 +1,5 @@
-"""Exemplar pairing (docs/method.md §6–7): one exemplar per training sample, M fixed exemplars per evaluated one."""
+"""Exemplar groups and pairing (docs/method.md §5–7): one exemplar per training sample, M fixed
+exemplars per evaluated one, each from the sample's exemplar group."""
 
 from __future__ import annotations
 
@@ -13,6 +14,29 @@ STREAM_TRAIN_PAIRS = 7  # training exemplar per video, per epoch
 STREAM_VAL_CARVE = 11  # which training videos form the validation split
 STREAM_EVAL_EXEMPLARS = 23  # the fixed evaluation exemplars of each split
 STREAM_BANK = 29  # the exemplars stored in a checkpoint's bank
+
+# Difficulties are one-decimal values: exemplar groups, and the difficulty a user gives for a new
+# video, match at that precision, so float noise in annotation files (3.2000000000000002) is harmless.
+DIFFICULTY_DECIMALS = 1
+
+
+def difficulty_name(difficulty: float) -> str:
+    """Name of the exemplar group of one difficulty: ``dd3.2``."""
+    return f"dd{difficulty:g}"
+
+
+def difficulty_groups(difficulty: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Exemplar groups of equal difficulty (docs/method.md §5).
+
+    Args:
+        difficulty: difficulty of every sample ``(N,)``.
+
+    Returns:
+        The group id of every sample ``(N,)`` and the group names, in order of difficulty.
+    """
+    rounded = np.round(difficulty, DIFFICULTY_DECIMALS)
+    values = np.unique(rounded)
+    return np.searchsorted(values, rounded), [difficulty_name(v) for v in values]
 
 
 def draw_exemplars(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from tpt_aqa.data.base import AQADataModule, SampleTable
+from tpt_aqa.data.samplers import difficulty_name
 
 
 @dataclass
@@ -134,7 +135,7 @@ def export_features(data: SyntheticData, out_dir: str | Path) -> Path:
                 "id": vid,
                 "score": f"{data.raw[i]:.6f}",
                 "split": data.split[i],
-                "group": f"dd{data.difficulty[i]:g}",
+                "group": difficulty_name(data.difficulty[i]),
                 "scale": f"{data.difficulty[i]:g}",
                 "class": "synthetic",
             }
@@ -210,7 +211,7 @@ class SyntheticDataModule(AQADataModule):
         d = self.data = generate(**self.gen_kwargs)
         self._features = torch.from_numpy(d.features)
         self._phases = torch.from_numpy(d.phases)
-        names = [f"dd{x:g}" for x in self.gen_kwargs["difficulties"]]
+        names = [difficulty_name(x) for x in self.gen_kwargs["difficulties"]]
         return SampleTable(
             ids=[f"synthetic_{i:05d}" for i in range(len(d.raw))],
             target=d.raw,

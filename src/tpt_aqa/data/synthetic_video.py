@@ -9,14 +9,16 @@ brightness. Frames are generated in memory, deterministically from ``data_seed``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from tpt_aqa.data.base import AQADataModule, SampleTable
+from tpt_aqa.data.base import SampleTable
 from tpt_aqa.data.clips import ClipSampler
-from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
+from tpt_aqa.data.samplers import difficulty_name
+from tpt_aqa.data.transforms import VideoTransform
+from tpt_aqa.data.video_base import VideoDataModule
 
 
 @dataclass
@@ -87,7 +89,7 @@ def render(
     )
 
 
-class SyntheticVideoDataModule(AQADataModule):
+class SyntheticVideoDataModule(VideoDataModule):
     """Rendered synthetic videos through the shared clip sampler and transforms (``dataset=synthetic_video``).
 
     Args:
@@ -105,7 +107,7 @@ class SyntheticVideoDataModule(AQADataModule):
         pixel_noise: standard deviation of the pixel noise.
         judge_noise: standard deviation of the score noise.
         data_seed: seed of the renderer.
-        **kwargs: ``AQADataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments.
     """
 
     def __init__(
@@ -126,13 +128,7 @@ class SyntheticVideoDataModule(AQADataModule):
         data_seed: int = 0,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        self.sampler = sampler
-        self.transforms = {
-            "train": train_transform,
-            "test": test_transform,
-            "exemplar": test_transform,
-        }
+        super().__init__(sampler, train_transform, test_transform, **kwargs)
         self.render_kwargs = dict(
             num_train=num_train,
             num_test=num_test,
@@ -146,26 +142,30 @@ class SyntheticVideoDataModule(AQADataModule):
             judge_noise=judge_noise,
             seed=data_seed,
         )
-        self.clip_index = sampler.indices(num_frames)  # (T, L), the same for every video
 
-    @property
-    def num_clips(self) -> int:
-        return self.sampler.num_clips
-
-    def video_settings(self) -> dict:
+    def clip_settings(self) -> dict:
         return {
-            "sampler": asdict(self.sampler),
-            "test_transform": self.transforms["test"].settings(),
             "render": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in self.render_kwargs.items()
-            },
+            }
         }
+
+    # The frames are made in memory: nothing to find on disk, and every video has num_frames.
+    def missing(self, row: int) -> None:
+        return None
+
+    def frame_count(self, row: int) -> int:
+        return self.render_kwargs["num_frames"]
+
+    def read(self, row: int, frames: np.ndarray) -> torch.Tensor:
+        return self._frames[row][torch.as_tensor(frames)]  # (F, 3, H, W)
 
     def build_table(self) -> SampleTable:
         v = self.videos = render(**self.render_kwargs)
         self._frames = torch.from_numpy(v.frames).permute(0, 1, 4, 2, 3)  # (N, F, 3, H, W)
         # a clip's phase is the phase of its middle frame
-        middle = self.clip_index[:, self.clip_index.shape[1] // 2]
+        index = self.sampler.indices(self.render_kwargs["num_frames"])  # (T, L), every video's
+        middle = index[:, index.shape[1] // 2]
         self._clip_phases = torch.from_numpy(v.frame_phases[:, middle])  # (N, T)
         return SampleTable(
             ids=[f"synthetic_video_{i:04d}" for i in range(len(v.raw))],
@@ -175,12 +175,8 @@ class SyntheticVideoDataModule(AQADataModule):
             class_id=np.zeros(len(v.raw), dtype=np.int64),
             split=v.split.copy(),
             class_names=["synthetic_video"],
-            group_names=[f"dd{x:g}" for x in self.render_kwargs["difficulties"]],
+            group_names=[difficulty_name(x) for x in self.render_kwargs["difficulties"]],
         )
-
-    def load_video(self, row: int, view: str) -> torch.Tensor:
-        frames = self.transforms[view](self._frames[row])  # (F, 3, h, w), one draw per video
-        return frames_to_clips(frames, self.clip_index)  # (T, 3, L, h, w) uint8
 
     def group_option(self) -> dict:
         return {
