@@ -228,13 +228,18 @@ class VideoDataModule(AQADataModule):
             VideoReadError: a missing source, one with too few frames, or a window that cannot be
                 cut from it; the message names the path and the fix.
         """
+        return self.source(row), self._checked_index(row, view, generator)
+
+    def _checked_index(
+        self, row: int, view: str, generator: torch.Generator | None = None
+    ) -> np.ndarray:
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         try:
             self._view_span(row, view)
         except VideoReadError as err:
             raise self._error(row, str(err)) from None
-        return self.source(row), self.clip_index(row, view, generator)
+        return self.clip_index(row, view, generator)
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
         """The clips of a row ``(T, 3, L, H, W)`` uint8, read now (its ``(T, C)`` features with a
@@ -243,7 +248,7 @@ class VideoDataModule(AQADataModule):
             return torch.from_numpy(
                 np.load(self.features_root / f"{self.table.ids[row]}.npy")
             ).float()
-        _, index = self.clip_frames(row, view)
+        index = self._checked_index(row, view)
         frames, local = unique_frames(index)  # each needed frame is read and transformed once
         try:
             video = self.read(row, frames)  # (U, 3, H, W)
