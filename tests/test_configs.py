@@ -6,12 +6,14 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
 from tpt_aqa.data import AQADataModule
+from tpt_aqa.data.synthetic import export_features, generate
 from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT
 from tpt_aqa.report import ProgressBar, epoch_label
@@ -234,3 +236,34 @@ def test_queries_beyond_a_video_samplers_clips_are_refused_before_any_data(tmp_p
     )
     with pytest.raises(ConfigError, match=r"21 exceeds the 20 clips .*dataset.sampler.num_clips"):
         validate_config(cfg)
+
+
+def test_temporal_conv_takes_t_from_the_data(tmp_path):
+    """The temporal convolution is built for the data's T: the video sampler's, or a feature
+    folder's as read from its files; never a second setting of its own."""
+    video = compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        "dataset=synthetic_video",
+        "model/encoder=i3d",
+        "ablation=temporal_conv",
+        "dataset.sampler.num_clips=4",
+        "model.num_queries=2",
+    )
+    assert instantiate(video.model).parser.num_clips == 4
+    root = tmp_path / "features"
+    export_features(generate(num_train=20, num_test=6, num_clips=10, feature_dim=8), root)
+    cfg = compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        "experiment=features_tpt",
+        f"dataset.root={root}",
+        "dataset.feature_dim=8",
+        "ablation=temporal_conv",
+    )
+    assert cfg.dataset.num_clips is None and cfg.model.parser.num_clips is None
+    build_datamodule(cfg)
+    assert cfg.dataset.num_clips == cfg.model.parser.num_clips == 10
+    parser = build_module(cfg).model.parser
+    parts, _ = parser(torch.randn(3, 10, 8))
+    assert parser.num_clips == 10 and parts.shape[:2] == (3, cfg.model.num_queries)

@@ -17,8 +17,9 @@ from tpt_aqa.data import (
     SyntheticDataModule,
     choose_eval_exemplars,
 )
+from tpt_aqa.data.base import auto_workers
 from tpt_aqa.data.features import FeatureDataError
-from tpt_aqa.data.samplers import draw_exemplars
+from tpt_aqa.data.samplers import difficulty_groups, draw_exemplars
 from tpt_aqa.data.synthetic import export_features, generate
 
 GROUPS = np.array([0, 0, 0, 1, 1, 2, 0, 1, 3, 3])
@@ -284,3 +285,35 @@ def test_groups_of_one_training_video_are_named(tmp_path):
         r"\(g0, g1, g2, g3, g4 and 1 more\).*group column of .*annotations\.csv",
     ):
         features_dm(tmp_path).setup()
+
+
+def test_auto_workers_share_the_cpus_between_devices():
+    assert auto_workers(16, 1) == 15  # one core left to the main process
+    assert auto_workers(16, 4) == 3  # 4 cores per device, less its main process
+    assert auto_workers(3, 8) == 0  # fewer cores than devices: load in the main process
+    assert auto_workers(8, 0) == 7
+
+
+def test_loader_settings_follow_the_config(monkeypatch):
+    dm = small_synthetic(num_workers=0)
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 0 and not loader.persistent_workers
+    assert loader.pin_memory == torch.cuda.is_available()  # no trainer: pinned when CUDA is there
+    monkeypatch.setattr("tpt_aqa.data.base.available_cpus", lambda: 5)
+    dm = small_synthetic(num_workers="auto", pin_memory=True)
+    dm.setup()
+    for loader in (dm.train_dataloader(), dm.test_dataloader(), dm.rows_dataloader([0], "test")):
+        assert loader.num_workers == 4 and loader.persistent_workers and loader.pin_memory
+    dm = small_synthetic(num_workers=2, persistent_workers=False, pin_memory=False)
+    dm.setup()
+    loader = dm.test_dataloader()
+    assert loader.num_workers == 2 and not loader.persistent_workers and not loader.pin_memory
+    for bad in (-1, "many", 1.5, True):
+        with pytest.raises(ConfigError, match=r"dataset\.num_workers=.*integer >= 0 .*or auto"):
+            small_synthetic(num_workers=bad)
+
+
+def test_difficulty_groups_round_to_one_decimal():
+    group, names = difficulty_groups(np.array([3.2, 16 / 5, 2.0, 3.6, 3.24]))
+    assert group.tolist() == [1, 1, 0, 2, 1] and names == ["dd2", "dd3.2", "dd3.6"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tpt_aqa import extract_features
+from tpt_aqa import extract_features, verify
 from tpt_aqa import train as train_entry
 from tpt_aqa.cache import CacheMismatchError
 from tpt_aqa.config import ConfigError, build_module
@@ -137,3 +137,11 @@ def test_benchmark_datamodule_on_its_feature_cache(tmp_path):
     next(out.glob("*.npy")).unlink()
     with pytest.raises(CacheMismatchError, match="lacks 1 of 16 videos"):
         train_entry.run(cfg)
+
+
+def test_verify_reads_video_datamodules_only(tmp_path, capsys):
+    cfg = compose_cfg(tmp_path, "dataset=synthetic_video", "dataset.num_train=8", config="verify")
+    assert verify.run(cfg) == []  # rendered in memory: every frame is there and decodes
+    assert "dataset is ready" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="reads no video files to verify: it takes clip features"):
+        verify.run(compose_cfg(tmp_path, "dataset=synthetic", config="verify"))
