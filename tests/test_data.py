@@ -292,6 +292,7 @@ def test_auto_workers_share_the_cpus_between_devices():
     assert auto_workers(16, 4) == 3  # 4 cores per device, less its main process
     assert auto_workers(3, 8) == 0  # fewer cores than devices: load in the main process
     assert auto_workers(8, 0) == 7
+    assert auto_workers(10, 8, bound=True) == 9  # SLURM: the process's 10 cores are its own
 
 
 def test_loader_settings_follow_the_config(monkeypatch):

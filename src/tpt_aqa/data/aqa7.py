@@ -30,8 +30,6 @@ import scipy.io
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.clips import ClipSampler
-from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import PREPARE_COMMAND, count_frames, list_frames
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
@@ -216,9 +214,6 @@ class AQA7DataModule(VideoDataModule):
 
     Args:
         root: the AQA-7 folder (holding ``split_dir`` and ``frames_dir``).
-        sampler: temporal sampling; the video is its first ``sampler.frames_needed`` frames.
-        train_transform: spatial transform of training videos (resize, random crop, flip).
-        test_transform: spatial transform of evaluated videos and exemplars (resize, center crop).
         classes: ``"all"``/``None``, a class name or id (1–6), or a list of them.
         score_ranges: raw ``(lo, hi)`` per class name, mapped to 0–100; ``None``:
             ``AQA7_SCORE_RANGES``.
@@ -233,7 +228,8 @@ class AQA7DataModule(VideoDataModule):
         frame_pattern: file name of a frame, formatted with its number.
         frame_start: the number in the file name of a video's first frame (1: ``img_00001.jpg``).
         decoder: JPEG decoder (``auto``, ``pil``, ``simplejpeg``; see ``read_frame_folder``).
-        **kwargs: ``VideoDataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments: the sampler (a video is its first
+            ``sampler.frames_needed`` frames) and the transforms.
     """
 
     title = "AQA-7"
@@ -242,9 +238,6 @@ class AQA7DataModule(VideoDataModule):
     def __init__(
         self,
         root: str,
-        sampler: ClipSampler,
-        train_transform: VideoTransform,
-        test_transform: VideoTransform,
         classes: str | int | Sequence[str | int] | None = "all",
         score_ranges: Mapping[str, Sequence[float]] | None = None,
         split_dir: str = "Split_4",
@@ -260,7 +253,7 @@ class AQA7DataModule(VideoDataModule):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("delta_cap", 100.0)
-        super().__init__(sampler, train_transform, test_transform, root=root, **kwargs)
+        super().__init__(root=root, **kwargs)
         self.class_ids = resolve_classes(classes)
         if isinstance(score_ranges, DictConfig):
             score_ranges = OmegaConf.to_container(score_ranges, resolve=True)
@@ -281,7 +274,7 @@ class AQA7DataModule(VideoDataModule):
             )
         self.frame_start = int(frame_start)
         self.decoder = decoder
-        self.frames_needed = sampler.frames_needed
+        self.frames_needed = self.sampler.frames_needed
         # Filled by build_table, per table row: sample number, raw score, class name.
         self.sample_no: np.ndarray | None = None
         self.raw_score: np.ndarray | None = None

@@ -140,10 +140,12 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def auto_workers(cpus: int, devices: int) -> int:
-    """Loader processes per device for ``num_workers: auto``: the CPUs this process may use,
-    shared by the node's devices, one left to each device's main process."""
-    return max(0, cpus // max(1, devices) - 1)
+def auto_workers(cpus: int, devices: int, bound: bool = False) -> int:
+    """Loader processes per device for ``num_workers: auto``: the ``cpus`` this process may run
+    on, shared by the node's ``devices`` (their processes run on the same cores) unless ``bound``
+    (a scheduler gave each process its own cores, as SLURM's ``--cpus-per-task`` does), less one
+    for the device's main process."""
+    return max(0, (cpus if bound else cpus // max(1, devices)) - 1)
 
 
 class AQADataModule(L.LightningDataModule):
@@ -157,8 +159,8 @@ class AQADataModule(L.LightningDataModule):
             split named ``val`` in the data is used as is).
         seed: seed of the validation carve and of the evaluation exemplar lists.
         delta_cap: largest |Δ| the score groups cover, on the training scale.
-        num_workers: data loading processes per device, or ``"auto"``: the CPU cores this process
-            may use, shared by the node's devices, less one (``auto_workers``).
+        num_workers: data loading processes per device, or ``"auto"``: the CPU cores of the
+            device's process, less one (``auto_workers``).
         pin_memory: page-locked batches for faster copies to the GPU; ``None``: when the trainer
             runs on CUDA.
         persistent_workers: keep the loading processes between epochs; ``None``: whenever there
@@ -349,7 +351,9 @@ class AQADataModule(L.LightningDataModule):
         trainer = self.trainer
         workers = self.num_workers
         if workers == "auto":
-            workers = auto_workers(available_cpus(), trainer.num_devices if trainer else 1)
+            cpus = available_cpus()
+            bound = cpus < (os.cpu_count() or cpus)  # not every core of the machine: its own
+            workers = auto_workers(cpus, trainer.num_devices if trainer else 1, bound)
         cuda = (
             trainer.strategy.root_device.type == "cuda"
             if trainer is not None

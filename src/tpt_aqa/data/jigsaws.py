@@ -54,9 +54,7 @@ from typing import Any
 import numpy as np
 
 from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load
-from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import ON_MISSING
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
@@ -317,9 +315,6 @@ class JIGSAWSDataModule(VideoDataModule):
     """One JIGSAWS task and fold (``dataset=jigsaws``): see the module docstring.
 
     Args:
-        sampler: temporal sampling (``linspace``, 20 clips of 8).
-        train_transform: spatial transform of training videos (center crop 224 as released).
-        test_transform: spatial transform of evaluated videos and exemplars (center crop 224).
         root: the JIGSAWS folder: ``{Task}/meta_file_{Task}.txt`` and ``{Task}/video/``, and/or
             ``splits.pkl`` and ``label.pkl``.
         task: ``Suturing``, ``Needle_Passing`` or ``Knot_Tying`` (any case).
@@ -339,7 +334,8 @@ class JIGSAWSDataModule(VideoDataModule):
             (for AVIs whose header over-counts); ``source: video`` only.
         on_missing: ``error``, or ``repeat_last`` to repeat the last frame when a video yields
             fewer frames than counted (warned).
-        **kwargs: ``VideoDataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments: the sampler (``linspace``, 20 clips of 8) and the
+            transforms (center crop 224 in every view, as released).
     """
 
     config_name = "jigsaws"
@@ -347,9 +343,6 @@ class JIGSAWSDataModule(VideoDataModule):
 
     def __init__(
         self,
-        sampler: ClipSampler,
-        train_transform: VideoTransform,
-        test_transform: VideoTransform,
         root: str,
         task: str = "Suturing",
         fold: int = 0,
@@ -367,7 +360,7 @@ class JIGSAWSDataModule(VideoDataModule):
         on_missing: str = "error",
         **kwargs,
     ) -> None:
-        super().__init__(sampler, train_transform, test_transform, root, **kwargs)
+        super().__init__(root=root, **kwargs)
         self.task = resolve_task(task)
         self.title = self.task  # each task is its own benchmark
         if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < NUM_FOLDS:

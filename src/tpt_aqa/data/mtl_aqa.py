@@ -57,10 +57,8 @@ import numpy as np
 import torch
 
 from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.safe_pickle import safe_load
 from tpt_aqa.data.samplers import difficulty_groups
-from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
@@ -171,9 +169,6 @@ class MTLAQADataModule(VideoDataModule):
 
     Args:
         root: folder of the annotation and split pickles.
-        sampler: temporal sampling of the clips in the 103-frame window (20 × 8, stride 5).
-        train_transform: spatial transform of training videos (resize, random crop, flip).
-        test_transform: spatial transform of evaluated videos and exemplars (resize, center crop).
         annotation_file: the annotation dict, a name under ``root`` or a path; ``None`` searches
             ``ANNOTATION_FILES`` under ``root`` in order.
         train_split: training split file, a name under ``root`` or a path.
@@ -194,7 +189,8 @@ class MTLAQADataModule(VideoDataModule):
         train_end_jitter: the window end moves by a uniform integer in
             ``[-train_end_jitter, train_end_jitter]`` in training (whole-video layouts).
         delta_cap: largest |Δ| the score groups cover; ``None`` means 30 w/ DD and 100 w/o DD.
-        **kwargs: ``VideoDataModule`` arguments.
+        **kwargs: ``VideoDataModule`` arguments: the sampler (of the clips in the window: 20 × 8
+            at stride 5, 103 frames) and the transforms.
     """
 
     title = "MTL-AQA"
@@ -204,9 +200,6 @@ class MTLAQADataModule(VideoDataModule):
     def __init__(
         self,
         root: str,
-        sampler: ClipSampler,
-        train_transform: VideoTransform,
-        test_transform: VideoTransform,
         annotation_file: str | None = None,
         train_split: str = "train_split_0.pkl",
         test_split: str = "test_split_0.pkl",
@@ -226,9 +219,7 @@ class MTLAQADataModule(VideoDataModule):
     ) -> None:
         if delta_cap is None:
             delta_cap = DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
-        super().__init__(
-            sampler, train_transform, test_transform, root, delta_cap=delta_cap, **kwargs
-        )
+        super().__init__(root=root, delta_cap=delta_cap, **kwargs)
         if frames_layout not in LAYOUTS:
             raise ConfigError(
                 f"dataset.frames_layout={frames_layout!r}: use one of {', '.join(LAYOUTS)}"
