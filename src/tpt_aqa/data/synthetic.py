@@ -50,6 +50,40 @@ def phase_lengths(
     return extra + min_len
 
 
+def check_phases(
+    num_phases: int, phase_weights: tuple[float, ...], min_len: int, length: int, unit: str
+) -> None:
+    """A weight per phase, and phases of ``min_len`` fit in ``length`` clips or frames.
+
+    Raises:
+        ValueError: naming the keys.
+    """
+    if len(phase_weights) != num_phases:
+        raise ValueError(
+            f"dataset.phase_weights has {len(phase_weights)} values for dataset.num_phases={num_phases}"
+        )
+    if num_phases * min_len > length:
+        raise ValueError(
+            f"{num_phases} phases of at least {min_len} {unit} do not fit in {length} {unit}"
+        )
+
+
+def judge(
+    rng: np.random.Generator,
+    qualities: np.ndarray,
+    phase_weights: tuple[float, ...],
+    judge_noise: float,
+    num_difficulties: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The judges' raw scores s = 10·Σ_p w_p q_p / Σ_p w_p + noise of videos whose phase qualities
+    are ``qualities`` ``(N, P)``, and a uniformly drawn difficulty id of each ``(N,)``."""
+    weights = np.asarray(phase_weights, dtype=np.float64)
+    raw = 10 * qualities @ weights / weights.sum() + judge_noise * rng.standard_normal(
+        len(qualities)
+    )
+    return raw, rng.integers(0, num_difficulties, size=len(qualities))
+
+
 def generate(
     num_train: int = 600,
     num_test: int = 200,
@@ -69,14 +103,7 @@ def generate(
     Returns:
         ``SyntheticData`` with train rows first, then test rows.
     """
-    if len(phase_weights) != num_phases:
-        raise ValueError(
-            f"dataset.phase_weights has {len(phase_weights)} values for dataset.num_phases={num_phases}"
-        )
-    if num_phases * min_phase_len > num_clips:
-        raise ValueError(
-            f"{num_phases} phases of at least {min_phase_len} clips do not fit in {num_clips} clips"
-        )
+    check_phases(num_phases, phase_weights, min_phase_len, num_clips, "clips")
     rng = np.random.default_rng(seed)
     n = num_train + num_test
     signatures = rng.standard_normal((num_phases, feature_dim))
@@ -84,7 +111,6 @@ def generate(
     direction = rng.standard_normal(feature_dim)
     direction -= signatures.T @ np.linalg.lstsq(signatures.T, direction, rcond=None)[0]
     direction /= np.linalg.norm(direction)
-    weights = np.asarray(phase_weights, dtype=np.float64)
 
     qualities = rng.uniform(0, 1, size=(n, num_phases))
     phases = np.stack(
@@ -101,8 +127,7 @@ def generate(
         + signal * (q_clip - 0.5)[..., None] * direction
         + noise / np.sqrt(feature_dim) * rng.standard_normal((n, num_clips, feature_dim))
     )
-    raw = 10 * qualities @ weights / weights.sum() + judge_noise * rng.standard_normal(n)
-    difficulty_id = rng.integers(0, len(difficulties), size=n)
+    raw, difficulty_id = judge(rng, qualities, phase_weights, judge_noise, len(difficulties))
     split = np.array(["train"] * num_train + ["test"] * num_test)
     return SyntheticData(
         features=features.astype(np.float32),

@@ -17,6 +17,7 @@ import torch
 from tpt_aqa.data.base import SampleTable
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.samplers import difficulty_name
+from tpt_aqa.data.synthetic import check_phases, judge
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video_base import VideoDataModule
 
@@ -47,14 +48,7 @@ def render(
     seed: int = 0,
 ) -> RenderedVideos:
     """Render the benchmark (see the module docstring); train rows first, then test rows."""
-    if len(phase_weights) != num_phases:
-        raise ValueError(
-            f"dataset.phase_weights has {len(phase_weights)} values for dataset.num_phases={num_phases}"
-        )
-    if num_phases * min_phase_len > num_frames:
-        raise ValueError(
-            f"{num_phases} phases of {min_phase_len} frames do not fit in {num_frames}"
-        )
+    check_phases(num_phases, phase_weights, min_phase_len, num_frames, "frames")
     rng = np.random.default_rng(seed)
     n = num_train + num_test
     colours = rng.uniform(30, 160, size=(num_phases, 3))  # background colour per phase
@@ -76,9 +70,7 @@ def render(
             :, None, None, None
         ]
     frames += pixel_noise * rng.standard_normal(frames.shape, dtype=np.float32)
-    weights = np.asarray(phase_weights)
-    raw = 10 * qualities @ weights / weights.sum() + judge_noise * rng.standard_normal(n)
-    difficulty_id = rng.integers(0, len(difficulties), size=n)
+    raw, difficulty_id = judge(rng, qualities, phase_weights, judge_noise, len(difficulties))
     return RenderedVideos(
         frames=np.clip(frames, 0, 255).astype(np.uint8),
         frame_phases=phases,
