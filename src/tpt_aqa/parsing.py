@@ -70,16 +70,19 @@ from tpt_aqa.metrics import UndefinedMetricWarning, fisher_z_mean, undefined
 
 AIOU_THRESHOLDS = {"parse_aiou50": 0.5, "parse_aiou75": 0.75}
 
-METRICS = (
-    "parse_order",
-    "parse_boundary",
-    "parse_missed",
-    "parse_extra",
-    "parse_acc",
-    *AIOU_THRESHOLDS,
-    "parse_adapt",
-    "parse_adapt_boundary",
-)
+
+# every metric and its better direction (W&B summaries, tables)
+METRICS = {
+    "parse_order": "max",
+    "parse_boundary": "min",
+    "parse_missed": "min",
+    "parse_extra": "min",
+    "parse_acc": "max",
+    "parse_aiou50": "max",
+    "parse_aiou75": "max",
+    "parse_adapt": "max",
+    "parse_adapt_boundary": "max",
+}
 
 
 def step_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
