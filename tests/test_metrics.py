@@ -13,7 +13,6 @@ from tpt_aqa.metrics import (
     UndefinedMetricWarning,
     evaluate,
     fisher_z_mean,
-    phase_alignment,
     relative_l2,
     spearman,
 )
@@ -204,39 +203,3 @@ def test_evaluate_skips_classes_absent_from_the_split():
     assert out["srcc_avg"] == pytest.approx(
         fisher_z_mean([out["srcc_diving"], out["srcc_gym_vault"]])
     )
-
-
-# --------------------------------------------------------------------------- phase alignment
-
-
-def _phase_labels(n: int = 2, clips_per_phase: int = 2, phases: int = 3) -> torch.Tensor:
-    return torch.arange(phases).repeat_interleave(clips_per_phase).repeat(n, 1)  # (N, T)
-
-
-def test_phase_alignment_perfect_when_queries_attend_their_phase():
-    labels = _phase_labels()  # (2, 6): phases 0 0 1 1 2 2
-    onehot = torch.nn.functional.one_hot(labels, 3).float()  # (N, T, P)
-    attn = onehot / onehot.sum(1, keepdim=True)  # query k spreads evenly over phase k's clips
-    assert phase_alignment(attn, labels) == pytest.approx(1.0)
-    # Queries matched to phases in another order still align perfectly.
-    assert phase_alignment(attn[..., [2, 0, 1]], labels) == pytest.approx(1.0)
-
-
-def test_phase_alignment_uniform_attention_is_one_over_p():
-    for phases in (3, 4):
-        labels = _phase_labels(n=3, clips_per_phase=2, phases=phases)
-        t = labels.shape[1]
-        attn = torch.full((3, t, phases), 1 / t)
-        assert phase_alignment(attn, labels) == pytest.approx(1 / phases)
-
-
-def test_phase_alignment_partial_and_unknown():
-    labels = _phase_labels(n=1)
-    # Query k puts 0.7 on its phase and 0.3 on the next one → 0.7.
-    attn = torch.zeros(1, 6, 3)
-    for k in range(3):
-        attn[0, 2 * k : 2 * k + 2, k] = 0.35
-        nxt = (k + 1) % 3
-        attn[0, 2 * nxt : 2 * nxt + 2, k] = 0.15
-    assert phase_alignment(attn, labels) == pytest.approx(0.7)
-    assert math.isnan(phase_alignment(attn, torch.full_like(labels, -1)))

@@ -289,6 +289,14 @@ def test_predict_a_frame_folder_end_to_end(tmp_path):
     assert np.isfinite(pred.score) and pred.attn.shape[1:] == (5, 3)
     fig = predict_entry.figure(pred)
     assert len(fig.axes) >= 3 + pred.attn.shape[0]  # K top frames + one map per layer
+    # the video's known phases, one per frame, taken at the frames its clips sampled
+    phases = np.asarray(dm.videos.frame_phases[row])  # (40,)
+    pred = predictor.predict(folder, difficulty=float(dm.table.scale[row]), frame_labels=phases)
+    sampled = phases[predictor.sampler.indices(len(phases), predictor.start_frame)].ravel()
+    np.testing.assert_array_equal(pred.step_labels, sampled)  # (T·L,)
+    assert pred.record()["step_labels"] == sampled.tolist()
+    fig = predict_entry.figure(pred)
+    assert ["steps"] in [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
     too_short = tmp_path / "short"
     write_frame_folder(too_short, dm._frames[row][:10])
     with pytest.raises(ValueError, match="start_frame="):

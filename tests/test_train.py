@@ -25,12 +25,12 @@ def test_fast_dev_run(tiny_cfg):
     cfg = tiny_cfg("debug=fast_dev_run")
     results = train_entry.run(cfg)
     assert -1 <= results["test/srcc"] <= 1 and results["test/rl2"] > 0
-    assert 0 <= results["test/phase_alignment"] <= 1
+    assert 0 <= results["test/parse_acc"] <= 1 and results["test/parse_boundary"] >= 0
 
 
 def test_fast_dev_run_baseline(tiny_cfg):
     results = train_entry.run(tiny_cfg("debug=fast_dev_run", "ablation=baseline_pool"))
-    assert "test/phase_alignment" not in results and "test/srcc" in results
+    assert "test/parse_acc" not in results and "test/srcc" in results
 
 
 def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):
@@ -79,7 +79,7 @@ def test_checkpoint_then_eval_reproduces_test_metrics(tmp_path, tiny_cfg):
     assert saved["test/srcc"] == pytest.approx(results["test/srcc"])
     eval_cfg = compose_cfg(tmp_path / "eval", f"ckpt_path={ckpt}", "logger=csv", config="eval")
     again = eval_entry.run(eval_cfg)
-    for key in ("test/srcc", "test/rl2", "test/phase_alignment"):
+    for key in ("test/srcc", "test/rl2", "test/parse_acc", "test/parse_boundary"):
         assert again[key] == pytest.approx(results[key], abs=1e-6), key
 
 

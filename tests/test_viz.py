@@ -166,3 +166,20 @@ def test_figures_from_threads(tmp_path):
     assert not errors
     for i in range(4):
         assert (tmp_path / f"{i}.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_true_steps_drawn_under_the_maps_per_frame():
+    labels = np.repeat([0, 1, 2, 1], [5, 3, 4, 4])  # 16 frames = 8 clips × 2; B recurs
+    fig = viz.attention_map(_attn(2), clip_labels=labels)
+    heat = [ax for ax in fig.axes if ax.get_ylabel().startswith("layer")]
+    strip = next(ax for ax in fig.axes if [t.get_text() for t in ax.get_yticklabels()] == ["steps"])
+    # under the maps: the strip is the lowest panel, and its image spans the 8 clips
+    assert strip.get_position().y0 < min(ax.get_position().y0 for ax in heat)
+    assert strip.get_images()[0].get_array().shape == (1, 16)
+    assert strip.get_images()[0].get_extent() == [-0.5, 7.5, 0.5, -0.5]
+    # the three true transitions (frames 5, 8, 12 → clip positions 2.5, 4, 6, less half a clip)
+    for ax in heat:
+        assert [line.get_xdata()[0] for line in ax.get_lines()] == [2.0, 3.5, 5.5]
+    assert [t.get_text() for t in strip.texts] == ["0", "1", "2", "1"]
+    with pytest.raises(ValueError, match=r"one label per frame \(T·L,\), got \(12,\)"):
+        viz.attention_map(_attn(), clip_labels=np.zeros(12))

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tpt_aqa.paper import paper_numbers
+from tpt_aqa.parsing import METRICS as PARSING_METRICS
 
 METRICS = (
     "test/srcc",
@@ -28,7 +29,7 @@ METRICS = (
     "last_epoch_test/srcc",
     "paper_style_best_test/srcc",
     "paper_style_best_test/rl2",
-    "test/phase_alignment",
+    *(f"test/{name}" for name in PARSING_METRICS),
 )
 
 

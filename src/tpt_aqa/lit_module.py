@@ -20,8 +20,9 @@ from torch.optim import Optimizer
 
 from tpt_aqa.data.batch import EvalBatch, PairBatch
 from tpt_aqa.losses import TPTCriterion
-from tpt_aqa.metrics import evaluate, phase_alignment
+from tpt_aqa.metrics import evaluate
 from tpt_aqa.models.tpt import TPT
+from tpt_aqa.parsing import parsing_metrics
 from tpt_aqa.scoring import ScoreGroups
 
 # Evaluation metrics are computed once from every rank's gathered predictions, so all ranks log the
@@ -184,10 +185,10 @@ class AQAModule(L.LightningModule):
         metrics = evaluate(
             rec["pred"].cpu(), rec["target"].cpu(), rec["class_id"].cpu(), self.class_names
         )
-        if "attn" in rec:
-            metrics["phase_alignment"] = phase_alignment(
-                rec["attn"].cpu(), rec["clip_labels"].cpu()
-            )
+        if (
+            "attn" in rec
+        ):  # step-level parsing metrics where the steps are known (docs/method.md §7)
+            metrics |= parsing_metrics(rec["attn"].cpu(), rec["clip_labels"].cpu())
         # Undefined metrics stay, as NaN (evaluate warned why): checkpoint selection treats a NaN ρ
         # as the worst, and tables show it rather than dropping the column.
         self.last_metrics[split] = metrics

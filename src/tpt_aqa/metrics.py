@@ -34,18 +34,19 @@ def spearman(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray)
     if len(p) != len(t):
         raise ValueError(f"spearman: {len(p)} predictions but {len(t)} targets")
     if len(p) < 2:
-        return _undefined(f"Spearman's ρ needs at least two videos, got {len(p)}")
+        return undefined(f"Spearman's ρ needs at least two videos, got {len(p)}")
     if not (np.isfinite(p).all() and np.isfinite(t).all()):
-        return _undefined("Spearman's ρ of non-finite values (NaN/inf)")
+        return undefined("Spearman's ρ of non-finite values (NaN/inf)")
     rp, rt = rankdata(p) - (len(p) + 1) / 2, rankdata(t) - (len(t) + 1) / 2  # centred ranks
     for name, r in (("predictions", rp), ("targets", rt)):
         if not r.any():
-            return _undefined(f"Spearman's ρ is undefined: all {len(p)} {name} are equal")
+            return undefined(f"Spearman's ρ is undefined: all {len(p)} {name} are equal")
     rho = float(np.dot(rp, rt) / math.sqrt(np.dot(rp, rp) * np.dot(rt, rt)))
     return max(-1.0, min(1.0, rho))
 
 
-def _undefined(why: str) -> float:
+def undefined(why: str) -> float:
+    """NaN, with an :class:`UndefinedMetricWarning` saying why (attributed to the metric's caller)."""
     warnings.warn(f"{why}; it reads NaN", UndefinedMetricWarning, stacklevel=3)
     return float("nan")
 
@@ -53,10 +54,10 @@ def _undefined(why: str) -> float:
 def relative_l2(pred: torch.Tensor, target: torch.Tensor) -> float:
     """R-ℓ2 ×100: 100·mean(((pred − gt)/(gt_max − gt_min))²), range from the evaluated ground truth."""
     if pred.numel() < 2:
-        return _undefined(f"R-ℓ2 needs at least two videos, got {pred.numel()}")
+        return undefined(f"R-ℓ2 needs at least two videos, got {pred.numel()}")
     span = float(target.max() - target.min())
     if span == 0:
-        return _undefined("R-ℓ2 is undefined: all ground-truth scores are equal (zero range)")
+        return undefined("R-ℓ2 is undefined: all ground-truth scores are equal (zero range)")
     return float(100.0 * (((pred.double() - target.double()) / span) ** 2).mean())
 
 
@@ -64,7 +65,7 @@ def fisher_z_mean(rhos: Sequence[float]) -> float:
     """Average correlations through Fisher's z: tanh(mean(atanh ρ)) (the paper's average ρ)."""
     defined = [r for r in rhos if not math.isnan(r)]
     if not defined:
-        return _undefined("the Fisher-z mean has no defined ρ to average")
+        return undefined("the Fisher-z mean has no defined ρ to average")
     if len(defined) < len(rhos):
         warnings.warn(
             f"Fisher-z mean over {len(defined)} of {len(rhos)} correlations: the undefined (NaN) "
@@ -111,31 +112,3 @@ def evaluate(
         valid = [r for r in rl2s if not math.isnan(r)]
         out["rl2_avg"] = sum(valid) / len(valid) if valid else float("nan")
     return out
-
-
-def phase_alignment(attn: torch.Tensor, clip_labels: torch.Tensor) -> float:
-    """How well the queries' attention follows known temporal phases (synthetic benchmark).
-
-    Each query is matched to the phase that receives most of its attention over the whole split;
-    the score is the mean attention mass that queries put on their matched phase, in [0, 1]. With K
-    queries and K phases, 1 means every query attends only to its own phase.
-
-    Args:
-        attn: last-layer attention ``(N,T,K)``.
-        clip_labels: phase of each clip ``(N,T)``, ``-1`` where unknown.
-
-    Returns:
-        The alignment, or NaN without phase labels.
-    """
-    valid = clip_labels >= 0
-    if not bool(valid.any()):
-        return float("nan")
-    num_phases = int(clip_labels.max()) + 1
-    onehot = torch.nn.functional.one_hot(clip_labels.clamp_min(0), num_phases).to(attn.dtype)
-    onehot = onehot * valid[..., None]  # (N, T, P)
-    mass = torch.einsum("ntk,ntp->nkp", attn, onehot)  # (N, K, P): attention of query k on phase p
-    matched = mass.mean(0).argmax(dim=1)  # (K,)
-    per_query = mass.gather(2, matched[None, :, None].expand(mass.shape[0], -1, 1))[
-        ..., 0
-    ]  # (N, K)
-    return float(per_query.mean())

@@ -73,6 +73,9 @@ class Prediction:
         frames: the middle frame of every clip as the model saw it ``(T,H,W,3)`` uint8, ``None``
             for feature inputs.
         timings: seconds spent reading, encoding and comparing.
+        step_labels: the input's known steps at the frames the model saw, one label per sampled
+            frame ``(T·L,)`` (per clip ``(T,)`` for feature inputs), ``None`` when unknown; drawn
+            under the attention maps.
     """
 
     input: str
@@ -85,6 +88,7 @@ class Prediction:
     attn: torch.Tensor | None
     frames: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
+    step_labels: np.ndarray | None = None
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary (attention included, frames left out)."""
@@ -103,6 +107,8 @@ class Prediction:
         if self.attn is not None:
             rec["top_clips"] = top_clips(self.attn[-1])
             rec["attention"] = [[[round(x, 6) for x in r] for r in y] for y in self.attn.tolist()]
+        if self.step_labels is not None:
+            rec["step_labels"] = self.step_labels.tolist()
         rec["timings_s"] = {k: round(v, 4) for k, v in self.timings.items()}
         return rec
 
@@ -209,9 +215,11 @@ class Predictor:
         group: str | None = None,
         scale: float | None = None,
         start_frame: int | None = None,
+        frame_labels: np.ndarray | None = None,
     ) -> Prediction:
         """Score one input (see the module docstring); the group options as in
-        ``ExemplarBank.resolve_group``."""
+        ``ExemplarBank.resolve_group``. ``frame_labels``: the input's known step label of every
+        frame ``(n,)`` (of every clip ``(T,)`` for feature inputs), for the figure."""
         bank = self.bank
         gid, scale = bank.resolve_group(difficulty, class_name, group, scale)
         rows = bank.exemplar_rows(gid, self.exemplars)
@@ -235,6 +243,12 @@ class Predictor:
             for r, d, p in zip(rows, out["delta"], per, strict=True)
         ]
         attn = None if parsed.attn is None else parsed.attn[0].float().cpu()  # (Y, T, K)
+        steps = None
+        if frame_labels is not None:
+            steps = np.asarray(frame_labels)
+            if self.kind == "video":  # the labels of the frames each clip took
+                start = self.start_frame if start_frame is None else int(start_frame)
+                steps = steps[self.sampler.indices(len(steps), start)].ravel()  # (T·L,)
         return Prediction(
             input=str(source),
             score=score,
@@ -246,6 +260,7 @@ class Predictor:
             attn=attn,
             frames=frames,
             timings={"read": t1 - t0, "encode": t2 - t1, "compare": t3 - t2, "total": t3 - t0},
+            step_labels=steps,
         )
 
 
@@ -257,9 +272,18 @@ def figure(pred: Prediction):
     if pred.attn is None:
         return None
     if pred.frames is None:
-        return viz.attention_map(pred.attn, title=f"{title}: {pred.score:.2f} ± {pred.spread:.2f}")
+        return viz.attention_map(
+            pred.attn,
+            clip_labels=pred.step_labels,
+            title=f"{title}: {pred.score:.2f} ± {pred.spread:.2f}",
+        )
     return viz.prediction_figure(
-        pred.frames, pred.attn, score=pred.score, spread=pred.spread, title=title
+        pred.frames,
+        pred.attn,
+        score=pred.score,
+        spread=pred.spread,
+        title=title,
+        clip_labels=pred.step_labels,
     )
 
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure, SubFigure
 
 from tpt_aqa.cache import atomic_write
 from tpt_aqa.metrics import relative_l2, spearman
+from tpt_aqa.parsing import step_runs
 
 ATTENTION_CMAP = "viridis"
 PHASE_CMAP = "tab10"
@@ -81,11 +82,12 @@ def top_clips(attn: Any) -> list[int]:
 
 
 def _clip_labels(clip_labels: Any, num_clips: int) -> np.ndarray:
+    """Known step labels per clip ``(T,)`` or per frame ``(T·L,)`` (L frames per clip)."""
     labels = _numpy(clip_labels, "clip_labels")
-    if labels.shape != (num_clips,):
+    if labels.ndim != 1 or len(labels) == 0 or len(labels) % num_clips:
         raise ValueError(
-            f"clip_labels must have shape (T,) = ({num_clips},) to match attn, "
-            f"got {tuple(labels.shape)}"
+            f"clip_labels must have shape (T,) = ({num_clips},) to match attn, or one label per "
+            f"frame (T·L,), got {tuple(labels.shape)}"
         )
     return labels.astype(np.int64)
 
@@ -106,22 +108,36 @@ def _frames(frames: Any, num_clips: int) -> np.ndarray:
 
 
 def _draw_attention(fig: Figure | SubFigure, a: np.ndarray, labels: np.ndarray | None) -> list[Any]:
-    """One heatmap per layer (queries × clips), an optional phase strip above, one colour bar."""
+    """One heatmap per layer (queries × clips), the true steps under them when known (per clip
+    or per frame, with their transitions marked on the maps), one colour bar."""
     num_layers, num_clips, num_queries = a.shape
-    ratios = ([0.8] if labels is not None else []) + [num_queries + 1.0] * num_layers
+    ratios = [num_queries + 1.0] * num_layers + ([0.8] if labels is not None else [])
     axes = list(
         fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios, squeeze=False)[:, 0]
     )
     if labels is not None:
-        strip = axes.pop(0)
-        shown = np.ma.masked_less(labels[None], 0)  # (1, T); -1 (unknown phase) left blank
-        strip.imshow(shown, aspect="auto", cmap=PHASE_CMAP, vmin=0, vmax=9, interpolation="nearest")
-        if num_clips <= 40:
-            for t, label in enumerate(labels):
-                if label >= 0:
-                    strip.text(t, 0, str(label), ha="center", va="center", fontsize=7)
-        strip.set_yticks([0], ["phase"])
-        strip.tick_params(axis="x", labelbottom=False)
+        strip = axes.pop()
+        shown = np.ma.masked_less(labels[None], 0)  # (1, F); -1 (unknown step) left blank
+        strip.imshow(
+            shown,
+            aspect="auto",
+            cmap=PHASE_CMAP,
+            vmin=0,
+            vmax=9,
+            interpolation="nearest",
+            extent=(-0.5, num_clips - 0.5, 0.5, -0.5),  # frames spread over the clip axis
+        )
+        starts, ends, ids = step_runs(labels)
+        per_clip = num_clips / len(labels)
+        for start, end, label in zip(starts, ends, ids, strict=True):
+            if label >= 0 and len(starts) <= 40:
+                centre = (start + end) / 2 * per_clip - 0.5
+                strip.text(centre, 0, str(label), ha="center", va="center", fontsize=7)
+        for ax in axes:  # the true transitions across the maps
+            for start in starts[1:]:
+                ax.axvline(start * per_clip - 0.5, color="white", lw=0.8, ls="--")
+        strip.set_yticks([0], ["steps"])
+        strip.set_xlabel("clip")
     vmax = float(a.max()) if a.max() > 0 else 1.0
     image = None
     for y, ax in enumerate(axes):
@@ -135,7 +151,8 @@ def _draw_attention(fig: Figure | SubFigure, a: np.ndarray, labels: np.ndarray |
         )
         ax.set_yticks(range(num_queries), [f"q{k + 1}" for k in range(num_queries)])
         ax.set_ylabel(f"layer {y + 1}" if num_layers > 1 else "query")
-    axes[-1].set_xlabel("clip")
+    if labels is None:
+        axes[-1].set_xlabel("clip")
     if num_clips <= 30:
         axes[-1].set_xticks(range(num_clips))
     fig.colorbar(image, ax=axes, label="attention", shrink=0.9)
@@ -147,12 +164,13 @@ def attention_map(attn: Any, *, clip_labels: Any = None, title: str | None = Non
 
     Args:
         attn: attention weights ``(Y,T,K)`` or one layer ``(T,K)`` (tensor or array).
-        clip_labels: known phase of every clip ``(T,)``, drawn as a strip above the maps; negative
-            values (unknown) are left blank.
+        clip_labels: known step label of every clip ``(T,)`` or frame ``(T·L,)``, drawn as a strip
+            under the maps with the transitions marked on them; negative values (unknown) are left
+            blank.
         title: figure title.
 
     Returns:
-        A figure with one panel per layer (queries q1..qK as rows, clips as columns), the phase
+        A figure with one panel per layer (queries q1..qK as rows, clips as columns), the steps
         strip when given, and a colour bar.
 
     Raises:
@@ -220,10 +238,11 @@ def prediction_figure(
         score: predicted score, shown in the title.
         spread: spread of the prediction (e.g. std over exemplars), shown as ``± spread``.
         title: prefix of the title, e.g. the video id.
-        clip_labels: known phase of every clip ``(T,)``, drawn above the maps.
+        clip_labels: known step label of every clip ``(T,)`` or frame ``(T·L,)``, drawn under the
+            maps.
 
     Returns:
-        A figure with K frame panels, the attention panels (and phase strip) and a colour bar.
+        A figure with K frame panels, the attention panels (and steps strip) and a colour bar.
     """
     a = _attention(attn)
     num_layers, num_clips, num_queries = a.shape

@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 
 from tpt_aqa import viz
 from tpt_aqa.data.batch import collate_videos
+from tpt_aqa.parsing import METRICS as PARSING_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ SUMMARIES = {
     "rl2": "min",
     "srcc_avg": "max",
     "rl2_avg": "min",
-    "phase_alignment": "max",
+    **PARSING_METRICS,
 }
 # Swept keys that the name has already (or, for the seed, keeps out of the group).
 IDENTITY_EXCLUDED = ("seed", "experiment", "ablation")

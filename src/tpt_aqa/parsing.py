@@ -1,0 +1,469 @@
+"""Step-level parsing metrics: do the decoder queries find a video's real steps? (docs/method.md §7)
+
+TPT's K queries are meant to parse a video into temporally ordered parts (paper §3.2). Where the
+true steps are known (the synthetic benchmark's planted phases, FineDiving's annotated
+sub-actions), these functions measure it from the last decoder layer's cross-attention ``(T, K)``
+of every evaluated video. Labels come per frame, ``F = T × frames_per_clip`` of them, clip ``t``
+covering frames ``[t·fpc, (t+1)·fpc)``; per-clip labels are the case ``frames_per_clip = 1``.
+Positions and distances are in frames.
+
+Per video:
+
+- **step**: a maximal run of equal labels, so a recurring sub-action is two steps (A B C B D is
+  five); a **true transition** is the first frame of every step but the first.
+- **attention centre** of query k: ``Σ_t a[t,k]·c_t / Σ_t a[t,k]``, ``c_t`` the centre frame of
+  clip t; a **step centre** is the mean of its frame positions.
+- **assignment**: each clip goes to the query that attends to it most (argmax over k, ties to the
+  lower query), each frame to its clip's query.
+- **matching**: the queries, sorted by attention centre, are matched *in order* to steps: the
+  non-decreasing map (centre rank → step) that maximises the frames whose query is matched to their
+  true step; among equal maps, the one putting more of the queries' attention on their steps. Each
+  frame's **predicted step** is its query's; the **implied transitions** are the first frames of
+  the predicted steps' runs but the first (queries sharing a step do not cut it; they fall on clip
+  edges).
+
+Over a split (``parsing_metrics``):
+
+- ``parse_order``: fraction of videos whose queries, in centre order, overlap most (attention mass)
+  non-decreasing steps covering ``min(K, S)`` distinct steps (strictly increasing when K ≤ S, every
+  step some query's when K > S). All queries collapsed onto one step fails.
+- ``parse_boundary``: frames of boundary error per true transition. True and implied transitions
+  are paired one-to-one in order, ``min(#true, #implied)`` pairs of least total distance; a paired
+  true transition costs its distance, a *missed* one (no partner) its distance to the nearer end of
+  the video (what a parse without that cut shows), and every *spurious* implied transition adds its
+  distance to the nearest true one, so a flickering parse cannot score well by cutting everywhere.
+  ``parse_missed``: the fraction of true transitions missed; ``parse_extra``: spurious implied
+  transitions per video.
+- ``parse_acc``: frame accuracy of the predicted steps.
+- ``parse_aiou50``, ``parse_aiou75``: AIoU@d of FineDiving (Xu et al., CVPR 2022, §5.1 evaluation
+  metrics): AIoU@d = (1/N) Σ_i 1(IoU_i ≥ d) over the N videos. Here a video counts when *every* true
+  step reaches IoU ≥ d with its predicted segment (its frames predicted at that step); the
+  authors' released code (``utils/misc.py``) scores one interval per video, from the first to the
+  last predicted transition of its two-transition TSA parse, which this generalises to any number
+  of steps and queries.
+- ``parse_adapt``: per query, Pearson's r across videos between its attention centre and the centre
+  of its *split-level step* (the step index it is matched to in most videos), averaged over queries
+  through Fisher's z; videos without that step are left out of that query's r. Queries at fixed clip
+  positions (chunking time) give ≈ 0 however the steps move; a parser that follows each video's
+  steps → 1; random maps ≈ 0. A query whose centre never moves has r undefined (NaN, warned).
+- ``parse_adapt_boundary``: the same for transitions: per step j > 1, r across videos between the
+  true transition into step j and the parse's cut into it, read with the split-level steps (the
+  clip edge that best separates clips whose query's split-level step is < j from those ≥ j). The
+  split-level steps are fixed for the split, so a parse fitted to nothing cannot look adaptive.
+
+K ≠ S: with K < S at most K steps get a query, so accuracy and AIoU stay below 1 and transitions
+are missed; with K > S several queries may share a step (order then asks that every step be
+covered). Videos whose labels are all unknown (−1) are left out; videos with non-finite attention
+are left out with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tpt_aqa.metrics import UndefinedMetricWarning, fisher_z_mean, undefined
+
+AIOU_THRESHOLDS = {"parse_aiou50": 0.5, "parse_aiou75": 0.75}
+
+
+# every metric and its better direction (W&B summaries, tables)
+METRICS = {
+    "parse_order": "max",
+    "parse_boundary": "min",
+    "parse_missed": "min",
+    "parse_extra": "min",
+    "parse_acc": "max",
+    "parse_aiou50": "max",
+    "parse_aiou75": "max",
+    "parse_adapt": "max",
+    "parse_adapt_boundary": "max",
+}
+
+
+def step_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The steps of a label sequence: maximal runs of equal labels.
+
+    Args:
+        labels: one label per frame ``(F,)``.
+
+    Returns:
+        ``starts (S,)``, ``ends (S,)`` (exclusive) and the label of each step ``(S,)``.
+    """
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    ends = np.r_[starts[1:], labels.size]
+    return starts.astype(np.int64), ends.astype(np.int64), labels[starts]
+
+
+def clip_centres(num_clips: int, frames_per_clip: int) -> np.ndarray:
+    """Centre frame of every clip ``(T,)``: ``t·fpc + (fpc − 1)/2``."""
+    return np.arange(num_clips) * frames_per_clip + (frames_per_clip - 1) / 2
+
+
+def attention_centres(attn: np.ndarray, frames_per_clip: int = 1) -> np.ndarray:
+    """Attention-weighted mean frame position of every query.
+
+    Args:
+        attn: attention ``(..., T, K)``.
+        frames_per_clip: frames covered by each clip.
+
+    Returns:
+        Centres ``(..., K)`` in frames.
+    """
+    attn = np.asarray(attn, dtype=np.float64)
+    c = clip_centres(attn.shape[-2], frames_per_clip)
+    return np.einsum("...tk,t->...k", attn, c) / attn.sum(-2)
+
+
+def implied_transitions(clip_steps: np.ndarray, frames_per_clip: int = 1) -> np.ndarray:
+    """First frames of the runs of a clip → predicted step map, but the first ``(#runs − 1,)``."""
+    starts, _, _ = step_runs(clip_steps)
+    return starts[1:] * frames_per_clip
+
+
+def _ordered_map(gain: np.ndarray) -> np.ndarray:
+    """The non-decreasing map rows → columns maximising ``Σ_r gain[r, m(r)]``.
+
+    Args:
+        gain: ``(R, C)``.
+
+    Returns:
+        ``m (R,)``, non-decreasing column indices.
+    """
+    rows, cols = gain.shape
+    best = np.empty((rows, cols))
+    arg = np.zeros((rows, cols), dtype=np.int64)  # best previous column for (r, c)
+    best[0] = gain[0]
+    for r in range(1, rows):
+        run_best = np.maximum.accumulate(best[r - 1])  # best over columns ≤ c
+        run_arg = np.zeros(cols, dtype=np.int64)
+        for c in range(1, cols):
+            run_arg[c] = run_arg[c - 1] if best[r - 1, run_arg[c - 1]] >= best[r - 1, c] else c
+        best[r] = gain[r] + run_best
+        arg[r] = run_arg
+    m = np.empty(rows, dtype=np.int64)
+    m[-1] = int(np.argmax(best[-1]))
+    for r in range(rows - 1, 0, -1):
+        m[r - 1] = arg[r, m[r]]
+    return m
+
+
+def _increasing_injection(cost: np.ndarray) -> np.ndarray:
+    """Strictly increasing columns ``j_0 < j_1 < …`` for rows (R ≤ C) minimising ``Σ cost[i, j_i]``."""
+    rows, cols = cost.shape
+    best = np.full((rows + 1, cols + 1), np.inf)
+    best[0] = 0.0
+    for i in range(1, rows + 1):
+        for j in range(i, cols + 1):
+            best[i, j] = min(best[i, j - 1], best[i - 1, j - 1] + cost[i - 1, j - 1])
+    picked = np.empty(rows, dtype=np.int64)
+    i, j = rows, cols
+    while i > 0:
+        if j > i and best[i, j] == best[i, j - 1]:
+            j -= 1
+        else:
+            picked[i - 1] = j - 1
+            i, j = i - 1, j - 1
+    return picked
+
+
+def pair_transitions(
+    true: np.ndarray, implied: np.ndarray, num_frames: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair true and implied transitions one-to-one in order (module docstring).
+
+    Args:
+        true: true transitions ``(n,)``, ascending, in frames.
+        implied: implied transitions ``(m,)``, ascending, in frames.
+        num_frames: F, for the cost of a missed transition (distance to the nearer end).
+
+    Returns:
+        ``partner (n,)``: the implied position paired with each true transition, NaN when missed;
+        ``cost (n,)``: its distance, or the missed cost; ``extra (m − pairs,)``: the cost of every
+        spurious implied transition, its distance to the nearest true one (to the nearer end of
+        the video when there is none).
+    """
+    true = np.asarray(true, dtype=np.float64)
+    implied = np.asarray(implied, dtype=np.float64)
+    miss = np.minimum(true, num_frames - true)  # (n,)
+    partner = np.full(len(true), np.nan)
+    dist = np.abs(true[:, None] - implied[None, :])  # (n, m)
+    if len(true) and len(implied):
+        if len(true) <= len(implied):
+            partner = implied[_increasing_injection(dist)]
+        else:  # choose which true transitions are paired: Σ miss + Σ_paired (dist − miss)
+            chosen = _increasing_injection((dist - miss[:, None]).T)  # (m,) rows of true
+            partner[chosen] = implied
+    cost = np.where(np.isnan(partner), miss, np.abs(true - np.nan_to_num(partner)))
+    spurious = implied[~np.isin(implied, partner)]
+    if len(true):
+        extra = np.abs(spurious[:, None] - true[None, :]).min(axis=1)
+    else:
+        extra = np.minimum(spurious, num_frames - spurious)
+    return partner, cost, extra
+
+
+@dataclass
+class VideoParse:
+    """How one video's attention parses its steps.
+
+    Attributes:
+        in_order: the order criterion holds.
+        accuracy: frame accuracy under the matching.
+        min_iou: the smallest IoU of a true step with its predicted segment.
+        centres: attention centre of every query ``(K,)``, frames.
+        matched: the step each query is matched to ``(K,)``.
+        step_centres: centre of every true step ``(S,)``, frames.
+        transitions: true transitions ``(n,)``.
+        implied: implied transitions ``(m,)``.
+        partners: the implied transition paired with each true one, NaN when missed ``(n,)``.
+        transition_costs: distance (or missed cost) of each true transition ``(n,)``.
+        extra_costs: cost of each spurious implied transition ``(m − pairs,)``.
+        assignment: the query attending each clip most ``(T,)``.
+        frames_per_clip: frames covered by each clip.
+    """
+
+    in_order: bool
+    accuracy: float
+    min_iou: float
+    centres: np.ndarray
+    matched: np.ndarray
+    step_centres: np.ndarray
+    transitions: np.ndarray
+    implied: np.ndarray
+    partners: np.ndarray
+    transition_costs: np.ndarray
+    extra_costs: np.ndarray
+    assignment: np.ndarray
+    frames_per_clip: int
+
+    @property
+    def matched_centres(self) -> np.ndarray:
+        """Centre of the step each query is matched to ``(K,)``, frames."""
+        return self.step_centres[self.matched]
+
+
+def parse_video(attn: np.ndarray, labels: np.ndarray, frames_per_clip: int = 1) -> VideoParse:
+    """Parse one video (module docstring for every definition).
+
+    Args:
+        attn: last-layer attention ``(T, K)``, each query's column over the clips.
+        labels: true label of every frame ``(F,)``, ``F = T·frames_per_clip``.
+        frames_per_clip: frames covered by each clip.
+
+    Returns:
+        The video's parse.
+    """
+    attn = np.asarray(attn, dtype=np.float64)
+    labels = np.asarray(labels).ravel()
+    num_clips, num_queries = attn.shape
+    num_frames = num_clips * frames_per_clip
+    if labels.shape != (num_frames,):
+        raise ValueError(
+            f"labels must have F = T·frames_per_clip = {num_clips}·{frames_per_clip} = "
+            f"{num_frames} entries, got {labels.shape}"
+        )
+    starts, ends, _ = step_runs(labels)
+    num_steps = len(starts)
+    step_of_frame = np.repeat(np.arange(num_steps), ends - starts)  # (F,)
+    frame_clip = np.arange(num_frames) // frames_per_clip  # (F,)
+    assignment = attn.argmax(axis=1)  # (T,) the query attending each clip most
+    frame_query = assignment[frame_clip]  # (F,)
+
+    centres = attention_centres(attn, frames_per_clip)  # (K,)
+    rank = np.argsort(centres, kind="stable")  # queries in centre order
+    # attention mass of each query on each step (a clip's mass split over its frames' steps)
+    share = np.zeros((num_clips, num_steps))  # (T, S): fraction of clip t's frames in step s
+    np.add.at(share, (frame_clip, step_of_frame), 1.0 / frames_per_clip)
+    mass = attn.T @ share  # (K, S)
+    overlap = np.zeros((num_queries, num_steps))  # (K, S): frames of step s assigned to query k
+    np.add.at(overlap, (frame_query, step_of_frame), 1.0)
+
+    most = mass[rank].argmax(axis=1)  # (K,) most-overlapped step, queries in centre order
+    in_order = bool(
+        np.all(np.diff(most) >= 0) and len(set(most.tolist())) == min(num_queries, num_steps)
+    )
+
+    # attention mass (≤ 1 per query) breaks ties between maps of equal frame counts and never
+    # outweighs a frame: K queries × weight 1/(2K) < 1
+    gain = overlap[rank] + mass[rank] / (2 * num_queries)  # (K, S)
+    matched = np.empty(num_queries, dtype=np.int64)
+    matched[rank] = _ordered_map(gain)  # (K,) step of every query
+    hits = overlap[np.arange(num_queries), matched].sum()
+    predicted = np.zeros(num_steps)  # frames assigned to queries matched to each step
+    inter = np.zeros(num_steps)
+    np.add.at(predicted, matched, overlap.sum(1))
+    np.add.at(inter, matched, overlap[np.arange(num_queries), matched])
+    union = predicted + (ends - starts) - inter
+    step_centres = (starts + ends - 1) / 2
+
+    transitions = starts[1:]
+    implied = implied_transitions(matched[assignment], frames_per_clip)
+    partners, costs, extra = pair_transitions(transitions, implied, num_frames)
+    return VideoParse(
+        in_order=in_order,
+        accuracy=float(hits / num_frames),
+        min_iou=float((inter / union).min()),
+        centres=centres,
+        matched=matched,
+        step_centres=step_centres,
+        transitions=transitions,
+        implied=implied,
+        partners=partners,
+        transition_costs=costs,
+        extra_costs=extra,
+        assignment=assignment,
+        frames_per_clip=frames_per_clip,
+    )
+
+
+def pearson(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> float:
+    """Pearson's r of two position series ``(N,)`` named ``names``; NaN with an
+    :class:`UndefinedMetricWarning` when there are fewer than two or one series is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    what = f"Pearson's r of {names[0]} vs {names[1]}"
+    if len(x) < 2:
+        return undefined(f"{what} needs at least two videos, got {len(x)}")
+    for name, v in zip(names, (x, y), strict=True):
+        if np.ptp(v) <= 1e-9 * max(1.0, float(np.abs(v).max())):
+            return undefined(
+                f"{what} is undefined: the {name} sits at frame {v[0]:g} in all {len(v)} videos"
+            )
+    dx, dy = x - x.mean(), y - y.mean()
+    return float(np.clip(dx @ dy / math.sqrt((dx @ dx) * (dy @ dy)), -1.0, 1.0))
+
+
+def parsing_metrics(
+    attn: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    frames_per_clip: int | None = None,
+) -> dict[str, float]:
+    """The step-level parsing metrics of a split (module docstring).
+
+    Args:
+        attn: last-layer attention ``(N, T, K)``.
+        labels: true label of every frame ``(N, F)``, −1 where unknown; ``F = T·frames_per_clip``.
+        frames_per_clip: frames per clip; ``None`` takes ``F / T``.
+
+    Returns:
+        The values named in ``METRICS``; empty when no video has labels.
+
+    Raises:
+        ValueError: on shapes that do not fit, or a video with some frames labelled and some not.
+    """
+    a = np.asarray(torch.as_tensor(attn).detach().cpu().double())
+    lab = np.asarray(torch.as_tensor(labels).detach().cpu().long())
+    if a.ndim != 3 or lab.ndim != 2 or a.shape[0] != lab.shape[0]:
+        raise ValueError(
+            f"parsing_metrics takes attention (N, T, K) and labels (N, F), got {a.shape} and "
+            f"{lab.shape}"
+        )
+    num_clips = a.shape[1]
+    if frames_per_clip is None:
+        if lab.shape[1] % num_clips:
+            raise ValueError(
+                f"labels have {lab.shape[1]} frames per video, not a multiple of the {num_clips} clips"
+            )
+        frames_per_clip = lab.shape[1] // num_clips
+    known = lab >= 0
+    partial = np.flatnonzero(known.any(1) & ~known.all(1))
+    if len(partial):
+        raise ValueError(
+            f"videos {partial[:5].tolist()} have some frames labelled and some unknown (−1): "
+            "label every frame of a video or none"
+        )
+    finite = np.isfinite(a).all(axis=(1, 2))
+    keep = known.all(1) & finite
+    if not known.all(1).any():
+        return {}
+    if (known.all(1) & ~finite).any():
+        warnings.warn(
+            f"{int((known.all(1) & ~finite).sum())} videos with non-finite attention are left out "
+            "of the parsing metrics",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+    parses = [parse_video(a[i], lab[i], frames_per_clip) for i in np.flatnonzero(keep)]
+    if not parses:
+        nan = undefined("the parsing metrics have no video with finite attention to parse")
+        return dict.fromkeys(METRICS, nan)
+    num_true = sum(len(p.transitions) for p in parses)
+    cost = sum(p.transition_costs.sum() + p.extra_costs.sum() for p in parses)
+    missed = sum(int(np.isnan(p.partners).sum()) for p in parses)
+    min_iou = np.array([p.min_iou for p in parses])
+    no_transition = "the videos have one step each, so no true transition"
+    out = {
+        "parse_order": float(np.mean([p.in_order for p in parses])),
+        "parse_boundary": float(cost / num_true) if num_true else undefined(no_transition),
+        "parse_missed": missed / num_true if num_true else undefined(no_transition),
+        "parse_extra": float(np.mean([len(p.extra_costs) for p in parses])),
+        "parse_acc": float(np.mean([p.accuracy for p in parses])),
+    }
+    for name, threshold in AIOU_THRESHOLDS.items():
+        out[name] = float(np.mean(min_iou >= threshold))
+    if len(parses) < 2:
+        out["parse_adapt"] = out["parse_adapt_boundary"] = undefined(
+            f"adaptivity (a correlation across videos) needs at least two videos, got {len(parses)}"
+        )
+        return out
+    out["parse_adapt"] = _query_adaptivity(parses)
+    out["parse_adapt_boundary"] = _transition_adaptivity(parses)
+    return out
+
+
+def _split_steps(parses: list[VideoParse]) -> np.ndarray:
+    """Each query's split-level step ``(K,)``: the step index it is matched to in most videos."""
+    matched = np.stack([p.matched for p in parses])  # (N, K)
+    return np.array([np.bincount(matched[:, k]).argmax() for k in range(matched.shape[1])])
+
+
+def _query_adaptivity(parses: list[VideoParse]) -> float:
+    """Fisher-z mean over queries of r(attention centre, centre of the query's split-level step)."""
+    rs = []
+    for k, step in enumerate(_split_steps(parses).tolist()):
+        has = [p for p in parses if step < len(p.step_centres)]
+        rs.append(
+            pearson(
+                np.array([p.centres[k] for p in has]),
+                np.array([p.step_centres[step] for p in has]),
+                (f"query {k + 1}'s attention centre", f"centre of step {step + 1}"),
+            )
+        )
+    return fisher_z_mean(rs)
+
+
+def _transition_adaptivity(parses: list[VideoParse]) -> float:
+    """Fisher-z mean over j of r(true transition into step j, the parse's cut into step j).
+
+    The cut is read with the split-level steps, the same for every video: the clip edge that best
+    splits the clips whose query's split-level step is < j from those ≥ j (fewest clips on the
+    wrong side, the earliest on ties). A per-video matching, fitted to each video's truth, would
+    make any parse with many runs look adaptive.
+    """
+    split = _split_steps(parses)
+    rs = []
+    for j in range(1, max(len(p.step_centres) for p in parses)):
+        has = [p for p in parses if j < len(p.step_centres)]
+        cuts = []
+        for p in has:
+            late = split[p.assignment] >= j  # (T,)
+            wrong = np.r_[0, np.cumsum(late)] + np.r_[np.cumsum((~late)[::-1])[::-1], 0]  # (T+1,)
+            cuts.append(int(np.argmin(wrong)) * p.frames_per_clip)
+        rs.append(
+            pearson(
+                np.array([p.transitions[j - 1] for p in has]),
+                np.array(cuts),
+                (f"true transition into step {j + 1}", f"parse's cut into step {j + 1}"),
+            )
+        )
+    if not rs:
+        return undefined("transition adaptivity: every video is a single step")
+    return fisher_z_mean(rs)
