@@ -363,7 +363,6 @@ class MTLAQADataModule(VideoDataModule):
         if self.use_dd:
             target, scale = final / difficulty, difficulty
             group, group_names = difficulty_groups(difficulty)
-            self._check_test_groups(group, split, group_names, dives)
         else:
             target, scale = final, np.ones_like(final)
             group = np.zeros(len(dives), dtype=np.int64)
@@ -401,18 +400,8 @@ class MTLAQADataModule(VideoDataModule):
                     "dive_folders with per-dive frame folders"
                 )
 
-    def _check_test_groups(
-        self, group: np.ndarray, split: np.ndarray, names: list[str], dives: list[DiveKey]
-    ) -> None:
-        """Every test difficulty has training dives to serve as its exemplars (docs/method.md §7)."""
-        lonely = sorted(set(group[split == "test"]) - set(group[split == "train"]))
-        if lonely:
-            rows = np.flatnonzero(np.isin(group, lonely) & (split == "test"))
-            raise ConfigError(
-                f"test dives {[dives[r] for r in rows[:3]]} have a difficulty "
-                f"({', '.join(names[g] for g in lonely)}) that no training dive has, so they have "
-                "no exemplars: use the release's split files, or dataset.use_dd=false"
-            )
+    def group_fix(self) -> str:
+        return "use the release's split files, or dataset.use_dd=false (one exemplar group)"
 
     # ---- frames --------------------------------------------------------------------------------
     @property
