@@ -273,8 +273,8 @@ class VideoDataModule(AQADataModule):
         if folder is not None and not folder[0].is_dir():
             raise MissingSourceError(
                 f"{self.title} {'videos' if self.reads_files else 'frames'} folder {folder[0]} "
-                f"does not exist: set dataset.{folder[1]}, or extract the frames with "
-                f"{PREPARE_COMMAND}; then check every {self.noun} with {self.verify_command()}"
+                f"does not exist: set dataset.{folder[1]}, or {self.fix()}; then check every "
+                f"{self.noun} with {self.verify_command()}"
             )
         missing = [row for row in range(len(self.table)) if self.missing(row)]
         if missing:
