@@ -28,7 +28,6 @@ from tpt_aqa.parsing import parse_video, parsing_metrics, step_runs
 from tpt_aqa.predict import Predictor
 
 from .conftest import TINY_MODEL, compose_cfg
-
 from .finediving_fixture import (
     CASES,
     DIVES,
@@ -361,7 +360,10 @@ def test_sampling_follows_the_file_numbers(tmp_path):
     assert dm.sampler.indices(134).ravel()[45] == 62  # the shared sampler, as predict reads a video
     # its 134 frames outrun the dive's 20 labels: verify says so, naming the annotation file
     (problem,) = dm.check_sample(row)
-    assert "spans 134 frames from 7, but Annotations/fine-grained_annotation_aqa.pkl labels 20" in problem
+    assert (
+        "spans 134 frames from 7, but Annotations/fine-grained_annotation_aqa.pkl labels 20"
+        in problem
+    )
 
 
 def test_samples_carry_the_step_labels_of_their_frames(tmp_path, complete):
@@ -373,7 +375,9 @@ def test_samples_carry_the_step_labels_of_their_frames(tmp_path, complete):
         key = dm.keys[row]
         numbers = fd.frame_numbers(fd.frame_folder(complete, key))
         frames = fd.sample_frames(numbers[0], numbers[-1])
-        np.testing.assert_array_equal(labels[i], fd.sampled_labels(dm.dives[key], frames, numbers[0]))
+        np.testing.assert_array_equal(
+            labels[i], fd.sampled_labels(dm.dives[key], frames, numbers[0])
+        )
     # the 407c test dive: sampled labels 3 ×30, 11 ×30, 20 ×36. Queries that take the clips whose
     # middle frame is in their step (clips 0–3, 4–6, 7–11) get every frame right but frames 30–31
     # (in clip 3) and 56–59 (in clip 7): accuracy 90/96, in order, every step IoU ≥ 0.75
@@ -413,7 +417,10 @@ def test_verify_lists_broken_folders(tmp_path, capsys):
     problems = verify.run(compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", config="verify"))
     assert len(problems) == 2
     assert f"{gap}: frames 995–1014 should be 20 files, found 19" in problems[0]
-    assert f"FineDiving frame folder {empty} holds no .jpg frames; extract the release's" in problems[1]
+    assert (
+        f"FineDiving frame folder {empty} holds no .jpg frames; extract the release's"
+        in problems[1]
+    )
     assert "2 problem(s) found" in capsys.readouterr().out
 
 
@@ -425,7 +432,7 @@ def test_missing_frames_and_root_are_named(tmp_path):
         datamodule(tmp_path, root, "dataset.exemplar_groups=none")
     dataset = compose_cfg(tmp_path, *MODEL, *SMALL, f"dataset.root={root}").dataset
     parts = {k: instantiate(dataset[k]) for k in ("sampler", "train_transform", "test_transform")}
-    with pytest.raises(ConfigError, match="dataset.exemplar_groups='video': use one of"):
+    with pytest.raises(ConfigError, match=r"dataset\.exemplar_groups='video': use one of"):
         fd.FineDivingDataModule(root=str(root), exemplar_groups="video", **parts)
     parts["sampler"] = ClipSampler(scheme="strided", num_clips=12, clip_len=8, stride=8)
     with pytest.raises(ConfigError, match="use scheme=linspace"):
@@ -457,14 +464,23 @@ def test_feature_cache_keeps_the_step_labels(tmp_path, complete):
     sample = dm.sample(row_of(dm, CASES["recurring"]), "test")
     assert sample["video"].shape == (12, 1024) and sample["clip_labels"].shape == (96,)
     # train on the cache (fast_dev_run): the step labels reach the parsing metrics
-    overrides = [*args, f"dataset.features_root={out}", "model/encoder=precomputed", "dataset.val_fraction=0"]
-    cfg = compose_cfg(tmp_path, *TINY_MODEL, *overrides, "debug=fast_dev_run", "model.num_queries=3")
+    overrides = [
+        *args,
+        f"dataset.features_root={out}",
+        "model/encoder=precomputed",
+        "dataset.val_fraction=0",
+    ]
+    cfg = compose_cfg(
+        tmp_path, *TINY_MODEL, *overrides, "debug=fast_dev_run", "model.num_queries=3"
+    )
     results = train_entry.run(cfg)
     assert 0 <= results["test/parse_acc"] <= 1 and "test/srcc" in results
     folders = tmp_path / "moved"
     (complete / fd.FRAMES_DIR).rename(folders)
     try:
-        with pytest.raises(MissingSourceError, match="with a feature cache only the names are read"):
+        with pytest.raises(
+            MissingSourceError, match="with a feature cache only the names are read"
+        ):
             datamodule(tmp_path, complete, f"dataset.features_root={out}")
     finally:
         folders.rename(complete / fd.FRAMES_DIR)
@@ -485,7 +501,9 @@ def test_train_end_to_end_reports_the_parsing_metrics_and_predicts(tmp_path, com
     # a new dive, named by its dive number; its steps drawn under the attention
     key = CASES["out_of_order"]
     predictor = Predictor(results["checkpoint"], device="cpu")
-    pred = predictor.predict(fd.frame_folder(complete, key), group="407c", frame_labels=labels_of(key))
+    pred = predictor.predict(
+        fd.frame_folder(complete, key), group="407c", frame_labels=labels_of(key)
+    )
     assert math.isfinite(pred.score) and pred.scale == pytest.approx(3.2)  # 407c's difficulty
     assert pred.attn.shape[-2:] == (12, 3)
     expected = labels_of(key)[predictor.sampler.indices(20).ravel()]  # 96 of its 20 frames

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.mtl_aqa import DELTA_CAP_WITH_DD, DELTA_CAP_WITHOUT_DD
+from tpt_aqa.data.mtl_aqa import diving_delta_cap
 from tpt_aqa.data.safe_pickle import safe_load
 from tpt_aqa.data.samplers import difficulty_groups
 from tpt_aqa.data.video import list_frames
@@ -407,9 +407,7 @@ class FineDivingDataModule(VideoDataModule):
         delta_cap: float | None = None,
         **kwargs: Any,
     ) -> None:
-        if delta_cap is None:
-            delta_cap = DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
-        super().__init__(root=root, delta_cap=delta_cap, **kwargs)
+        super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
         if exemplar_groups not in EXEMPLAR_GROUPS:
             raise ConfigError(
                 f"dataset.exemplar_groups={exemplar_groups!r}: use one of "

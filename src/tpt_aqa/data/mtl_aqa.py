@@ -73,6 +73,16 @@ ANNOTATION_FILES = (
 # beyond 100, a failed dive against the best finals, are clamped into the outermost group).
 DELTA_CAP_WITH_DD = 30.0
 DELTA_CAP_WITHOUT_DD = 100.0
+
+
+def diving_delta_cap(use_dd: bool, delta_cap: float | None) -> float:
+    """``dataset.delta_cap``, or for ``null`` the cap of a diving benchmark's scores: raw (w/ DD)
+    or final (w/o DD)."""
+    if delta_cap is not None:
+        return delta_cap
+    return DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
+
+
 # Folders under root searched for the annotation and split pickles: root itself, then info/ (the
 # layout of the public copies of the dataset).
 ANNOTATION_FOLDERS = ("", "info")
@@ -217,9 +227,7 @@ class MTLAQADataModule(VideoDataModule):
         delta_cap: float | None = None,
         **kwargs,
     ) -> None:
-        if delta_cap is None:
-            delta_cap = DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
-        super().__init__(root=root, delta_cap=delta_cap, **kwargs)
+        super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
         if frames_layout not in LAYOUTS:
             raise ConfigError(
                 f"dataset.frames_layout={frames_layout!r}: use one of {', '.join(LAYOUTS)}"
