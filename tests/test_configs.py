@@ -45,13 +45,20 @@ def options(group: str) -> list[str]:
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
 # video benchmarks (value: whether the config needs a data root); instantiating reads no file
-VIDEO_DATASETS = {"synthetic_video": False, "mtl_aqa": True, "aqa7": True, "jigsaws": True}
+VIDEO_DATASETS = {
+    "synthetic_video": False,
+    "mtl_aqa": True,
+    "aqa7": True,
+    "jigsaws": True,
+    "finediving": True,
+}
 VIDEO_EXPERIMENTS = {
     "synthetic_video_tpt": False,
     "mtl_aqa_tpt": True,
     "mtl_aqa_tpt_no_dd": True,
     "aqa7_tpt": True,
     "jigsaws_tpt": True,
+    "finediving_tpt": True,
 }
 
 

@@ -318,7 +318,12 @@ def test_test_difficulty_without_training_dives(tmp_path):
     ann = {k: annotation(*v) for k, v in {**TRAIN, **TEST}.items()}
     ann[(4, 3)]["difficulty"] = 3.6
     write_pickle(root / ANNOTATION_FILES[0], ann)
-    with pytest.raises(ConfigError, match=r"\(4, 3\)\] have a difficulty \(dd3.6\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"1 evaluated samples \(04_03\) are in exemplar groups \(dd3\.6\) that no "
+        r"training sample has, so they have no exemplars; use the release's split files, or "
+        r"dataset\.use_dd=false",
+    ):
         datamodule(tmp_path, root)
     assert datamodule(tmp_path, root, "dataset.use_dd=false", "dataset.delta_cap=100").table
 

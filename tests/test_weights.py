@@ -317,7 +317,7 @@ def test_command_writes_a_strictly_loading_file_with_its_sha256(tmp_path, cache,
     assert (
         encoder.mean.flatten().tolist() == [0.5] * 3 and encoder.std.flatten().tolist() == [0.5] * 3
     )
-    for name in ("mtl_aqa_tpt", "mtl_aqa_tpt_no_dd", "aqa7_tpt", "jigsaws_tpt"):
+    for name in ("mtl_aqa_tpt", "mtl_aqa_tpt_no_dd", "aqa7_tpt", "jigsaws_tpt", "finediving_tpt"):
         cfg = compose_cfg(
             tmp_path,
             *TINY_MODEL,

@@ -5,6 +5,7 @@ from tpt_aqa.data.base import AQADataModule, SampleTable
 from tpt_aqa.data.batch import EvalBatch, PairBatch, Videos
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import FeaturesDataModule
+from tpt_aqa.data.finediving import FineDivingDataModule
 from tpt_aqa.data.jigsaws import JIGSAWSDataModule
 from tpt_aqa.data.mtl_aqa import MTLAQADataModule
 from tpt_aqa.data.samplers import ExemplarPairSampler, choose_eval_exemplars
@@ -20,6 +21,7 @@ __all__ = [
     "EvalBatch",
     "ExemplarPairSampler",
     "FeaturesDataModule",
+    "FineDivingDataModule",
     "JIGSAWSDataModule",
     "MTLAQADataModule",
     "PairBatch",

@@ -263,6 +263,7 @@ class AQADataModule(L.LightningDataModule):
                 "least 2; raise dataset.val_fraction, or set it to 0 to keep the last epoch"
             )
         self._check_training_groups(table)
+        self._check_evaluated_groups(table)
         self.table = table
         self.check_files()
         pool = table.rows("train")
@@ -308,6 +309,22 @@ class AQADataModule(L.LightningDataModule):
             names,
             self.group_fix(),
         )
+
+    def _check_evaluated_groups(self, table: SampleTable) -> None:
+        """Every evaluated sample's exemplar group has training samples: its exemplars (§7).
+
+        Raises:
+            ConfigError: naming the samples without exemplars, their groups and ``group_fix``.
+        """
+        trained = np.unique(table.group[table.rows("train")])
+        rows = np.flatnonzero((table.split != "train") & ~np.isin(table.group, trained))
+        if len(rows):
+            names = sorted({table.group_names[g] for g in table.group[rows]})
+            raise ConfigError(
+                f"{len(rows)} evaluated samples ({', '.join(table.ids[r] for r in rows[:3])}"
+                f"{' …' if len(rows) > 3 else ''}) are in exemplar groups ({', '.join(names)}) "
+                f"that no training sample has, so they have no exemplars; {self.group_fix()}"
+            )
 
     @property
     def class_names(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""FineDiving's annotations and frame sampling (Xu et al., CVPR 2022): pure functions, no datamodule.
+"""FineDiving (``dataset=finediving``; Xu et al., CVPR 2022): 3,000 dives, 2,251 train / 749 test,
+with every dive's steps annotated frame by frame (docs/method.md §8).
 
 The release (``xujinglin/FineDiving``: README field table, ``datasets/FineDiving_Pair.py``,
 ``FineDiving_TSA.yaml``) lays out, under ``dataset.root``:
@@ -23,10 +24,30 @@ that disagree with the runs. ``inconsistent_dives`` counts them so the datamodul
 nothing here fails on them. The authors' protocol samples ``NUM_FRAMES`` = 96 frames at
 ``linspace(first, last, 96)`` of the folder's file numbers (truncated to integers), and the
 sampled frames' labels are what the step-level parsing metrics take.
+
+The annotation readers are pure functions; ``FineDivingDataModule`` (at the end) builds the
+benchmark on ``VideoDataModule``:
+
+- **Clips**: the 96 frames are cut into 12 consecutive clips of 8 (``dataset.sampler``): the I3D
+  takes 8-frame clips here as for MTL-AQA (its Mixed_5c map is then one step long), 12 clips give
+  the decoder T = 12 ≥ K = 5 queries and ≥ the 3–5 steps of a dive, and clips that do not overlap
+  let the parsing metrics give every sampled frame to exactly one clip.
+- **Exemplar groups** (``dataset.exemplar_groups``): ``dive_number`` (the authors'), ``difficulty``
+  or ``none`` (every training dive). A group with a single training dive pairs it with itself in
+  training, as the authors' loader does (a warning names such groups); a test dive whose group has
+  no training dive has no exemplar, which the authors' loader does not survive either: it is
+  refused at setup, naming the dives and the other groupings.
+- **Scores** (``dataset.use_dd``): w/ DD (the authors') trains on final / difficulty and multiplies
+  the prediction back; w/o DD trains on the final score. ``delta_cap: null`` follows, as MTL-AQA's.
+- **Step labels**: every sample carries its sampled frames' labels ``(T·L,)``, from which the
+  module computes the ``parse_*`` metrics of each evaluated split. They need each dive's frame
+  numbers, so a feature cache is used with the frame folders still in place (only their file names
+  are read).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections import defaultdict
@@ -36,10 +57,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from tpt_aqa.data.base import SampleTable
+from tpt_aqa.data.mtl_aqa import diving_delta_cap
 from tpt_aqa.data.safe_pickle import safe_load
+from tpt_aqa.data.samplers import difficulty_groups
+from tpt_aqa.data.video import list_frames
+from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 from tpt_aqa.parsing import step_runs
+
+log = logging.getLogger(__name__)
 
 ANNOTATION_FILE = "Annotations/fine-grained_annotation_aqa.pkl"
 SPLIT_FILES = {"train": "Annotations/train_split.pkl", "test": "Annotations/test_split.pkl"}
@@ -55,6 +84,8 @@ COARSE_FIELDS = (
     "difficulty",
     "judge_scores",
 )
+
+EXEMPLAR_GROUPS = ("dive_number", "difficulty", "none")
 
 DiveKey = tuple[str, int]
 
@@ -288,7 +319,8 @@ def frame_folder(root: str | Path, key: DiveKey) -> Path:
 
 
 def frame_numbers(folder: Path) -> np.ndarray:
-    """The absolute frame numbers of a dive's JPEG files, ascending ``(n,)``.
+    """The absolute frame numbers of a dive's JPEG files, ascending ``(n,)`` (the folder's listing is
+    cached per process and renewed when the folder changes).
 
     Raises:
         FileNotFoundError: the folder is missing or holds no ``.jpg``.
@@ -299,7 +331,7 @@ def frame_numbers(folder: Path) -> np.ndarray:
             f"FineDiving frame folder {folder} not found: extract the release's "
             f"{FRAMES_DIR} under dataset.root"
         )
-    names = [p.stem for p in folder.glob("*.jpg")]
+    names = [Path(name).stem for name in list_frames(folder)]  # every JPEG, the reader's listing
     if not names:
         raise FileNotFoundError(f"FineDiving frame folder {folder} holds no .jpg frames")
     bad = [n for n in names if not n.isdigit()]
@@ -342,3 +374,165 @@ def sampled_labels(dive: Dive, frames: np.ndarray, first: int) -> np.ndarray:
             "must come from one release"
         )
     return dive.frame_labels[positions]
+
+
+def dive_id(key: DiveKey) -> str:
+    """Sample id of a dive, ``"{video_name}_{instance}"`` (a feature file's name)."""
+    return f"{key[0]}_{key[1]}"
+
+
+class FineDivingDataModule(VideoDataModule):
+    """FineDiving dives through the shared reader (``dataset=finediving``; module docstring).
+
+    Args:
+        root: the release's folder, holding ``Annotations/`` and ``FINADiving_MTL_256s/``.
+        exemplar_groups: ``"dive_number"`` (the authors'), ``"difficulty"`` or ``"none"``.
+        use_dd: w/ DD (train on final_score / difficulty, reported × difficulty) or w/o DD.
+        delta_cap: largest |Δ| the score groups cover; ``None``: 30 w/ DD, 100 w/o DD.
+        **kwargs: ``VideoDataModule`` arguments: the sampler (``linspace``; its T × L frames are
+            taken at ``linspace(first, last, T·L)`` of each dive's file numbers) and transforms.
+    """
+
+    title = "FineDiving"
+    config_name = "finediving"
+    noun = "dive"
+    # the step labels of the sampled frames need each dive's frame numbers, cache or not
+    sources_with_features = True
+
+    def __init__(
+        self,
+        root: str,
+        exemplar_groups: str = "dive_number",
+        use_dd: bool = True,
+        delta_cap: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
+        if exemplar_groups not in EXEMPLAR_GROUPS:
+            raise ConfigError(
+                f"dataset.exemplar_groups={exemplar_groups!r}: use one of "
+                f"{', '.join(EXEMPLAR_GROUPS)}"
+            )
+        if self.sampler.scheme != "linspace":
+            raise ConfigError(
+                f"dataset.sampler.scheme={self.sampler.scheme!r}: FineDiving spreads its frames "
+                "over the whole dive, use scheme=linspace"
+            )
+        self.exemplar_groups = exemplar_groups
+        self.use_dd = bool(use_dd)
+        self.keys: list[DiveKey] = []
+        self.dives: dict[DiveKey, Dive] = {}
+        self.inconsistent: dict[DiveKey, str] = {}  # dives whose transitions disagree, and why
+
+    # ---- the table -----------------------------------------------------------------------------
+    def build_table(self) -> SampleTable:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"dataset.root={self.root} does not exist: pass dataset.root=/path/to/FineDiving, "
+                "the folder holding Annotations/ and FINADiving_MTL_256s/"
+            )
+        dives = read_annotations(self.root)
+        train = read_split(self.root, "train", dives)
+        test = read_split(self.root, "test", dives)
+        if not train:
+            raise ConfigError(f"{self.root / SPLIT_FILES['train']} lists no dives")
+        shared = [k for k in test if k in set(train)]
+        if shared:
+            raise ConfigError(
+                f"{len(shared)} dives are in both split files (e.g. {shared[:3]}); use the "
+                "release's train_split.pkl and test_split.pkl"
+            )
+        keys = train + test
+        self.inconsistent = inconsistent_dives(dives[k] for k in keys)
+        if self.inconsistent:
+            shown = list(self.inconsistent.items())[:3]
+            log.warning(
+                "FineDiving: %d of %d dives have steps_transit_frames that disagree with their "
+                "frames_labels (e.g. %s); every dive's steps are taken from frames_labels",
+                len(self.inconsistent),
+                len(keys),
+                "; ".join(f"{dive_id(k)} {why}" for k, why in shown),
+            )
+        final = np.array([dives[k].final_score for k in keys])
+        difficulty = np.array([dives[k].difficulty for k in keys])
+        if self.exemplar_groups == "dive_number":
+            group_names = sorted({dives[k].dive_number for k in keys})
+            group = np.searchsorted(group_names, [dives[k].dive_number for k in keys])
+        elif self.exemplar_groups == "difficulty":
+            group, group_names = difficulty_groups(difficulty)
+        else:
+            group, group_names = np.zeros(len(keys)), ["all"]
+        self.keys, self.dives = keys, dives
+        return SampleTable(
+            ids=[dive_id(k) for k in keys],
+            target=final / difficulty if self.use_dd else final,
+            scale=difficulty if self.use_dd else np.ones(len(keys)),
+            group=np.asarray(group, dtype=np.int64),
+            class_id=np.zeros(len(keys), dtype=np.int64),
+            split=np.array(["train"] * len(train) + ["test"] * len(test)),
+            class_names=["diving"],
+            group_names=list(group_names),
+        )
+
+    def group_fix(self) -> str:
+        return (
+            "pool dive numbers with dataset.exemplar_groups=difficulty or none, or use the "
+            "release's split files"
+        )
+
+    def group_option(self) -> dict[str, Any]:
+        if self.exemplar_groups != "difficulty":
+            return super().group_option()  # a dive number names its group (group=407c)
+        return {"option": "difficulty", "values": [float(n[2:]) for n in self.table.group_names]}
+
+    # ---- frames --------------------------------------------------------------------------------
+    def source(self, row: int) -> Path:
+        return frame_folder(self.root, self.keys[row])
+
+    def sources_folder(self) -> tuple[Path, str]:
+        return self.root / FRAMES_DIR, "root"
+
+    def fix(self) -> str:
+        return (
+            f"extract the release's {FRAMES_DIR} under dataset.root (one folder of JPEGs per dive, "
+            "named by frame number; with a feature cache only the names are read)"
+        )
+
+    def sampled_frames(self, row: int) -> tuple[int, np.ndarray]:
+        """The first frame number of a dive's folder and the numbers of its ``T·L`` sampled frames
+        (the authors' ``linspace(first, last, T·L)``).
+
+        Raises:
+            ValueError: the folder is empty, misnamed or has gaps, naming it.
+        """
+        try:
+            numbers_ = frame_numbers(self.source(row))
+        except FileNotFoundError as err:
+            raise ValueError(f"{err}; {self.fix()}") from None
+        first = int(numbers_[0])
+        return first, sample_frames(first, int(numbers_[-1]), self.sampler.frames_needed)
+
+    def clip_index(
+        self, row: int, view: str = "test", generator: torch.Generator | None = None
+    ) -> np.ndarray:
+        """Positions in its folder of a dive's clip frames ``(T, L)``, the same in every view."""
+        first, frames = self.sampled_frames(row)
+        return (frames - first).reshape(self.sampler.num_clips, self.sampler.clip_len)
+
+    def clip_labels(self, row: int) -> torch.Tensor:
+        """The sub-action label of every sampled frame ``(T·L,)``, in clip order."""
+        first, frames = self.sampled_frames(row)
+        return torch.from_numpy(sampled_labels(self.dives[self.keys[row]], frames, first))
+
+    def clip_settings(self) -> dict[str, Any]:
+        return {"frames": "linspace(first, last) of the file numbers"}
+
+    def check_sample(self, row: int) -> list[str]:
+        """``VideoDataModule.check_sample``, and the labels cover the sampled frames."""
+        problems = super().check_sample(row)
+        if not problems:
+            try:
+                self.clip_labels(row)
+            except ConfigError as err:
+                problems.append(f"{self.sample_name(row)}: {err}")
+        return problems

@@ -73,6 +73,16 @@ ANNOTATION_FILES = (
 # beyond 100, a failed dive against the best finals, are clamped into the outermost group).
 DELTA_CAP_WITH_DD = 30.0
 DELTA_CAP_WITHOUT_DD = 100.0
+
+
+def diving_delta_cap(use_dd: bool, delta_cap: float | None) -> float:
+    """``dataset.delta_cap``, or for ``null`` the cap of a diving benchmark's scores: raw (w/ DD)
+    or final (w/o DD)."""
+    if delta_cap is not None:
+        return delta_cap
+    return DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
+
+
 # Folders under root searched for the annotation and split pickles: root itself, then info/ (the
 # layout of the public copies of the dataset).
 ANNOTATION_FOLDERS = ("", "info")
@@ -217,9 +227,7 @@ class MTLAQADataModule(VideoDataModule):
         delta_cap: float | None = None,
         **kwargs,
     ) -> None:
-        if delta_cap is None:
-            delta_cap = DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
-        super().__init__(root=root, delta_cap=delta_cap, **kwargs)
+        super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
         if frames_layout not in LAYOUTS:
             raise ConfigError(
                 f"dataset.frames_layout={frames_layout!r}: use one of {', '.join(LAYOUTS)}"
@@ -363,7 +371,6 @@ class MTLAQADataModule(VideoDataModule):
         if self.use_dd:
             target, scale = final / difficulty, difficulty
             group, group_names = difficulty_groups(difficulty)
-            self._check_test_groups(group, split, group_names, dives)
         else:
             target, scale = final, np.ones_like(final)
             group = np.zeros(len(dives), dtype=np.int64)
@@ -401,18 +408,8 @@ class MTLAQADataModule(VideoDataModule):
                     "dive_folders with per-dive frame folders"
                 )
 
-    def _check_test_groups(
-        self, group: np.ndarray, split: np.ndarray, names: list[str], dives: list[DiveKey]
-    ) -> None:
-        """Every test difficulty has training dives to serve as its exemplars (docs/method.md §7)."""
-        lonely = sorted(set(group[split == "test"]) - set(group[split == "train"]))
-        if lonely:
-            rows = np.flatnonzero(np.isin(group, lonely) & (split == "test"))
-            raise ConfigError(
-                f"test dives {[dives[r] for r in rows[:3]]} have a difficulty "
-                f"({', '.join(names[g] for g in lonely)}) that no training dive has, so they have "
-                "no exemplars: use the release's split files, or dataset.use_dd=false"
-            )
+    def group_fix(self) -> str:
+        return "use the release's split files, or dataset.use_dd=false (one exemplar group)"
 
     # ---- frames --------------------------------------------------------------------------------
     @property

@@ -53,6 +53,8 @@ class VideoDataModule(AQADataModule):
     title: ClassVar[str] = "video"  # the benchmark, in messages: "MTL-AQA dive 01_02: …"
     config_name: ClassVar[str] = ""  # dataset=<config_name>, in the verify command
     noun: ClassVar[str] = "video"  # what one sample is: "dive", "trial"
+    # whether the sources must exist with a feature cache too (e.g. to label the sampled frames)
+    sources_with_features: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -260,17 +262,19 @@ class VideoDataModule(AQADataModule):
 
     # ---- checks --------------------------------------------------------------------------------
     def check_files(self) -> None:
-        """At setup: the feature cache matches, or every sample's source exists (a quick stat
-        each; frames are read later). Raises ``CacheMismatchError`` or ``MissingSourceError``."""
+        """At setup: the feature cache matches, and/or (without a cache, or with
+        ``sources_with_features``) every sample's source exists (a quick stat each; frames are read
+        later). Raises ``CacheMismatchError`` or ``MissingSourceError``."""
         if self.features_root is not None:
             self._check_feature_cache()
-            return
+            if not self.sources_with_features:
+                return
         folder = self.sources_folder()
         if folder is not None and not folder[0].is_dir():
             raise MissingSourceError(
                 f"{self.title} {'videos' if self.reads_files else 'frames'} folder {folder[0]} "
-                f"does not exist: set dataset.{folder[1]}, or extract the frames with "
-                f"{PREPARE_COMMAND}; then check every {self.noun} with {self.verify_command()}"
+                f"does not exist: set dataset.{folder[1]}, or {self.fix()}; then check every "
+                f"{self.noun} with {self.verify_command()}"
             )
         missing = [row for row in range(len(self.table)) if self.missing(row)]
         if missing:
