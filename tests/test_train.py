@@ -118,17 +118,16 @@ def test_cli_runs_with_fewer_queries(tmp_path):
 
 def test_fast_dev_run_is_a_smoke_test(tiny_cfg, monkeypatch):
     """A few batches, the exemplars of those batches only, no checkpoint and no exemplar bank."""
-    from tpt_aqa.data.base import AQADataModule
+    from tpt_aqa import score_stage
 
     encoded = []
-    original = AQADataModule.exemplar_dataloader
+    original = score_stage.row_loader
 
-    def counting(self, split, queries=None):
-        loader = original(self, split, queries)
-        encoded.append(len(loader.dataset))
-        return loader
+    def counting(dm, rows):
+        encoded.append(len(rows))
+        return original(dm, rows)
 
-    monkeypatch.setattr(AQADataModule, "exemplar_dataloader", counting)
+    monkeypatch.setattr(score_stage, "row_loader", counting)
     cfg = tiny_cfg("debug=fast_dev_run", "dataset.eval_batch_size=2", "dataset.num_exemplars=3")
     results = train_entry.run(cfg)
     assert encoded and max(encoded) <= 2 * 3  # one batch of 2 videos × M=3 exemplars
