@@ -54,9 +54,9 @@ class AQAModule(L.LightningModule):
         self.optimizer_factory, self.lr, self.config = optimizer, dict(lr), config
         self.eval_exemplars = check_protocol(eval_exemplars)
         self.class_names: list[str] = ["all"]
-        # best validation ρ so far (NaN epochs ignored); the same on every rank, so never synced
+        # best validation ρ so far, in float32 (NaN epochs ignored); the same on every rank, so
+        # never synced
         self.val_srcc_best = MaxMetric(nan_strategy="ignore", sync_on_compute=False)
-        self.val_srcc_best.set_dtype(torch.float64)
         self.records = torch.nn.ModuleDict({s: EvalRecords(s) for s in ("val", "test")})
         self.last_metrics: dict[str, dict[str, float]] = {}
         # each split's latest gathered records (EvalRecords), on the CPU: what plots and callbacks read
