@@ -196,6 +196,33 @@ def test_checkpoint_without_bank_explains_the_fix(trained, tmp_path):
     assert len(predict_entry.Predictor(copy, device="cpu").bank) > 0
 
 
+def test_eval_switches_to_the_banks_per_group_exemplars(trained, tmp_path, monkeypatch):
+    """``tpt_aqa.eval eval_exemplars=per_group``: the test videos are scored against their group's
+    fixed M, the bank's list, so evaluation encodes those exemplars and no other."""
+    from tpt_aqa import score_stage
+
+    results, ckpt, dm, *_ = trained
+    encoded = []
+    original = score_stage.row_loader
+    monkeypatch.setattr(
+        score_stage, "row_loader", lambda d, rows: encoded.append(rows) or original(d, rows)
+    )
+    cfg = compose_cfg(
+        tmp_path,
+        f"ckpt_path={results['checkpoint']}",
+        "eval_exemplars=per_group",
+        "logger=none",
+        config="eval",
+    )
+    metrics = eval_entry.run(cfg)
+    assert -1 <= metrics["test/srcc"] <= 1
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    test_groups = np.unique(dm.table.group[dm.table.rows("test")])
+    bank_rows = bank.exemplars[test_groups].flatten().numpy()
+    assert len(encoded) == 1
+    assert np.array_equal(encoded[0], np.unique(dm.table.rows("train")[bank_rows[bank_rows >= 0]]))
+
+
 def test_predict_rejects_wrong_inputs(trained, tmp_path):
     results, *_ = trained
     predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
