@@ -23,7 +23,7 @@ TINY = [
     "dataset.num_train=90",
     "dataset.num_test=30",
     "dataset.feature_dim=16",
-    "dataset.batch_size=6",
+    "global_batch_size=6",
     *TINY_MODEL,
 ]
 

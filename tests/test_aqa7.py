@@ -63,7 +63,7 @@ FAST = [
     "dataset.test_transform.resize=null",
     "dataset.test_transform.crop_size=32",
     "dataset.num_workers=0",
-    "dataset.batch_size=2",
+    "global_batch_size=2",
     "dataset.eval_batch_size=8",
 ]
 MODEL = [*TINY_MODEL, "model/encoder=i3d", "model.num_queries=2"]

@@ -140,7 +140,7 @@ def test_invalid_configs_name_the_key(tmp_path, override, message):
         ("optim.lr=-0.001", "optim.lr=-0.001: a learning rate must be a number > 0"),
         ("trainer.max_epochs=-2", r"trainer.max_epochs=-2: .* or -1 to train until stopped"),
         ("trainer.max_epochs=0", r"trainer.max_epochs=0: must be an integer >= 1"),
-        ("dataset.batch_size=0", r"dataset.batch_size=0: must be an integer >= 1"),
+        ("dataset.eval_batch_size=0", r"dataset.eval_batch_size=0: must be an integer >= 1"),
         ("dataset.eval_batch_size=2.5", r"dataset.eval_batch_size=2.5: must be an integer >= 1"),
         ("dataset.num_exemplars=0", r"dataset.num_exemplars=0: must be an integer >= 1"),
         ("model.d_model=0", r"model.d_model=0: must be an integer >= 1"),
@@ -274,3 +274,18 @@ def test_temporal_conv_takes_t_from_the_data(tmp_path):
     parser = build_module(cfg).model.parser
     parts, _ = parser(torch.randn(3, 10, 8))
     assert parser.num_clips == 10 and parts.shape[:2] == (3, cfg.model.num_queries)
+
+
+def test_the_seed_has_one_home(tmp_path):
+    """``seed: 12`` is written once (conf/common.yaml; the datasets interpolate it): every entry
+    point that builds a dataset reads it there, and a command-line seed reaches the dataset."""
+    homes = sorted(
+        str(p.relative_to(CONF_DIR))
+        for p in Path(CONF_DIR).rglob("*.yaml")
+        if any(ln.startswith("seed:") and "${" not in ln for ln in p.read_text().splitlines())
+    )
+    assert homes == ["common.yaml"]
+    for config in ("train", "extract", "export_table", "verify"):
+        cfg = compose_cfg(tmp_path, config=config)
+        assert cfg.seed == 12 and cfg.dataset.seed == 12, config
+        assert compose_cfg(tmp_path, "seed=3", config=config).dataset.seed == 3, config

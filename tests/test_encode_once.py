@@ -1,4 +1,5 @@
-"""Encode-once evaluation equals the reference's pair-by-pair evaluation, with far fewer passes."""
+"""Encode-once evaluation equals the reference's pair-by-pair evaluation, with far fewer passes;
+per-group exemplar lists, encoded once per group."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.config import build_datamodule, build_module, validate_config
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
+from tpt_aqa.score_stage import exemplar_lists, group_exemplars
 
 from .conftest import TINY_MODEL, compose_cfg
 
@@ -92,3 +95,43 @@ def test_naive_predictions_subset_and_mode(tiny_cfg):
     assert torch.allclose(part["pred"], full["pred"][:5], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="no exemplar lists for split 'train'"):
         naive_predictions(module, dm, "train")
+
+
+def test_per_group_exemplars_encode_each_group_exemplar_once(tiny_cfg):
+    """eval_exemplars=per_group: every test video is compared with its group's fixed M (the list
+    the exemplar bank stores), each encoded once; pair by pair gives the same predictions; and the
+    release's per-video protocol, given lists that happen to equal the fixed ones, predicts the
+    same with the same backbone passes."""
+    cfg = tiny_cfg("eval_exemplars=per_group")
+    L.seed_everything(0)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    assert module.eval_exemplars == "per_group"
+    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    fixed = group_exemplars(dm.table, dm.num_exemplars, dm.seed)  # (G, M) table rows
+    test_rows = dm.table.rows("test")
+    lists = fixed[dm.table.group[test_rows]]
+    assert np.array_equal(exemplar_lists(dm, "test", "per_group"), lists)
+    assert not np.array_equal(lists, dm.eval_exemplars["test"])  # not the per-video lists
+    with count_encoder_passes(module) as per_group:
+        trainer.test(module, datamodule=dm, verbose=False)
+    want = module.last_records["test"]
+    groups = np.unique(dm.table.group[test_rows])
+    assert per_group.videos == int((fixed[groups] >= 0).sum()) + len(test_rows)
+    assert per_group.videos < len(np.unique(dm.eval_exemplars["test"])) + len(test_rows)
+    got = naive_predictions(module, dm, "test")  # the same lists, pair by pair
+    assert torch.equal(got["index"], want["index"])
+    assert torch.allclose(got["pred"], want["pred"], rtol=0, atol=1e-5)
+
+    dm.eval_exemplars["test"] = lists  # per-video lists that equal the fixed ones
+    module.eval_exemplars = "per_video"
+    with count_encoder_passes(module) as per_video:
+        trainer.test(module, datamodule=dm, verbose=False)
+    assert per_video.videos == per_group.videos
+    assert torch.equal(module.last_records["test"]["pred"], want["pred"])
+
+
+def test_unknown_protocol_is_a_config_error(tiny_cfg):
+    with pytest.raises(ConfigError, match="eval_exemplars=per_clip: use eval_exemplars=per_video"):
+        validate_config(tiny_cfg("eval_exemplars=per_clip"))

@@ -333,7 +333,7 @@ def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
     import numpy as np
 
     from tpt_aqa import viz
-    from tpt_aqa.cache import atomic_torch_save, atomic_write_text
+    from tpt_aqa.atomic import atomic_torch_save, atomic_write_text
     from tpt_aqa.extract_features import save_array
 
     written = [

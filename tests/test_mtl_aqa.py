@@ -61,7 +61,7 @@ TINY_DATA = [
     "dataset.train_transform.resize=null",
     "dataset.train_transform.crop_size=32",
     "dataset.test_transform.crop_size=32",
-    "dataset.batch_size=2",
+    "global_batch_size=2",
     "dataset.eval_batch_size=4",
     "dataset.val_fraction=0.25",
     "dataset.num_workers=0",
@@ -416,7 +416,7 @@ def test_config_defaults_are_the_released_ones(tmp_path, release):
     dm = instantiate(cfg.dataset)
     assert (dm.sampler.num_clips, dm.sampler.clip_len, dm.sampler.stride) == (20, 8, 5)
     assert dm.offsets == {"train": 6, "test": 0, "exemplar": 3} and dm.train_end_jitter == 3
-    assert (dm.batch_size, dm.num_exemplars, dm.delta_cap, dm.use_dd) == (3, 10, 30.0, True)
+    assert (dm.num_exemplars, dm.delta_cap, dm.use_dd) == (10, 30.0, True)
     train, test = dm.transforms["train"], dm.transforms["exemplar"]
     assert train.resize_size == test.resize_size == (256, 455)
     assert train.crop_size == test.crop_size == 224 and train.train and not test.train

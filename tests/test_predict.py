@@ -18,6 +18,7 @@ from tpt_aqa.config import build_datamodule, build_module
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
 from tpt_aqa.runtime import load_checkpoint
+from tpt_aqa.score_stage import group_exemplars
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 
@@ -45,7 +46,9 @@ def test_selected_checkpoint_carries_the_bank(trained):
     assert torch.allclose(bank.target.double(), torch.as_tensor(dm.table.target[train_rows]))
     assert bank.group_option == "difficulty" and bank.group_values == [2.0, 2.6, 3.2]
     assert bank.input == {"kind": "features", "num_clips": dm.num_clips}
-    # each group's fixed exemplars are M members of that group
+    # each group's fixed exemplars are M members of that group: the list eval_exemplars=per_group uses
+    fixed = group_exemplars(dm.table, dm.num_exemplars, dm.seed)
+    assert np.array_equal(train_rows[bank.exemplars.numpy()], fixed)
     for gid in range(len(bank.group_names)):
         rows = bank.exemplar_rows(gid)
         assert len(rows) == dm.num_exemplars and len(set(rows.tolist())) == len(rows)
@@ -70,8 +73,8 @@ def test_bank_scores_reproduce_test_predictions(trained):
         with torch.no_grad():
             parts = module.model.encode(dm.sample(int(row), "test")["video"][None]).parts[0]
         scale = float(dm.table.scale[row])
-        got32 = float(score_parts(module, bank32, parts, rows)["per_exemplar"].mean()) * scale
-        got16 = float(score_parts(module, bank16, parts, rows)["per_exemplar"].mean()) * scale
+        got32 = float(score_parts(module, bank32, parts, rows, scale)["score"])
+        got16 = float(score_parts(module, bank16, parts, rows, scale)["score"])
         assert got32 == pytest.approx(preds[dm.table.ids[row]], abs=1e-4)
         assert got16 == pytest.approx(preds[dm.table.ids[row]], abs=0.05 * scale)
 
@@ -191,6 +194,33 @@ def test_checkpoint_without_bank_explains_the_fix(trained, tmp_path):
         compose_cfg(tmp_path, f"ckpt_path={copy}", "write_bank=true", "logger=none", config="eval")
     )
     assert len(predict_entry.Predictor(copy, device="cpu").bank) > 0
+
+
+def test_eval_switches_to_the_banks_per_group_exemplars(trained, tmp_path, monkeypatch):
+    """``tpt_aqa.eval eval_exemplars=per_group``: the test videos are scored against their group's
+    fixed M, the bank's list, so evaluation encodes those exemplars and no other."""
+    from tpt_aqa import score_stage
+
+    results, ckpt, dm, *_ = trained
+    encoded = []
+    original = score_stage.row_loader
+    monkeypatch.setattr(
+        score_stage, "row_loader", lambda d, rows: encoded.append(rows) or original(d, rows)
+    )
+    cfg = compose_cfg(
+        tmp_path,
+        f"ckpt_path={results['checkpoint']}",
+        "eval_exemplars=per_group",
+        "logger=none",
+        config="eval",
+    )
+    metrics = eval_entry.run(cfg)
+    assert -1 <= metrics["test/srcc"] <= 1
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    test_groups = np.unique(dm.table.group[dm.table.rows("test")])
+    bank_rows = bank.exemplars[test_groups].flatten().numpy()
+    assert len(encoded) == 1
+    assert np.array_equal(encoded[0], np.unique(dm.table.rows("train")[bank_rows[bank_rows >= 0]]))
 
 
 def test_predict_rejects_wrong_inputs(trained, tmp_path):

@@ -1,4 +1,5 @@
-"""Score groups (docs/method.md §5): Δ list, equal-count edges, encode/decode, state, errors."""
+"""Score groups (docs/method.md §5): Δ list, equal-count edges, encode/decode, state, errors; and
+the score stage's vote over exemplars (§7)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from tpt_aqa.errors import ConfigError
+from tpt_aqa.score_stage import relative_scores, vote
 from tpt_aqa.scoring import ScoreGroups, check_cap, pair_deltas, positive_edges
 
 # Δ list of n = 9 (already sorted): ⌊i/8·(n − 1)⌋ = i, so the positive edges are sorted[0..8],
@@ -259,3 +261,40 @@ def test_a_cap_below_most_pairs_is_refused_with_a_value_that_works():
     with pytest.raises(ConfigError, match=r"14 of 15 pairs exceed it.*pass dataset.delta_cap=103"):
         ScoreGroups(16).fit(deltas, cap=10.0)
     assert check_cap(deltas, 103) == 0  # the suggested value is accepted without clamping
+
+
+# --------------------------------------------------------------------------- the score stage's vote
+
+
+def test_vote_is_the_mean_over_exemplars_then_the_scale():
+    """Two videos × M = 3 exemplar slots, the second video's last slot padded."""
+    target = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 7.0]])  # exemplar scores (B, M)
+    delta = torch.tensor([[0.5, -0.5, 1.0], [1.0, 2.0, float("nan")]])  # Δ̂ (B, M)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    scale = torch.tensor([2.0, 3.0])
+    # video 0: (1.5 + 1.5 + 4) / 3 × 2 = 14/3; video 1: (11 + 22) / 2 × 3 = 49.5, the padded slot
+    # (even a NaN Δ̂ there) counting for nothing
+    got = vote(target, delta, scale, mask)
+    assert got.tolist() == pytest.approx([14 / 3, 49.5], abs=1e-6)
+    # without a mask every slot counts; one number scales every video
+    assert vote(target[:1], delta[:1], 2.0).tolist() == pytest.approx([14 / 3], abs=1e-6)
+
+
+class _Differ:
+    """A stand-in model whose pair stage reads out (sum of the second's parts − the first's)."""
+
+    def compare(self, first, second):
+        diff = (second - first).sum((1, 2))  # (N,)
+        return torch.zeros(len(diff), 2), diff[:, None].expand(-1, 2)
+
+
+class _Offset0:
+    def decode(self, logits, offsets):
+        return offsets[:, 0].float()
+
+
+def test_relative_scores_pair_every_exemplar_slot_with_its_own_video():
+    query = torch.tensor([1.0, 100.0])[:, None, None].expand(2, 2, 3)  # (B, K, D): sums 6, 600
+    exemplars = torch.arange(6.0).view(2, 3, 1, 1).expand(2, 3, 2, 3)  # (B, M, K, D): sums 6·value
+    got = relative_scores(_Differ(), _Offset0(), query, exemplars)  # Δ̂ = s_query − s_exemplar
+    assert got.tolist() == [[6.0, 0.0, -6.0], [582.0, 576.0, 570.0]]

@@ -13,8 +13,15 @@ import torch
 
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import train as train_entry
-from tpt_aqa.config import ConfigError, build_datamodule, build_module
-from tpt_aqa.runtime import apply_global_batch
+from tpt_aqa.cli import check_command_line
+from tpt_aqa.config import (
+    ConfigError,
+    build_datamodule,
+    build_module,
+    validate_config,
+    validate_train_config,
+)
+from tpt_aqa.runtime import apply_global_batch, split_batch
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 
@@ -49,7 +56,7 @@ def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):
     )
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm, verbose=False)
-    got = module.last_predictions
+    got = module.last_records["test"]
     model, groups, t = module.model.eval(), module.score_groups, dm.table
     test_rows = t.rows("test")
     with torch.no_grad():
@@ -111,17 +118,16 @@ def test_cli_runs_with_fewer_queries(tmp_path):
 
 def test_fast_dev_run_is_a_smoke_test(tiny_cfg, monkeypatch):
     """A few batches, the exemplars of those batches only, no checkpoint and no exemplar bank."""
-    from tpt_aqa.data.base import AQADataModule
+    from tpt_aqa import score_stage
 
     encoded = []
-    original = AQADataModule.exemplar_dataloader
+    original = score_stage.row_loader
 
-    def counting(self, split, queries=None):
-        loader = original(self, split, queries)
-        encoded.append(len(loader.dataset))
-        return loader
+    def counting(dm, rows):
+        encoded.append(len(rows))
+        return original(dm, rows)
 
-    monkeypatch.setattr(AQADataModule, "exemplar_dataloader", counting)
+    monkeypatch.setattr(score_stage, "row_loader", counting)
     cfg = tiny_cfg("debug=fast_dev_run", "dataset.eval_batch_size=2", "dataset.num_exemplars=3")
     results = train_entry.run(cfg)
     assert encoded and max(encoded) <= 2 * 3  # one batch of 2 videos × M=3 exemplars
@@ -208,6 +214,34 @@ def test_global_batch_must_split_over_devices(tiny_cfg):
     trainer = L.Trainer(accelerator="cpu", devices=5, strategy="ddp", logger=False)
     with pytest.raises(ConfigError, match="global_batch_size=24 does not split over 5 devices"):
         apply_global_batch(cfg, trainer, object())
+
+
+def test_the_datamodule_takes_one_devices_share_of_the_global_batch(tmp_path):
+    """The paper experiments: 24 pairs per step, at most 3 per device (the release's 3 × 8 GPUs)."""
+    cfg = compose_cfg(tmp_path, "experiment=mtl_aqa_tpt", f"dataset.root={tmp_path}")
+    assert split_batch(cfg, 1) == (3, 8) and split_batch(cfg, 8) == (3, 1)
+    dm = build_datamodule(compose_cfg(tmp_path, *TINY))  # global_batch_size=6 on one device
+    assert dm.batch_size == 6
+
+
+@pytest.mark.parametrize(
+    "override", ["+dataset.batch_size=3", "+trainer.accumulate_grad_batches=2"]
+)
+def test_replaced_batch_keys_are_refused_with_the_key_to_use(tiny_cfg, override):
+    key = override.split("=")[0].lstrip("+")
+    with pytest.raises(
+        ConfigError, match=rf"{key} is no longer a setting.*pass global_batch_size="
+    ):
+        validate_train_config(tiny_cfg(override))
+    # typed without "+": the command line names it, not a near miss (dataset.eval_batch_size)
+    message = check_command_line("train", [override.lstrip("+")])
+    assert message.startswith(f"{key} is no longer a setting") and "eval_batch_size" not in message
+
+
+def test_global_batch_size_is_required_for_training(tiny_cfg):
+    with pytest.raises(ConfigError, match="global_batch_size=None: must be an integer >= 1"):
+        validate_train_config(tiny_cfg("global_batch_size=null"))
+    validate_config(tiny_cfg("global_batch_size=null"))  # a checkpoint's config may lack it
 
 
 def test_reports_last_epoch_and_paper_style_best(tiny_cfg):

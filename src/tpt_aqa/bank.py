@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpt_aqa.cache import atomic_torch_save
-from tpt_aqa.data.samplers import DIFFICULTY_DECIMALS, STREAM_BANK, choose_eval_exemplars
+from tpt_aqa.atomic import atomic_torch_save
+from tpt_aqa.data.samplers import DIFFICULTY_DECIMALS
 from tpt_aqa.errors import ConfigError
+from tpt_aqa.score_stage import encode_rows, group_exemplars, relative_scores, row_loader, vote
 
 
 class BankError(ConfigError):
@@ -200,25 +201,26 @@ class ExemplarBank:
 
 @torch.no_grad()
 def score_parts(
-    module, bank: ExemplarBank, parts: torch.Tensor, rows: torch.Tensor
+    module, bank: ExemplarBank, parts: torch.Tensor, rows: torch.Tensor, scale: float
 ) -> dict[str, torch.Tensor]:
-    """Compare one video's parts with bank rows and decode the relative scores.
+    """Compare one video's parts with bank rows: the relative scores and the vote.
 
     Args:
         module: an ``AQAModule`` (its ``model`` and fitted ``score_groups``).
         bank: the exemplar bank.
         parts: the video's parts ``(K,D)``.
         rows: bank rows of its exemplars ``(M,)``.
+        scale: the video's multiplier to the reported scale.
 
     Returns:
-        ``delta`` ``(M,)`` and ``per_exemplar`` ``(M,)`` = exemplar score + Δ̂, on the training
-        scale.
+        ``delta`` ``(M,)`` and ``per_exemplar`` ``(M,)`` = exemplar score + Δ̂ (training scale), and
+        ``score``, the vote (reported scale), as float64 on the CPU.
     """
-    ex = bank.parts[rows].to(parts.device, parts.dtype)  # (M, K, D)
-    q = parts.unsqueeze(0).expand(len(rows), -1, -1)  # (M, K, D)
-    logits, offsets = module.model.compare(ex, q)
-    delta = module.score_groups.decode(logits.float(), offsets.float()).cpu()  # (M,)
-    return {"delta": delta, "per_exemplar": bank.target[rows].float() + delta}
+    ex = bank.parts[rows].to(parts.device, parts.dtype)[None]  # (1, M, K, D)
+    delta = relative_scores(module.model, module.score_groups, parts[None], ex)[0].cpu().double()
+    target = bank.target[rows].double()
+    score = vote(target[None], delta[None], scale)[0]
+    return {"delta": delta, "per_exemplar": target + delta, "score": score}
 
 
 @torch.no_grad()
@@ -243,33 +245,24 @@ def build_bank(
     """
     table = dm.table
     rows = table.rows("train")  # sorted
-    loader = dm.rows_dataloader(rows, "exemplar")
     was_training = module.training
     module.eval()
-    device = module.device
-    chunks = []
-    for videos in loader:
-        with forward_context() if forward_context else nullcontext():
-            chunks.append(module.model.encode(videos.video.to(device)).parts.float().cpu())
+    with forward_context() if forward_context else nullcontext():
+        parts = encode_rows(
+            module.model,
+            row_loader(dm, rows),
+            len(table),
+            lambda videos: module.transfer_batch_to_device(videos, module.device, 0),
+        )
     module.train(was_training)
-    parts = torch.cat(chunks).to(dtype)  # (N, K, D)
-
-    groups = table.group[rows]
-    num_groups = len(table.group_names)
-    exemplars = np.full((num_groups, dm.num_exemplars), -1, dtype=np.int64)
-    present = np.unique(groups)
-    chosen = choose_eval_exemplars(
-        present, rows, groups, dm.num_exemplars, np.random.default_rng([dm.seed, STREAM_BANK])
-    )  # table rows (G', M)
-    for g, table_rows in zip(present, chosen, strict=True):
-        real = table_rows >= 0
-        exemplars[g, real] = np.searchsorted(rows, table_rows[real])
+    fixed = group_exemplars(table, dm.num_exemplars, dm.seed)  # table rows (G, M)
+    exemplars = np.where(fixed >= 0, np.searchsorted(rows, fixed), -1)  # bank rows
     option = dm.group_option()
     return ExemplarBank(
-        parts=parts,
+        parts=parts[torch.as_tensor(rows)].float().cpu().to(dtype),  # (N, K, D)
         target=torch.as_tensor(table.target[rows], dtype=torch.float32),
         scale=torch.as_tensor(table.scale[rows], dtype=torch.float32),
-        group=torch.as_tensor(groups, dtype=torch.long),
+        group=torch.as_tensor(table.group[rows], dtype=torch.long),
         exemplars=torch.from_numpy(exemplars),
         ids=[table.ids[int(r)] for r in rows],
         group_names=list(table.group_names),

@@ -138,7 +138,7 @@ def feature_mode(device: str) -> dict[str, float]:
         "dataset.num_train=1059",
         "dataset.num_test=353",
         "dataset.feature_dim=1024",
-        "dataset.batch_size=24",
+        "global_batch_size=24",
         "dataset.val_fraction=0",
         "callbacks=none",
         "logger=none",
@@ -333,7 +333,7 @@ def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, 
         trainer.test(module, datamodule=dm, verbose=False)  # fits the score groups in setup
         _sync(device)
         cached_s = time.perf_counter() - start
-    want = module.last_predictions
+    want = module.last_records["test"]
     n = len(test_rows) if naive_videos is None else min(naive_videos, len(test_rows))
     module.to(device)  # Lightning's teardown moved it back to the CPU
     with count_encoder_passes(module) as naive:

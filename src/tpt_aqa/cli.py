@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from tpt_aqa.config import CONF_DIR, find_user_error
+from tpt_aqa.config import CONF_DIR, REPLACED_KEYS, find_user_error, replaced_key_message
 from tpt_aqa.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -134,6 +134,8 @@ def compose_point(config_name: str, overrides: list[str], hydra: bool = False) -
             if not isinstance(cause, ConfigAttributeError | ConfigKeyError) or not cause.full_key:
                 raise
             key = cause.full_key
+            if key in REPLACED_KEYS:
+                raise ConfigError(replaced_key_message(key)) from None
             rest = [o for o in overrides if o.split("=", 1)[0] != key]
             known = _keys(compose(config_name, overrides=rest)) if rest != overrides else []
     given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")

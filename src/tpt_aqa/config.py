@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from tpt_aqa.errors import ConfigError, UserError
 from tpt_aqa.pretrained import NAMED, named_setting, resolve_weights
 from tpt_aqa.report import quiet_lightning_tips
+from tpt_aqa.runtime import split_batch
+from tpt_aqa.score_stage import check_protocol
 
 # The Hydra configs ship inside the package (package data), so an installed wheel finds them too;
 # the repository's top-level `conf` is a link to this folder.
@@ -33,6 +35,11 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarnin
 # The I3D encoder keeps its BatchNorm layers in eval mode on purpose (frozen statistics, docs/method.md §6).
 warnings.filterwarnings(
     "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
+)
+# Evaluation metrics are computed once from every rank's gathered predictions (lit_module), so all
+# ranks log the same value; Lightning's advice to reduce them again (sync_dist) does not apply.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test|test_every_epoch)/"
 )
 
 quiet_lightning_tips()
@@ -129,7 +136,6 @@ NUMERIC_RULES: list[tuple[tuple[str, ...], tuple[Callable, Callable, str], str]]
             "model.parser.ffn_dim",
             "model.parser.num_heads",
             "model.heads.hidden_dim",
-            "dataset.batch_size",
             "dataset.eval_batch_size",
             "dataset.num_exemplars",
             "dataset.num_clips",
@@ -209,9 +215,16 @@ def learning_rates(cfg: DictConfig) -> dict[str, float]:
     from tpt_aqa.models.tpt import PARAM_GROUPS
 
     lr = _get(cfg, "optim.lr")
-    if isinstance(lr, DictConfig):
-        return {str(k): float(v) for k, v in OmegaConf.to_container(lr, resolve=True).items()}
-    return dict.fromkeys(PARAM_GROUPS, float(lr))  # checked by check_numbers
+    if not isinstance(lr, DictConfig):
+        return dict.fromkeys(PARAM_GROUPS, float(lr))  # checked by check_numbers
+    rates = {str(k): float(v) for k, v in OmegaConf.to_container(lr, resolve=True).items()}
+    missing = [g for g in PARAM_GROUPS if g not in rates]
+    if missing:
+        raise ConfigError(
+            f"optim.lr has no learning rate for parameter group {missing[0]!r}: pass "
+            f"+optim.lr.{missing[0]}=<rate> (the groups are {', '.join(PARAM_GROUPS)})"
+        )
+    return rates
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -230,6 +243,7 @@ def validate_config(cfg: DictConfig) -> None:
         }.get(key, "<value>")
         raise ConfigError(f"{key} is not set: pass {key}={hint}")
     check_numbers(cfg)
+    check_protocol(cfg.get("eval_exemplars") or "per_video")
     k = _get(cfg, "model.num_queries")
     if not isinstance(k, int) or k < 1:
         raise ConfigError(
@@ -285,6 +299,41 @@ def validate_config(cfg: DictConfig) -> None:
             ) from None
 
 
+# Keys of earlier versions, with what replaced them: a training configuration that sets one is
+# refused with the fix (checkpoints written with them still evaluate).
+REPLACED_KEYS = {
+    "dataset.batch_size": "global_batch_size=<pairs per optimizer step over all devices>",
+    "trainer.accumulate_grad_batches": "global_batch_size=<pairs per optimizer step> with "
+    "max_device_batch_size=<pairs one device holds>",
+}
+
+
+def replaced_key_message(key: str) -> str:
+    """What to pass instead of a key in ``REPLACED_KEYS``."""
+    return (
+        f"{key} is no longer a setting: the batch is one rule (global_batch_size pairs per "
+        "optimizer step, split over the devices, gradient-accumulated when a device's share "
+        f"exceeds max_device_batch_size); pass {REPLACED_KEYS[key]} instead"
+    )
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """``validate_config``, and what only training needs: the batch rule's keys, no replaced key.
+
+    Raises:
+        ConfigError: on the first problem found.
+    """
+    validate_config(cfg)
+    for key in REPLACED_KEYS:
+        if _get(cfg, key) is not None:
+            raise ConfigError(replaced_key_message(key))
+    if not _is_int(cfg.get("global_batch_size")):
+        raise ConfigError(
+            f"global_batch_size={cfg.get('global_batch_size')}: must be an integer >= 1, the "
+            "pairs per optimizer step over all devices (e.g. global_batch_size=8)"
+        )
+
+
 def check_encoder_input(cfg: DictConfig, encoder: str) -> None:
     """A dataset that decodes videos needs a video encoder; clip features need the precomputed one.
 
@@ -311,10 +360,14 @@ def check_encoder_input(cfg: DictConfig, encoder: str) -> None:
 def build_datamodule(cfg: DictConfig):
     """Instantiate and set up the datamodule, checking K against its clip count.
 
-    A ``dataset.num_clips`` left null (a feature folder: T comes from its files) is set to the
-    datamodule's T, so that the model parts built for T (``model.parser.num_clips``) read it.
+    Its training batch is one device's share of ``global_batch_size`` (``runtime.split_batch``);
+    ``tpt_aqa.train`` resizes it for the trainer's devices. A configuration without the key (a
+    checkpoint of an earlier version) keeps its ``dataset.batch_size``. A ``dataset.num_clips``
+    left null (a feature folder: T comes from its files) is set to the datamodule's T, so that the
+    model parts built for T (``model.parser.num_clips``) read it.
     """
-    dm = instantiate(cfg.dataset)
+    batch = {"batch_size": split_batch(cfg, 1)[0]} if cfg.get("global_batch_size") else {}
+    dm = instantiate(cfg.dataset, **batch)
     dm.setup("fit")
     if "num_clips" in cfg.dataset and cfg.dataset.num_clips is None:
         cfg.dataset.num_clips = dm.num_clips
@@ -347,4 +400,5 @@ def build_module(cfg: DictConfig):
         optimizer=instantiate(cfg.optim.optimizer),
         lr=learning_rates(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
+        eval_exemplars=cfg.get("eval_exemplars") or "per_video",
     )

@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tpt_aqa.cache import atomic_torch_save
+from tpt_aqa.atomic import atomic_torch_save
 from tpt_aqa.checkpoints import compare_state, listing, load_torch_file
 from tpt_aqa.config import CONF_DIR, user_errors_exit
 from tpt_aqa.errors import ConfigError

@@ -5,8 +5,10 @@ With ``write_bank=true`` it also (re)builds the checkpoint's exemplar bank for `
 
 The run's configuration is read from the checkpoint, so the exemplar lists and splits are rebuilt
 exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
-``+dataset.root=/new/location``, as can ``trainer`` and ``logger``; any other override (say
-``+model.num_queries=3``) would be ignored, so it is refused.
+``+dataset.root=/new/location``, as can ``trainer`` and ``logger``, and ``eval_exemplars=per_group``
+evaluates with one fixed list of M exemplars per group instead of the run's protocol
+(``tpt_aqa.score_stage``); any other override (say ``+model.num_queries=3``) would be ignored, so
+it is refused.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from tpt_aqa.atomic import atomic_write_text
 from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import atomic_write_text, flatten
+from tpt_aqa.cache import flatten
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
@@ -34,12 +37,24 @@ from tpt_aqa.report import format_results, json_text
 from tpt_aqa.runtime import build_trainer, load_checkpoint, without_pretrained_file
 
 log = logging.getLogger(__name__)
-USAGE = "python -m tpt_aqa.eval ckpt_path=PATH [write_bank=true] [+dataset.root=/new/location]"
+USAGE = (
+    "python -m tpt_aqa.eval ckpt_path=PATH [write_bank=true] [eval_exemplars=per_group] "
+    "[+dataset.root=/new/location]"
+)
 
 
 # The keys of conf/eval.yaml that ``run`` reads; the rest of the run's configuration is the
 # checkpoint's.
-READ_KEYS = ("task_name", "ckpt_path", "write_bank", "dataset", "trainer", "logger", "paths")
+READ_KEYS = (
+    "task_name",
+    "ckpt_path",
+    "write_bank",
+    "eval_exemplars",
+    "dataset",
+    "trainer",
+    "logger",
+    "paths",
+)
 
 
 def check_read_keys(cfg: DictConfig) -> None:
@@ -60,7 +75,7 @@ def check_read_keys(cfg: DictConfig) -> None:
     )
     raise ConfigError(
         f"{shown or ', '.join(ignored)}: not read by tpt_aqa.eval, which evaluates the model as the "
-        "checkpoint stores it (only dataset.*, trainer.* and logger can change); drop the override, "
+        "checkpoint stores it (only dataset.*, trainer.*, logger and eval_exemplars can change); drop the override, "
         f"or train a model with it: python -m tpt_aqa.train {shown}"
     )
 
@@ -74,6 +89,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     run_cfg.trainer = OmegaConf.merge(run_cfg.trainer, cfg.trainer)
     run_cfg.paths = cfg.paths
     run_cfg.logger = cfg.get("logger")
+    if cfg.get("eval_exemplars"):  # else the protocol the run was trained with
+        run_cfg.eval_exemplars = cfg.eval_exemplars
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     dm = build_datamodule(run_cfg)

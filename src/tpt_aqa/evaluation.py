@@ -4,8 +4,8 @@
 each evaluated video once, and pairing cached parts (``TPT.encode`` then ``TPT.compare``). The
 authors' release instead scores each (query, exemplar) pair from scratch: for each of a test
 video's M = 10 exemplars it sends the query and the exemplar through the backbone together, i.e.
-2·M backbone passes per test video. ``naive_predictions`` implements that path so that tests can
-show both give the same predictions, and ``count_encoder_passes`` counts the backbone passes each
+2·M backbone passes per test video. ``naive_predictions`` implements that path (with the same
+vote, ``tpt_aqa.score_stage``) so that tests can show both give the same predictions, and ``count_encoder_passes`` counts the backbone passes each
 path makes (``python -m tpt_aqa.benchmark --eval-compare`` times them).
 """
 
@@ -22,6 +22,7 @@ from torch import nn
 from tpt_aqa.data.base import AQADataModule
 from tpt_aqa.data.batch import collate_videos
 from tpt_aqa.lit_module import AQAModule
+from tpt_aqa.score_stage import exemplar_lists, relative_scores, vote
 
 
 @dataclass
@@ -71,9 +72,10 @@ def naive_predictions(
 
     For each exemplar slot m of a batch of evaluated videos, the queries whose slot m holds a real
     exemplar are loaded again with those exemplars and both go through the encoder together
-    (two backbone passes per pair); the pair's Δ is decoded from f(exemplar, query). The prediction
-    is the mean over real exemplars of (exemplar score + Δ̂), × the query's scale. The module is put
-    in eval mode for the call and its mode restored afterwards.
+    (two backbone passes per pair); the pair's Δ̂ is decoded from f(exemplar, query). The
+    prediction is the score stage's vote over those Δ̂. The exemplar lists are those of the
+    module's protocol (``module.eval_exemplars``). The module is put in eval mode for the call and
+    its mode restored afterwards.
 
     Args:
         module: a module whose score groups are fitted (after ``trainer.fit`` or ``trainer.test``).
@@ -83,28 +85,24 @@ def naive_predictions(
 
     Returns:
         ``index`` (table rows), ``pred`` and ``target`` (reported scale), each ``(N,)`` on the CPU and
-        sorted by index, as ``AQAModule.last_predictions``.
+        sorted by index, as ``AQAModule.last_records``.
 
     Raises:
         ValueError: when the datamodule is not set up, the split has no exemplar lists, or the
             score groups are not fitted.
     """
     dm = datamodule
-    if dm.table is None or split not in dm.eval_exemplars:
-        raise ValueError(
-            f"the datamodule has no exemplar lists for split {split!r} "
-            f"(has {sorted(dm.eval_exemplars)}); call datamodule.setup() first"
-        )
+    exemplars = exemplar_lists(dm, split, module.eval_exemplars)  # (N, M)
     if not bool(module.score_groups.fitted):
         raise ValueError(
             "the score groups are not fitted; run trainer.fit or trainer.test with this module "
             "first (its setup fits them on the training deltas)"
         )
     rows = dm.table.rows(split)
-    exemplars = dm.eval_exemplars[split]  # (N, M)
     if limit is not None:
         rows, exemplars = rows[:limit], exemplars[:limit]
     model, device = module.model, module.device
+    table_target = torch.as_tensor(dm.table.target, dtype=torch.float32)
     was_training = module.training
     module.eval()
     index, pred, target = [], [], []
@@ -112,7 +110,7 @@ def naive_predictions(
         for start in range(0, len(rows), dm.eval_batch_size):
             q_rows = rows[start : start + dm.eval_batch_size]
             ex_rows = exemplars[start : start + dm.eval_batch_size]  # (B, M)
-            total = torch.zeros(len(q_rows), device=device)
+            delta = torch.zeros(ex_rows.shape)  # (B, M)
             for m in range(ex_rows.shape[1]):
                 real = np.flatnonzero(ex_rows[:, m] >= 0)
                 if len(real) == 0:
@@ -123,12 +121,13 @@ def naive_predictions(
                 videos = torch.cat([query.video, exemplar.video]).to(device)  # (2n, T, ...)
                 parts = model.encode(videos).parts  # (2n, K, D)
                 n = len(real)
-                delta = module.score_groups.decode(*model.compare(parts[n:], parts[:n]))  # (n,)
-                total[torch.as_tensor(real, device=device)] += exemplar.target.to(device) + delta
-            counts = torch.as_tensor((ex_rows >= 0).sum(1), dtype=torch.float32)
+                pair = relative_scores(model, module.score_groups, parts[:n], parts[n:, None])
+                delta[real, m] = pair[:, 0].cpu()
+            ex_rows = torch.as_tensor(ex_rows)
             scale = torch.as_tensor(dm.table.scale[q_rows], dtype=torch.float32)
+            ex_target = table_target[ex_rows.clamp_min(0)]
             index.append(torch.as_tensor(q_rows, dtype=torch.long))
-            pred.append(total.cpu() / counts * scale)
+            pred.append(vote(ex_target, delta, scale, ex_rows >= 0))
             target.append(torch.as_tensor(dm.table.target[q_rows], dtype=torch.float32) * scale)
     finally:
         module.train(was_training)

@@ -21,15 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
-from tpt_aqa.cache import (
-    FORMAT,
-    MANIFEST,
-    atomic_write,
-    atomic_write_text,
-    file_sha256,
-    flatten,
-    read_manifest,
-)
+from tpt_aqa.atomic import atomic_write, atomic_write_text
+from tpt_aqa.cache import FORMAT, MANIFEST, file_sha256, flatten, read_manifest
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, exit_on_user_error
 from tpt_aqa.data.features import write_annotations

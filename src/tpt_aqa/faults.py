@@ -31,7 +31,24 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from tpt_aqa.cache import atomic_write
+from tpt_aqa.atomic import atomic_torch_save
+
+
+def rng_states() -> dict[str, Any]:
+    """torch's generator states, for a checkpoint: dropout and augmentation draw from them, so a
+    resumed run continues them (``restore_rng_states``)."""
+    return {
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def restore_rng_states(state: dict[str, Any]) -> None:
+    """Set torch's generators to the ``rng_states`` saved in ``state`` (the ones it has)."""
+    if "rng_cpu" in state:
+        torch.set_rng_state(state["rng_cpu"])
+    if state.get("rng_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
 
 
 class CheckpointOnSignal(Callback):
@@ -126,7 +143,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     to disk, then renamed over the target with ``os.replace``. Readers see the old file or the new
     one, never a mixture; a failed or interrupted write leaves the previous checkpoint untouched. A
     process killed outright (SIGKILL) may leave its ``.<name>.<random>.tmp`` file behind, never a
-    ``*.ckpt`` (``tpt_aqa.cache.atomic_write``). Remote paths (``s3://`` …) keep Lightning's behaviour.
+    ``*.ckpt`` (``tpt_aqa.atomic.atomic_write``). Remote paths (``s3://`` …) keep Lightning's behaviour.
     """
 
     def save_checkpoint(
@@ -140,4 +157,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options for a local path, got {storage_options!r}"
             )
-        atomic_write(local_path, lambda f: torch.save(checkpoint, f), durable=True)
+        atomic_torch_save(checkpoint, local_path, durable=True)

@@ -33,7 +33,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa import train as train_entry
-from tpt_aqa.cache import atomic_write_text
+from tpt_aqa.atomic import atomic_write_text
 from tpt_aqa.config import CONF_DIR, build_datamodule
 from tpt_aqa.data.video import write_frame_folder
 from tpt_aqa.report import json_text, stage
@@ -57,7 +57,7 @@ PRESETS = {
         "dataset.num_train=6",
         "dataset.num_test=2",
         "dataset.val_fraction=0",
-        "dataset.batch_size=1",
+        "global_batch_size=1",
         "dataset.sampler.num_clips=20",
         "dataset.sampler.stride=5",
         "dataset.train_transform.resize=[256,455]",

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from tpt_aqa.atomic import atomic_write_text
 from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
-from tpt_aqa.cache import atomic_write_text
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, build_module, exit_on_user_error, require_keys
 from tpt_aqa.data.clips import ClipSampler
@@ -229,10 +229,9 @@ class Predictor:
         with autocast(self.precision, self.device):
             parsed = self.module.model.encode(video.unsqueeze(0).to(self.device))
             t2 = time.perf_counter()
-            out = score_parts(self.module, bank, parsed.parts[0], rows)
+            out = score_parts(self.module, bank, parsed.parts[0], rows, scale)
         t3 = time.perf_counter()
-        per = out["per_exemplar"].double()  # (M,) training scale
-        score = float(per.mean()) * scale
+        per, score = out["per_exemplar"], float(out["score"])  # (M,) training scale; reported
         exemplars = [
             {
                 "id": bank.ids[int(r)],

@@ -57,17 +57,20 @@ def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
 
 
-def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
-    """Keep the experiment's global batch whatever the number of devices.
+def split_batch(cfg: DictConfig, devices: int) -> tuple[int, int]:
+    """The one batch-size rule: ``global_batch_size`` pairs per optimizer step, over ``devices``.
 
-    ``global_batch_size`` pairs per optimizer step are split over the devices; when a device's share
-    exceeds ``max_device_batch_size`` it is accumulated over several steps. With frozen BatchNorm
-    statistics this gives the same gradients as one large batch (dropout aside).
+    Each device takes an equal share; a share larger than ``max_device_batch_size`` is accumulated
+    over the fewest steps whose per-device batches are equal and within the cap. With frozen
+    BatchNorm statistics this gives the gradients of one large batch (dropout aside).
+
+    Returns:
+        ``(pairs per device and step, gradient-accumulation steps)``.
+
+    Raises:
+        ConfigError: when ``global_batch_size`` does not split over the devices.
     """
-    total = cfg.get("global_batch_size")
-    if not total:
-        return
-    devices = trainer.num_devices * trainer.num_nodes
+    total = cfg.global_batch_size
     if total % devices:
         raise ConfigError(
             f"global_batch_size={total} does not split over {devices} devices: "
@@ -78,14 +81,20 @@ def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
     accumulate = -(-share // limit)
     while share % accumulate:
         accumulate += 1
-    dm.batch_size = share // accumulate
-    trainer.accumulate_grad_batches = accumulate
+    return share // accumulate, accumulate
+
+
+def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
+    """Size the datamodule's batches and the trainer's accumulation for the trainer's devices
+    (``split_batch``), once they are known; the global batch stays what the config says."""
+    devices = trainer.num_devices * trainer.num_nodes
+    dm.batch_size, trainer.accumulate_grad_batches = split_batch(cfg, devices)
     log.info(
         "global batch %d = %d devices x %d pairs x %d accumulation steps",
-        total,
+        cfg.global_batch_size,
         devices,
         dm.batch_size,
-        accumulate,
+        trainer.accumulate_grad_batches,
     )
 
 

@@ -22,7 +22,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 
-from tpt_aqa.cache import atomic_write
+from tpt_aqa.atomic import atomic_write
 from tpt_aqa.metrics import relative_l2, spearman
 from tpt_aqa.parsing import step_runs
 

@@ -335,7 +335,8 @@ def build(
     """
     import torch
 
-    from tpt_aqa.cache import atomic_torch_save, file_sha256
+    from tpt_aqa.atomic import atomic_torch_save
+    from tpt_aqa.cache import file_sha256
     from tpt_aqa.models.i3d import InceptionI3d, load_i3d_weights
 
     weights = NAMED[name]

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.cache import atomic_write_text, check_manifest
+from tpt_aqa.atomic import atomic_write_text
+from tpt_aqa.cache import check_manifest
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
 from tpt_aqa.errors import UserError
 
