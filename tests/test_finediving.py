@@ -216,10 +216,9 @@ SMALL = [
     "dataset.train_transform.crop_size=8",
     "dataset.test_transform.crop_size=8",
     "dataset.num_workers=0",
-    "dataset.batch_size=2",
     "dataset.eval_batch_size=4",
 ]
-MODEL = [*TINY_MODEL, "model/encoder=i3d"]
+MODEL = [*TINY_MODEL, "model/encoder=i3d", "global_batch_size=2"]  # train config only
 
 
 @pytest.fixture(scope="module")
