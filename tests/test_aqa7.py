@@ -63,10 +63,9 @@ FAST = [
     "dataset.test_transform.resize=null",
     "dataset.test_transform.crop_size=32",
     "dataset.num_workers=0",
-    "global_batch_size=2",
     "dataset.eval_batch_size=8",
 ]
-MODEL = [*TINY_MODEL, "model/encoder=i3d", "model.num_queries=2"]
+MODEL = [*TINY_MODEL, "model/encoder=i3d", "model.num_queries=2", "global_batch_size=2"]
 
 
 def write_frames(folder: Path, values: list[int], start: int = 1, ramp: bool = True) -> None:

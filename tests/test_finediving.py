@@ -237,6 +237,18 @@ def datamodule(tmp_path, root, *overrides) -> fd.FineDivingDataModule:
     return dm
 
 
+def test_no_group_with_two_training_dives_is_refused_clearly(tmp_path, complete):
+    """The 5 training dives span 4 dive numbers; carving one more into validation leaves every
+    number with one training dive: no within-group pair to fit the score groups on."""
+    dm = datamodule(tmp_path, complete, "dataset.val_fraction=0.5")
+    rows = dm.table.rows("train")
+    assert len(np.unique(dm.table.group[rows])) == len(rows)  # the case: all groups lone
+    with pytest.raises(ConfigError, match="no exemplar group has two training samples") as err:
+        dm.train_deltas()
+    assert "dataset.exemplar_groups" in str(err.value) and "dataset.val_fraction" in str(err.value)
+    assert len(datamodule(tmp_path, complete, "dataset.val_fraction=0").train_deltas()) > 0
+
+
 def row_of(dm, key) -> int:
     return dm.table.ids.index(fd.dive_id(key))
 
@@ -303,7 +315,7 @@ def test_a_test_dive_without_exemplars_is_refused(tmp_path, root, grouping):
         datamodule(tmp_path, root, f"dataset.exemplar_groups={grouping}")
     group = "107b" if grouping == "dive_number" else "dd3"
     assert str(err.value) == (
-        f"1 evaluated samples ({VIDEO}_7) are in exemplar groups ({group}) that no training sample "
+        f"1 evaluated sample ({VIDEO}_7) is in exemplar groups ({group}) that no training sample "
         "has, so they have no exemplars; pool dive numbers with dataset.exemplar_groups=difficulty "
         "or none, or use the release's split files"
     )

@@ -49,10 +49,9 @@ DATA = [  # 2 clips of 8 frames, 32² crops, no workers
     "dataset.train_transform.crop_size=32",
     "dataset.test_transform.crop_size=32",
     "dataset.num_workers=0",
-    "global_batch_size=2",
     "dataset.eval_batch_size=4",
 ]
-SMALL = [*DATA, "model.num_queries=2"]
+SMALL = [*DATA, "model.num_queries=2", "global_batch_size=2"]  # train config only
 
 
 # ---- fixtures in the real formats --------------------------------------------------------------

@@ -61,11 +61,11 @@ TINY_DATA = [
     "dataset.train_transform.resize=null",
     "dataset.train_transform.crop_size=32",
     "dataset.test_transform.crop_size=32",
-    "global_batch_size=2",
     "dataset.eval_batch_size=4",
     "dataset.val_fraction=0.25",
     "dataset.num_workers=0",
 ]
+TINY_TRAIN = [*TINY_DATA, "global_batch_size=2"]  # the batch is a training key
 
 
 class Evil:
@@ -258,7 +258,7 @@ def test_no_dd_experiment_sets_up_on_a_split_with_a_failed_dive(tmp_path):
         "experiment=mtl_aqa_tpt_no_dd",
         *TINY_MODEL,
         f"dataset.root={root}",
-        *TINY_DATA,
+        *TINY_TRAIN,
         "dataset.val_fraction=0",
         "model.num_queries=3",
         "model.encoder.weights=null",
@@ -277,7 +277,7 @@ def test_a_cap_of_the_wrong_scale_is_refused_with_a_value_that_works(tmp_path, r
         *TINY_MODEL,
         "dataset=mtl_aqa",
         f"dataset.root={release['dive_folders']}",
-        *TINY_DATA,
+        *TINY_TRAIN,
         "dataset.use_dd=false",
         "dataset.delta_cap=3",
         "dataset.val_fraction=0",
@@ -320,7 +320,7 @@ def test_test_difficulty_without_training_dives(tmp_path):
     write_pickle(root / ANNOTATION_FILES[0], ann)
     with pytest.raises(
         ConfigError,
-        match=r"1 evaluated samples \(04_03\) are in exemplar groups \(dd3\.6\) that no "
+        match=r"1 evaluated sample \(04_03\) is in exemplar groups \(dd3\.6\) that no "
         r"training sample has, so they have no exemplars; use the release's split files, or "
         r"dataset\.use_dd=false",
     ):
@@ -589,7 +589,7 @@ def test_fast_dev_run_i3d(tmp_path, release):
         *TINY_MODEL,
         "dataset=mtl_aqa",
         f"dataset.root={release['dive_folders']}",
-        *TINY_DATA,
+        *TINY_TRAIN,
         "model/encoder=i3d",
         "model.num_queries=3",
         "debug=fast_dev_run",
@@ -611,6 +611,7 @@ def test_extract_then_train_on_the_cache(tmp_path):
         tmp_path,
         *TINY_MODEL,
         *data,
+        "global_batch_size=2",
         "model/encoder=precomputed",
         "model.num_queries=3",
         f"dataset.features_root={out}",

@@ -321,8 +321,8 @@ class AQADataModule(L.LightningDataModule):
         if len(rows):
             names = sorted({table.group_names[g] for g in table.group[rows]})
             raise ConfigError(
-                f"{len(rows)} evaluated samples ({', '.join(table.ids[r] for r in rows[:3])}"
-                f"{' …' if len(rows) > 3 else ''}) are in exemplar groups ({', '.join(names)}) "
+                f"{len(rows)} evaluated sample{'s' if len(rows) > 1 else ''} ({', '.join(table.ids[r] for r in rows[:3])}"
+                f"{' …' if len(rows) > 3 else ''}) {'are' if len(rows) > 1 else 'is'} in exemplar groups ({', '.join(names)}) "
                 f"that no training sample has, so they have no exemplars; {self.group_fix()}"
             )
 
@@ -345,7 +345,15 @@ class AQADataModule(L.LightningDataModule):
         """Within-group |Δ| of all training pairs, to fit the score groups."""
         assert self.table is not None, "call setup() first"
         rows = self.table.rows("train")
-        return pair_deltas(self.table.target[rows], self.table.group[rows])
+        deltas = pair_deltas(self.table.target[rows], self.table.group[rows])
+        if len(deltas) == 0:
+            raise ConfigError(
+                f"no exemplar group has two training samples ({len(rows)} training samples in "
+                f"{len(np.unique(self.table.group[rows]))} groups), so there is no within-group "
+                f"score difference to fit the score groups on; {self.group_fix()}, or lower "
+                "dataset.val_fraction"
+            )
+        return deltas
 
     def sample(self, row: int, view: str) -> dict[str, Any]:
         """One sample as a dict of the fields of ``Videos``."""
