@@ -56,6 +56,13 @@ def test_grid_points_cross_the_sweep_config_with_the_command_line():
     assert {p[0] for p in points} == {f"criterion.margin={m}" for m in (0.0, 1.0, 2.0, 3.2, 4.0)}
 
 
+def test_step_queries_sweep_is_k_3_4_5_7_by_three_seeds():
+    points = grid_points("train", ["experiment=finediving_tpt", "sweep=step_queries"])
+    assert len(points) == 4 * 3
+    ks = sorted({int(a.split("=")[1]) for p in points for a in p if a.startswith("model.num_q")})
+    assert ks == [3, 4, 5, 7]
+
+
 def test_multirun_checks_every_point_before_launching(tmp_path):
     problem = check_command_line(
         "train", ["-m", "model.num_queries=3,0", "optim.lr.body=1e-4,-1e-4"], validate_config
