@@ -65,7 +65,7 @@ class CompiledWithFallback:
         self.compiled: Callable[..., Any] | None = None
         try:
             self.compiled = torch.compile(fn, **options)
-        except Exception as exc:  # noqa: BLE001 - any failure of the compiler means: run eager
+        except Exception as exc:  # any failure of the compiler means: run eager
             self._give_up(exc)
         functools.update_wrapper(self, fn)
 
@@ -86,7 +86,7 @@ class CompiledWithFallback:
         if self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - decided below by the eager run
+            except Exception as exc:  # whose fault it was is decided by the eager run
                 out = self.eager(*args, **kwargs)  # raises the input's own error, if it has one
                 self._give_up(exc)
                 return out
