@@ -271,3 +271,32 @@ def test_inductor_compiled_tpt_trains_like_the_plain_one(bf16):
         want = train_steps(plain, torch.optim.Adam(plain.parameters(), lr=1e-3))
     assert compiled.compare.active
     assert_same_steps(got, want, BF16 if bf16 else FP32)
+
+
+# --------------------------------------------------------------------------- bf16 on the CPU
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("depth", [2, 4])
+def test_bf16_unit_gradients_match_fp32(depth, channels_last):
+    # Depth 2 < kernel 3: the case where the CPU's bf16 weight gradient is wrong unless the input
+    # is padded explicitly (I3D's Mixed_4 units at L = 8); depth 4 is the ordinary case.
+    unit = Unit3D(32, 64, kernel_size=3)
+    nn.init.kaiming_normal_(unit.conv3d.weight, nonlinearity="relu")
+    x = torch.randn(6, 32, depth, 7, 7)
+    grad_out = torch.randn(6, 64, depth, 7, 7)
+    if channels_last:
+        unit.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    unit.batch3d.eval()
+    with torch.no_grad():
+        unit.batch3d.bias.fill_(100.0)  # every output positive: the ReLU passes all gradients
+    grads = []
+    for bf16 in (False, True):
+        unit.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = unit(x.bfloat16().float())  # both see the same bf16-representable input
+        out.float().backward(grad_out)
+        grads.append(unit.conv3d.weight.grad.clone())
+    assert torch.isfinite(grads[1]).all()
+    assert_close_to_scale(grads[1], grads[0], 2e-2)

@@ -93,6 +93,34 @@ def _flat_pad(pads: list[tuple[int, int]]) -> tuple[int, ...]:
     return tuple(p for pair in reversed(pads) for p in pair)
 
 
+def _cpu_weight_grad_bug(
+    x: torch.Tensor, kernel: tuple[int, int, int], weight: torch.Tensor
+) -> bool:
+    """Whether this convolution would hit the CPU bf16 weight-gradient fault: pad explicitly then.
+
+    On the CPU (oneDNN, torch 2.13), a bf16 or fp16 ``conv3d`` whose input is shallower than the
+    kernel in time and that pads implicitly computes a wrong weight gradient: relative errors
+    of about 1 and, depending on what the memory held, NaN or ±inf (``tests/test_speed.py``
+    compares such a unit's gradients with fp32). In I3D these are the 3×3×3 units of Mixed_4b–4f, which see 2 frames per clip at
+    ``L = 8``; a non-finite gradient there turned every weight NaN after one Adam step, and every
+    later prediction with it. The input gradient and the forward pass are right, and the same
+    convolution on an explicitly padded input is right, in every case measured.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.shape[-3] < kernel[0]
+        and torch.is_grad_enabled()
+        and weight.requires_grad
+        and (
+            x.dtype in (torch.bfloat16, torch.float16)
+            or (
+                torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+            )
+        )
+    )
+
+
 class Unit3D(nn.Module):
     """Conv3d without bias → BatchNorm3d → ReLU, with TF "same" padding.
 
@@ -136,7 +164,9 @@ class Unit3D(nn.Module):
             ``(N,C_out,ceil(L/s_l),ceil(H/s_h),ceil(W/s_w))``.
         """
         pads = same_padding(tuple(x.shape[-3:]), self.kernel_size, self.stride)
-        if all(before == after for before, after in pads):
+        if all(before == after for before, after in pads) and not _cpu_weight_grad_bug(
+            x, self.kernel_size, self.conv3d.weight
+        ):
             # Symmetric padding goes into the convolution itself, sparing a padded copy.
             padding = tuple(before for before, _ in pads)
         else:
