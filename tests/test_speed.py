@@ -15,10 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT, GroupHeads, PairStage, PrecomputedEncoder, TemporalParsingDecoder
 from tpt_aqa.models.i3d import I3DEncoder, Unit3D
 from tpt_aqa.models.speed import CompiledWithFallback, compile_with_fallback, fold_batch_norm
+from tpt_aqa.runtime import adam
 
 from .test_i3d import model_rgb_state
 
@@ -256,6 +258,32 @@ def test_compiled_tpt_trains_like_the_plain_one(monkeypatch):
     assert compiled.compare.active and compiled.parser.forward.active
     assert_same_steps(got, want, FP32)
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fused", "foreach"])
+def test_adam_implementations_update_like_the_for_loop(implementation):
+    # The same gradients (of magnitude 1, so that rounding cannot flip the sign of Adam's first
+    # steps as it can for gradients near zero) give the same parameters after three steps.
+    plain, other = paired_models()
+    reference = adam(plain.parameters(), implementation="for_loop", lr=1e-3, weight_decay=0.01)
+    optimizer = adam(other.parameters(), implementation=implementation, lr=1e-3, weight_decay=0.01)
+    assert optimizer.defaults["foreach" if implementation == "foreach" else "fused"]
+    start = {name: p.detach().clone() for name, p in other.named_parameters()}
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        for p, ref in zip(other.parameters(), plain.parameters(), strict=True):
+            ref.grad = torch.randn(ref.shape, generator=gen)
+            p.grad = ref.grad.clone()
+        reference.step()
+        optimizer.step()
+    for (name, p), ref in zip(other.named_parameters(), plain.parameters(), strict=True):
+        assert not torch.equal(p, start[name])  # it moved
+        torch.testing.assert_close(p, ref, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_unknown_adam_implementation_names_the_key():
+    with pytest.raises(ConfigError, match=r"optim.optimizer.implementation='fast'"):
+        adam([nn.Parameter(torch.zeros(1))], implementation="fast")
 
 
 @pytest.mark.slow

@@ -131,8 +131,15 @@ def profile_table(fn, device: str, rows: int = 15) -> tuple[str, list[dict[str, 
     return prof.key_averages().table(sort_by=key, row_limit=rows), records
 
 
-def feature_mode(device: str) -> dict[str, float]:
-    """One epoch + one evaluation on cached features at MTL-AQA scale."""
+def feature_mode(
+    device: str, precision: str = "32-true", overrides: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """One epoch + one evaluation on cached features at MTL-AQA scale.
+
+    Args:
+        precision: Lightning's ``trainer.precision`` (``32-true``, ``bf16-mixed``).
+        overrides: more config overrides (speed switches).
+    """
     cfg = _compose(
         "dataset.num_train=1059",
         "dataset.num_test=353",
@@ -141,6 +148,7 @@ def feature_mode(device: str) -> dict[str, float]:
         "dataset.val_fraction=0",
         "callbacks=none",
         "logger=none",
+        *overrides,
     )
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg)
@@ -154,6 +162,7 @@ def feature_mode(device: str) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        precision=precision,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
