@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tpt_aqa import benchmark
 from tpt_aqa.benchmark import count_flops, device_peaks, gpu_peak_tflops, profile_table
 
 
@@ -44,3 +45,18 @@ def test_profile_lists_the_ops_of_one_call():
     ops = [r["op"] for r in records]
     assert "aten::mm" in ops and len(records) <= 5
     assert "aten::mm" in text
+
+
+def test_switch_study_and_checkpointed_memory_run_at_a_tiny_size(monkeypatch):
+    # compilation left out: Inductor compiling I3D takes minutes on a CPU (tests/test_speed.py
+    # checks the compiled path on a small model)
+    monkeypatch.setattr(
+        benchmark,
+        "SWITCHES",
+        {k: v for k, v in benchmark.SWITCHES.items() if k in ("plain", "fold_bn_eval")},
+    )
+    study = benchmark.switch_study("cpu", pairs=1, clips=2, clip_len=8, size=32, repeats=1)
+    assert set(study) == {"plain", "fold_bn_eval"}
+    assert all(r["train_pairs_per_s"] > 0 and r["eval_videos_per_s"] > 0 for r in study.values())
+    memory = benchmark.checkpointed_memory("cpu", pairs=1, clips=2, clip_len=8, size=32)
+    assert memory["peak_memory_mb"] > 0 and memory["size"] == 32

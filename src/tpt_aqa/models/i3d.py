@@ -329,10 +329,16 @@ class InceptionI3d(nn.Module):
         self.conv3d_0c_1x1 = KineticsLogits(self.out_channels, KINETICS_CLASSES)
         for unit in self.modules():
             if isinstance(unit, Unit3D):
-                unit.fold_bn = fold_bn
                 # PyTorch's default conv init shrinks activations about a millionfold over the
                 # network at random init (tests, training from scratch); He init keeps their scale.
                 nn.init.kaiming_normal_(unit.conv3d.weight, mode="fan_in", nonlinearity="relu")
+        self.set_fold_bn(fold_bn)
+
+    def set_fold_bn(self, fold_bn: bool) -> None:
+        """Switch BatchNorm folding (eval mode only) on or off in every unit."""
+        for unit in self.modules():
+            if isinstance(unit, Unit3D):
+                unit.fold_bn = fold_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the Mixed_5c feature map.
