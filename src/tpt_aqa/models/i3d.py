@@ -96,14 +96,14 @@ def _flat_pad(pads: list[tuple[int, int]]) -> tuple[int, ...]:
 def _cpu_weight_grad_bug(
     x: torch.Tensor, kernel: tuple[int, int, int], weight: torch.Tensor
 ) -> bool:
-    """Whether this convolution would hit the CPU bf16 weight-gradient fault: pad explicitly then.
+    """Whether this convolution would hit the CPU bf16 weight-gradient fault (docs/method.md §12).
 
     On the CPU (oneDNN, torch 2.13), a bf16 or fp16 ``conv3d`` whose input is shallower than the
     kernel in time and that pads implicitly computes a wrong weight gradient: relative errors
     of about 1 and, depending on what the memory held, NaN or ±inf (``tests/test_speed.py``
-    compares such a unit's gradients with fp32). In I3D these are the 3×3×3 units of Mixed_4b–4f, which see 2 frames per clip at
-    ``L = 8``; a non-finite gradient there turned every weight NaN after one Adam step, and every
-    later prediction with it. The input gradient and the forward pass are right, and the same
+    compares such a unit's gradients with fp32). In I3D these are the 3×3×3 units of
+    Mixed_4b–4f, which see 2 frames per clip at ``L = 8``; a non-finite gradient there turned
+    every weight NaN after one Adam step, and every later prediction with it. The input gradient and the forward pass are right, and the same
     convolution on an explicitly padded input is right, in every case measured.
     """
     return (
