@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tpt_aqa import benchmark
 from tpt_aqa.benchmark import count_flops, device_peaks, gpu_peak_tflops, profile_table
 
 
@@ -44,3 +45,68 @@ def test_profile_lists_the_ops_of_one_call():
     ops = [r["op"] for r in records]
     assert "aten::mm" in ops and len(records) <= 5
     assert "aten::mm" in text
+
+
+def test_switch_study_and_checkpointed_memory_run_at_a_tiny_size(monkeypatch):
+    # compilation left out: Inductor compiling I3D takes minutes on a CPU (tests/test_speed.py
+    # checks the compiled path on a small model)
+    monkeypatch.setattr(
+        benchmark,
+        "SWITCHES",
+        {k: v for k, v in benchmark.SWITCHES.items() if k in ("plain", "fold_bn_eval")},
+    )
+    study = benchmark.switch_study("cpu", pairs=1, clips=2, clip_len=8, size=32, repeats=1)
+    assert set(study) == {"plain", "fold_bn_eval"}
+    assert all(r["train_pairs_per_s"] > 0 and r["eval_videos_per_s"] > 0 for r in study.values())
+    memory = benchmark.checkpointed_memory("cpu", pairs=1, clips=2, clip_len=8, size=32)
+    assert memory["peak_memory_mb"] > 0 and memory["size"] == 32
+
+
+def test_render_shows_bf16_feature_mode_switches_and_memory():
+    fm = {
+        "epoch_s": 3.0,
+        "train_pairs_per_s": 353.0,
+        "eval_s": 1.5,
+        "eval_videos_per_s": 235.0,
+        "epoch_plus_eval_s": 4.5,
+    }
+    row = {
+        "train_pairs_per_s": 1.0,
+        "eval_videos_per_s": 2.0,
+        "step_flops": 1e9,
+        "flops_per_pair": 5e8,
+        "achieved_tflops": 0.5,
+        "peak_tflops": None,
+        "precision": "fp32",
+        "mfu": None,
+    }
+    report = {
+        "device": "cpu",
+        "torch": "2",
+        "threads": 2,
+        "settings": {"pairs": 3, "clips": 20, "clip_len": 8, "size": 224},
+        "feature_mode": fm,
+        "feature_mode_bf16": {**fm, "epoch_s": 2.0, "eval_s": 1.0, "epoch_plus_eval_s": 3.0},
+        "end_to_end": {
+            "fp32": row,
+            "bf16_channels_last": row,
+            "train_speedup": 1.0,
+            "eval_speedup": 1.0,
+        },
+        "frame_loading": {"pil": 1000.0, "simplejpeg": None},
+        "peak_source": "given",
+        "peak_memory_mb": 100.0,
+        "switches": {"compile": {"train_pairs_per_s": 48.5, "eval_videos_per_s": 130.25}},
+        "checkpointed_memory": {
+            "pairs": 3,
+            "clips": 20,
+            "clip_len": 8,
+            "size": 224,
+            "peak_memory_mb": 20480.0,
+            "measure": "CUDA max allocated, this step",
+        },
+    }
+    text = benchmark.render(report)
+    assert "the same in bf16       3.00 s   (epoch 2.00 s, evaluation 1.00 s; 1.50×)" in text
+    assert "compile                   48.500         130.250" in text
+    assert "3 pairs × 20 clips × 8×224²: peak 20,480 MiB" in text

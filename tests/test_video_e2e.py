@@ -43,12 +43,10 @@ def test_synthetic_video_clips(tmp_path):
 def test_end_to_end_fast_dev_run(tmp_path, extra):
     cfg = compose_cfg(tmp_path, *TINY_MODEL, *VIDEO, "debug=fast_dev_run", *extra)
     results = train_entry.run(cfg)
+    # bf16 too: its non-finite predictions came from a wrong CPU weight gradient (Unit3D pads
+    # explicitly where it would occur; tests/test_speed.py)
     assert -1 <= results["test/srcc"] <= 1
-    if not extra:
-        # bf16 + channels_last on CPU: in some full-suite runs (never alone, 40 probes) a test
-        # prediction or attention map is non-finite, so R-l2 / the parsing metrics are dropped (the
-        # module warns); checked in fp32 only until that is understood (see the session note)
-        assert results["test/rl2"] > 0 and 0 <= results["test/parse_acc"] <= 1
+    assert results["test/rl2"] > 0 and 0 <= results["test/parse_acc"] <= 1
 
 
 def test_end_to_end_optimizer_groups(tmp_path):

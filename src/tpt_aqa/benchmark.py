@@ -132,8 +132,15 @@ def profile_table(fn, device: str, rows: int = 15) -> tuple[str, list[dict[str, 
     return prof.key_averages().table(sort_by=key, row_limit=rows), records
 
 
-def feature_mode(device: str) -> dict[str, float]:
-    """One epoch + one evaluation on cached features at MTL-AQA scale."""
+def feature_mode(
+    device: str, precision: str = "32-true", overrides: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """One epoch + one evaluation on cached features at MTL-AQA scale.
+
+    Args:
+        precision: Lightning's ``trainer.precision`` (``32-true``, ``bf16-mixed``).
+        overrides: more config overrides (speed switches).
+    """
     cfg = _compose(
         "dataset.num_train=1059",
         "dataset.num_test=353",
@@ -142,6 +149,7 @@ def feature_mode(device: str) -> dict[str, float]:
         "dataset.val_fraction=0",
         "callbacks=none",
         "logger=none",
+        *overrides,
     )
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg)
@@ -155,6 +163,7 @@ def feature_mode(device: str) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        precision=precision,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -211,27 +220,9 @@ def end_to_end(
     batch = _video_batch(pairs, clips, clip_len, size, device)
     out: dict[str, Any] = {}
     for name, bf16 in (("fp32", False), ("bf16_channels_last", True)):
-        cfg = _compose(
-            "model/encoder=i3d",
-            f"model.encoder.channels_last={str(bf16).lower()}",
-            f"model.num_queries={min(5, clips)}",
-        )
-        torch.manual_seed(0)
-        module = build_module(cfg).to(device)
-        module.score_groups.fit(torch.rand(100).numpy() * 10, cap=10.0)
-        optimizer = module.configure_optimizers()
+        module = _e2e_module(device, clips, f"model.encoder.channels_last={str(bf16).lower()}")
         autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
-        module.train()
-
-        def step(module=module, optimizer=optimizer, autocast=autocast) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = module.compute_losses(batch)["loss"]
-            loss.backward()
-            optimizer.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-
+        step = _train_step(module, batch, device, bf16)
         step_s = _timed(step, repeats)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -273,6 +264,94 @@ def end_to_end(
         out["bf16_channels_last"]["eval_videos_per_s"] / out["fp32"]["eval_videos_per_s"]
     )
     return out
+
+
+# Speed switches measured one at a time on top of bf16 + channels_last_3d (``--switches``): the
+# config overrides of each; ``cudnn_benchmark`` sets ``trainer.benchmark``'s flag directly.
+SWITCHES: dict[str, tuple[str, ...]] = {
+    "plain": (),
+    "compile": ("model.compile_encoder=true", "model.compile_decoder=true"),
+    "adam_for_loop": ("optim.optimizer.implementation=for_loop",),
+    "adam_foreach": ("optim.optimizer.implementation=foreach",),
+    "fold_bn_eval": ("model.encoder.fold_bn=true",),
+    "cudnn_benchmark": (),
+}
+
+
+def _e2e_module(device: str, clips: int, *overrides: str):
+    """The TPT module through I3D on ``device``, score groups fitted to random scores."""
+    cfg = _compose("model/encoder=i3d", f"model.num_queries={min(5, clips)}", *overrides)
+    torch.manual_seed(0)
+    module = build_module(cfg).to(device)
+    module.score_groups.fit(torch.rand(100).numpy() * 10, cap=10.0)
+    return module
+
+
+def _train_step(module, batch: PairBatch, device: str, bf16: bool = True):
+    """One training step on ``batch`` (forward, backward, Adam), as a function to time."""
+    optimizer = module.configure_optimizers()
+    module.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+
+    return step
+
+
+def switch_study(
+    device: str, pairs: int, clips: int, clip_len: int, size: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Training pairs/s and evaluation videos/s of each speed switch alone (``SWITCHES``), bf16 +
+    ``channels_last_3d``; the first timed call includes no compilation (``_timed`` warms up)."""
+    batch = _video_batch(pairs, clips, clip_len, size, device)
+    out = {}
+    for name, overrides in SWITCHES.items():
+        torch.backends.cudnn.benchmark = name == "cudnn_benchmark"
+        module = _e2e_module(device, clips, "model.encoder.channels_last=true", *overrides)
+        step_s = _timed(_train_step(module, batch, device), repeats)
+        module.eval()
+
+        @torch.no_grad()
+        def encode(module=module) -> None:
+            with torch.autocast(device, dtype=torch.bfloat16):
+                module.model.encode(batch.query.video)
+            _sync(device)
+
+        out[name] = {
+            "train_pairs_per_s": pairs / step_s,
+            "eval_videos_per_s": pairs / _timed(encode, repeats),
+        }
+    torch.backends.cudnn.benchmark = False
+    return out
+
+
+def checkpointed_memory(device: str, pairs: int, clips: int, clip_len: int, size: int):
+    """Peak memory of one bf16 training step with activation checkpointing (``--memory``).
+
+    On CUDA the step's own peak of allocated memory; on the CPU the process's peak RSS so far
+    (an upper bound: the CPU cannot reset it).
+    """
+    batch = _video_batch(pairs, clips, clip_len, size, device)
+    module = _e2e_module(
+        device, clips, "model.encoder.channels_last=true", "model.encoder.checkpointing=true"
+    )
+    step = _train_step(module, batch, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step()
+    return {
+        "pairs": pairs,
+        "clips": clips,
+        "clip_len": clip_len,
+        "size": size,
+        "peak_memory_mb": peak_memory_mb(device),
+        "measure": "CUDA max allocated, this step" if device == "cuda" else "process peak RSS",
+    }
 
 
 def _sync(device: str) -> None:
@@ -458,6 +537,7 @@ def peak_memory_mb(device: str) -> float:
 def render(report: dict[str, Any]) -> str:
     s = report["settings"]
     f, e, j = report["feature_mode"], report["end_to_end"], report["frame_loading"]
+    fb = report["feature_mode_bf16"]
     fps = {k: ("n/a" if v is None else f"{v:,.0f}") for k, v in j.items()}
     clip = f"{s['pairs']} pair(s) × {s['clips']} clips × {s['clip_len']}×{s['size']}²"
     lines = [
@@ -467,6 +547,8 @@ def render(report: dict[str, Any]) -> str:
         f"  one epoch          {f['epoch_s']:8.2f} s   ({f['train_pairs_per_s']:,.0f} pairs/s)",
         f"  one evaluation     {f['eval_s']:8.2f} s   ({f['eval_videos_per_s']:,.0f} videos/s)",
         f"  epoch + evaluation {f['epoch_plus_eval_s']:8.2f} s",
+        f"  the same in bf16   {fb['epoch_plus_eval_s']:8.2f} s   (epoch {fb['epoch_s']:.2f} s, "
+        f"evaluation {fb['eval_s']:.2f} s; {f['epoch_plus_eval_s'] / fb['epoch_plus_eval_s']:.2f}×)",
         "",
         f"end to end through I3D ({clip} per step)",
         "                     train pairs/s   eval videos/s",
@@ -485,6 +567,20 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"peak memory          {report['peak_memory_mb']:,.0f} MiB",
     ]
+    if "switches" in report:
+        lines += ["", f"speed switches alone, bf16 + cl_3d ({clip} per step)"]
+        lines.append("                     train pairs/s   eval videos/s")
+        for name, r in report["switches"].items():
+            lines.append(
+                f"  {name:<18} {r['train_pairs_per_s']:13.3f}   {r['eval_videos_per_s']:13.3f}"
+            )
+    if "checkpointed_memory" in report:
+        m = report["checkpointed_memory"]
+        lines += [
+            "",
+            f"activation checkpointing + bf16, {m['pairs']} pairs × {m['clips']} clips × "
+            f"{m['clip_len']}×{m['size']}²: peak {m['peak_memory_mb']:,.0f} MiB ({m['measure']})",
+        ]
     if "eval_compare" in report:
         lines += ["", *_render_eval_compare(report["eval_compare"])]
     return "\n".join(lines)
@@ -556,6 +652,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="time the naive path on this many test videos and scale (default: all 353)",
     )
     parser.add_argument(
+        "--switches",
+        action="store_true",
+        help="also time each speed switch alone end to end (bf16 + channels_last_3d)",
+    )
+    parser.add_argument(
+        "--memory",
+        type=int,
+        nargs=4,
+        metavar=("PAIRS", "CLIPS", "LEN", "SIZE"),
+        default=None,
+        help="also the peak memory of one bf16 step with activation checkpointing at this size "
+        "(the paper's per-GPU batch: 3 20 8 224)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default outputs/benchmark/<time>.json)"
     )
     args = parser.parse_args(argv)
@@ -579,8 +689,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     stage("peak throughput of this device")
     peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
-    stage("feature mode at MTL-AQA scale: one epoch and one evaluation")
+    stage("feature mode at MTL-AQA scale: one epoch and one evaluation, fp32 and bf16")
     report["feature_mode"] = feature_mode(device)
+    report["feature_mode_bf16"] = feature_mode(device, "bf16-mixed")
     stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile")
     e2e = end_to_end(device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks)
     profile_text = e2e.pop("profile_table")
@@ -590,6 +701,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.eval_compare:
         stage("evaluation through I3D: encode once vs pair by pair")
         report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
+    if args.switches:
+        stage("speed switches one at a time, end to end")
+        report["switches"] = switch_study(
+            device, args.pairs, args.clips, args.clip_len, args.size, args.repeats
+        )
+    if args.memory:
+        stage("peak memory with activation checkpointing + bf16")
+        report["checkpointed_memory"] = checkpointed_memory(device, *args.memory)
     report["peak_memory_mb"] = peak_memory_mb(device)
     print(render(report))
     out = args.out or Path("outputs/benchmark") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"

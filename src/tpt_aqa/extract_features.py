@@ -36,6 +36,7 @@ ENCODER_KEYS_IGNORED = (
     "channels_last",
     "freeze_bn_stats",
     "freeze_backbone",
+    "fold_bn",
 )
 
 

@@ -131,3 +131,43 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     if str(precision).startswith("16") and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+# ------------------------------------------------------------------------------- speed switches
+
+ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+
+
+def adam_implementation(choice: str) -> dict[str, bool]:
+    """``torch.optim.Adam``'s keyword arguments for the update loop ``choice`` names.
+
+    ``fused``: one kernel per parameter group; ``foreach``: a few batched operations over all
+    tensors of a group; ``for_loop``: tensor by tensor (PyTorch's CPU default). The three give the
+    same update up to rounding. ``auto`` takes ``fused``: on this package's 2-core CPU its step
+    over the feature-mode model takes a quarter of the for-loop's and ``foreach`` is slower than
+    the for-loop (README, speed); on CUDA PyTorch documents ``fused`` as the fastest
+    (``scripts/gpu_check.sh`` measures the three).
+
+    Raises:
+        ConfigError: for a ``choice`` not in ``ADAM_IMPLEMENTATIONS``.
+    """
+    if choice not in ADAM_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"optim.optimizer.implementation={choice!r}: choose one of "
+            f"{', '.join(ADAM_IMPLEMENTATIONS)}"
+        )
+    if choice == "auto":
+        choice = "fused"
+    return {"fused": choice == "fused", "foreach": choice == "foreach"}
+
+
+def adam(params: Any, implementation: str = "auto", **kwargs: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with the update loop of ``implementation`` (``optim.optimizer`` is a
+    Hydra partial of this function; ``AQAModule.configure_optimizers`` passes the groups).
+
+    Args:
+        params: parameters or parameter groups.
+        implementation: one of ``ADAM_IMPLEMENTATIONS`` (``adam_implementation``).
+        **kwargs: passed to ``torch.optim.Adam`` (``lr``, ``weight_decay``, …).
+    """
+    return torch.optim.Adam(params, **kwargs, **adam_implementation(implementation))

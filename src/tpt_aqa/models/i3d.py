@@ -38,6 +38,7 @@ from torch.nn.modules.utils import _triple
 from torch.utils.checkpoint import checkpoint
 
 from tpt_aqa.errors import UserError
+from tpt_aqa.models.speed import fold_batch_norm
 from tpt_aqa.pretrained import resolve_weights
 
 KINETICS_CLASSES = 400
@@ -92,6 +93,34 @@ def _flat_pad(pads: list[tuple[int, int]]) -> tuple[int, ...]:
     return tuple(p for pair in reversed(pads) for p in pair)
 
 
+def _cpu_weight_grad_bug(
+    x: torch.Tensor, kernel: tuple[int, int, int], weight: torch.Tensor
+) -> bool:
+    """Whether this convolution would hit the CPU bf16 weight-gradient fault (docs/method.md §12).
+
+    On the CPU (oneDNN, torch 2.13), a bf16 or fp16 ``conv3d`` whose input is shallower than the
+    kernel in time and that pads implicitly computes a wrong weight gradient: relative errors
+    of about 1 and, depending on what the memory held, NaN or ±inf (``tests/test_speed.py``
+    compares such a unit's gradients with fp32). In I3D these are the 3×3×3 units of
+    Mixed_4b–4f, which see 2 frames per clip at ``L = 8``; a non-finite gradient there turned
+    every weight NaN after one Adam step, and every later prediction with it. The input gradient and the forward pass are right, and the same
+    convolution on an explicitly padded input is right, in every case measured.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.shape[-3] < kernel[0]
+        and torch.is_grad_enabled()
+        and weight.requires_grad
+        and (
+            x.dtype in (torch.bfloat16, torch.float16)
+            or (
+                torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+            )
+        )
+    )
+
+
 class Unit3D(nn.Module):
     """Conv3d without bias → BatchNorm3d → ReLU, with TF "same" padding.
 
@@ -103,6 +132,8 @@ class Unit3D(nn.Module):
         kernel_size: kernel, an int or ``(l, h, w)``.
         stride: stride, an int or ``(l, h, w)``.
         eps: BatchNorm eps.
+        fold_bn: in eval mode (the unit's and its BatchNorm's), run the BatchNorm folded into the
+            convolution's weight and bias: one pass over the output fewer, same function.
     """
 
     def __init__(
@@ -112,10 +143,12 @@ class Unit3D(nn.Module):
         kernel_size: int | tuple[int, int, int] = 1,
         stride: int | tuple[int, int, int] = 1,
         eps: float = 1e-5,
+        fold_bn: bool = False,
     ) -> None:
         super().__init__()
         self.kernel_size = _triple(kernel_size)
         self.stride = _triple(stride)
+        self.fold_bn = fold_bn
         self.conv3d = nn.Conv3d(
             in_channels, out_channels, self.kernel_size, stride=self.stride, bias=False
         )
@@ -131,12 +164,20 @@ class Unit3D(nn.Module):
             ``(N,C_out,ceil(L/s_l),ceil(H/s_h),ceil(W/s_w))``.
         """
         pads = same_padding(tuple(x.shape[-3:]), self.kernel_size, self.stride)
-        if all(before == after for before, after in pads):
+        if all(before == after for before, after in pads) and not _cpu_weight_grad_bug(
+            x, self.kernel_size, self.conv3d.weight
+        ):
             # Symmetric padding goes into the convolution itself, sparing a padded copy.
             padding = tuple(before for before, _ in pads)
         else:
             x = F.pad(x, _flat_pad(pads))
             padding = (0, 0, 0)
+        if self.fold_bn and not self.training and not self.batch3d.training:
+            # Folded afresh from the current parameters on every call (a few weight-sized
+            # operations), so nothing goes stale when evaluation alternates with training.
+            weight, bias = fold_batch_norm(self.conv3d.weight, self.batch3d)
+            x = F.conv3d(x, weight, bias, self.stride, padding)
+            return F.relu(x, inplace=not torch.is_grad_enabled())
         x = F.conv3d(x, self.conv3d.weight, None, self.stride, padding)
         return F.relu(self.batch3d(x))
 
@@ -263,9 +304,13 @@ class InceptionI3d(nn.Module):
         bn_eps: BatchNorm eps (1e-5 in the ``model_rgb.pth`` port, 1e-3 in TensorFlow).
         checkpointing: recompute each mixed block in the backward pass instead of storing its
             activations; only in training mode with gradients enabled.
+        fold_bn: every unit runs its BatchNorm folded into its convolution in eval mode
+            (``Unit3D``); training is unchanged.
     """
 
-    def __init__(self, bn_eps: float = 1e-5, checkpointing: bool = False) -> None:
+    def __init__(
+        self, bn_eps: float = 1e-5, checkpointing: bool = False, fold_bn: bool = False
+    ) -> None:
         super().__init__()
         self.bn_eps = bn_eps
         self.checkpointing = checkpointing
@@ -287,6 +332,13 @@ class InceptionI3d(nn.Module):
                 # PyTorch's default conv init shrinks activations about a millionfold over the
                 # network at random init (tests, training from scratch); He init keeps their scale.
                 nn.init.kaiming_normal_(unit.conv3d.weight, mode="fan_in", nonlinearity="relu")
+        self.set_fold_bn(fold_bn)
+
+    def set_fold_bn(self, fold_bn: bool) -> None:
+        """Switch BatchNorm folding (eval mode only) on or off in every unit."""
+        for unit in self.modules():
+            if isinstance(unit, Unit3D):
+                unit.fold_bn = fold_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the Mixed_5c feature map.
@@ -480,6 +532,8 @@ class I3DEncoder(nn.Module):
             (training with gradients only).
         clip_chunk: run at most this many clips through I3D at once to bound memory; ``None`` runs
             all ``B·T`` clips together.
+        fold_bn: in eval mode (evaluation, feature extraction) run every BatchNorm folded into
+            the convolution before it; training runs them apart.
 
     Attributes:
         out_dim: clip feature width C (1024).
@@ -495,6 +549,7 @@ class I3DEncoder(nn.Module):
         channels_last: bool = False,
         checkpointing: bool = False,
         clip_chunk: int | None = None,
+        fold_bn: bool = False,
     ) -> None:
         super().__init__()
         if normalization not in _NORMALIZATIONS:
@@ -504,7 +559,7 @@ class I3DEncoder(nn.Module):
             )
         if clip_chunk is not None and clip_chunk < 1:
             raise ValueError(f"model.encoder.clip_chunk must be >= 1 or null, got {clip_chunk}")
-        self.backbone = InceptionI3d(bn_eps=bn_eps, checkpointing=checkpointing)
+        self.backbone = InceptionI3d(bn_eps=bn_eps, checkpointing=checkpointing, fold_bn=fold_bn)
         if weights is not None:
             load_i3d_weights(self.backbone, weights)
         self.out_dim: int = self.backbone.out_channels

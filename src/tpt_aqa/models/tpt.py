@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tpt_aqa.models.speed import compile_with_fallback
+
 # The optimizer's parameter groups, each with its learning rate (optim.lr.<name>; paper §4.1).
 PARAM_GROUPS = ("backbone", "body", "heads")
 
@@ -65,6 +67,10 @@ class TPT(nn.Module):
         num_groups: number of score groups G.
         pool_parts: pool the K parts of each video into one before pairing (Tab. 5d,
             "part-enhanced holistic").
+        compile_encoder: run the encoder through ``torch.compile`` (eager again, with one warning,
+            if compiling fails; ``models.speed``).
+        compile_decoder: the same for the per-pair path after the encoder: parser, pair stage
+            and heads.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class TPT(nn.Module):
         num_queries: int = 5,
         num_groups: int = 16,
         pool_parts: bool = False,
+        compile_encoder: bool = False,
+        compile_decoder: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -86,6 +94,12 @@ class TPT(nn.Module):
         self.num_queries = num_queries
         self.num_groups = num_groups
         self.pool_parts = pool_parts
+        if compile_encoder:
+            compile_with_fallback(self.encoder, "model.compile_encoder")
+        if compile_decoder:
+            compile_with_fallback(self.parser, "model.compile_decoder")
+            # an instance attribute: the parameters and state_dict keys stay where they are
+            self.compare = compile_with_fallback(self.compare, "model.compile_decoder")
 
     def encode(self, videos: torch.Tensor) -> Parsed:
         """Encode and parse videos independently of each other.
