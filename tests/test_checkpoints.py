@@ -146,3 +146,20 @@ def test_eval_refuses_overrides_it_would_ignore(tmp_path):
     allowed = compose_cfg(tmp_path, "ckpt_path=/no/such.ckpt", "+dataset.root=/data", config="eval")
     with pytest.raises(ConfigError, match="is not a file"):  # dataset keys are read: no refusal
         eval_entry.run(allowed)
+
+
+def test_a_resumed_run_may_change_speed_switches_but_not_settings():
+    """An interrupted run resumes with other speed switches (same function) or with a checkpoint
+    written before a switch existed; any other setting still blocks the resume."""
+    from tpt_aqa.checkpoints import config_differences
+    from tpt_aqa.train import RUN_LOCAL_KEYS
+
+    saved = {"model": {"num_queries": 5, "encoder": {}}, "optim": {"optimizer": {"lr": 1e-4}}}
+    now = {
+        "model": {"num_queries": 5, "compile_encoder": True, "encoder": {"fold_bn": True}},
+        "optim": {"optimizer": {"lr": 1e-4, "implementation": "fused"}},
+        "trainer": {"benchmark": True},
+    }
+    assert config_differences(saved, now, ignore=RUN_LOCAL_KEYS) == []
+    now["model"]["num_queries"] = 4
+    assert config_differences(saved, now, ignore=RUN_LOCAL_KEYS) == [("model.num_queries", 5, 4)]

@@ -57,7 +57,17 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
 
 # Keys that name where a run writes or what it resumes, not what it computes: a run may continue
 # an interrupted one whatever their values.
-RUN_LOCAL_KEYS = ("ckpt_path", "paths", "logger", "callbacks", "trainer.default_root_dir")
+# Keys a resumed run may change: where it writes, and speed switches that compute the same function
+SPEED_KEYS = (
+    "model.compile_encoder",
+    "model.compile_decoder",
+    "model.encoder.fold_bn",
+    "optim.optimizer.implementation",
+    "trainer.benchmark",
+)
+RUN_LOCAL_KEYS = (
+    "ckpt_path", "paths", "logger", "callbacks", "trainer.default_root_dir", *SPEED_KEYS
+)  # fmt: skip
 
 
 def interrupted_checkpoint(cfg: DictConfig) -> str | None:
