@@ -110,3 +110,18 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
     assert "the same in bf16       3.00 s   (epoch 2.00 s, evaluation 1.00 s; 1.50×)" in text
     assert "compile                   48.500         130.250" in text
     assert "3 pairs × 20 clips × 8×224²: peak 20,480 MiB" in text
+
+
+def test_exemplar_protocols_count_passes_and_render():
+    """Per-group lists encode each test video once plus each group's M exemplars once; per-video
+    lists encode each distinct exemplar of every video's list, never fewer."""
+    tiny = ("dataset.num_train=40", "dataset.num_test=12", "dataset.feature_dim=16")
+    p = benchmark.exemplar_protocols("cpu", 1, tiny)
+    n, g, m = p["test_videos"], p["groups"], p["exemplars_per_video"]
+    assert n == 12 and m == 10
+    assert n < p["per_group"]["passes"] <= n + g * m
+    assert p["per_video"]["passes"] >= p["per_group"]["passes"]
+    for name in ("per_video", "per_group"):
+        assert -1 <= p[name]["srcc"] <= 1
+    lines = benchmark._render_protocols(p)
+    assert lines[-1].startswith("  per_group") and f"{p['per_group']['passes'] / n:.2f}" in lines[-1]
