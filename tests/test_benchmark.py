@@ -124,4 +124,6 @@ def test_exemplar_protocols_count_passes_and_render():
     for name in ("per_video", "per_group"):
         assert -1 <= p[name]["srcc"] <= 1
     lines = benchmark._render_protocols(p)
-    assert lines[-1].startswith("  per_group") and f"{p['per_group']['passes'] / n:.2f}" in lines[-1]
+    assert (
+        lines[-1].startswith("  per_group") and f"{p['per_group']['passes'] / n:.2f}" in lines[-1]
+    )

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
-from tpt_aqa.data.batch import Videos, collate_videos
+from tpt_aqa.data.batch import Videos
 from tpt_aqa.data.samplers import STREAM_BANK, choose_eval_exemplars
 from tpt_aqa.errors import ConfigError
 
