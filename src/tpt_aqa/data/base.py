@@ -133,6 +133,19 @@ class _Queries(Dataset):
         return self.dm.sample(int(self.rows[i]), "test"), ex, targets * (ex >= 0)
 
 
+def check_choice(key: str, value: Any, allowed: tuple, error: type = ConfigError) -> None:
+    """``dataset.<key>`` is one of ``allowed``, or ``error`` names the key and the choices."""
+    if value not in allowed:
+        raise error(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
+
+
+def check_count(key: str, value: Any) -> int:
+    """``dataset.<key>`` as a non-negative integer, or a ``ConfigError`` naming it."""
+    if int(value) != value or value < 0:
+        raise ConfigError(f"dataset.{key}={value!r}: must be a non-negative integer")
+    return int(value)
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on (its affinity where the platform has one)."""
     if hasattr(os, "sched_getaffinity"):
