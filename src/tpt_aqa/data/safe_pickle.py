@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tpt_aqa.errors import UserError
+from tpt_aqa.errors import ConfigError, UserError
 
 # Globals a pickle of plain data (and numpy arrays/scalars, from numpy 1.x or 2.x) may reference.
 ALLOWED = {
@@ -74,6 +75,21 @@ def safe_load(path: str | Path) -> Any:
         raise FileNotFoundError(f"annotation file {path} not found")
     with open(path, "rb") as f:
         return safe_load_file(f, str(path))
+
+
+def load_keys(path: Path, as_key: Callable[[Any, Path], Any], what: str) -> list[Any]:
+    """A split file: a pickled list of sample keys (each checked by ``as_key``), none twice.
+
+    Raises:
+        ConfigError: naming the file, when it is not such a list.
+    """
+    data = safe_load(path)
+    if not isinstance(data, list | tuple | set | frozenset):
+        raise ConfigError(f"{path}: expected a list of {what}, found {type(data).__name__}")
+    keys = [as_key(k, path) for k in data]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{path} lists some dives more than once; use the release's split file")
+    return keys
 
 
 def safe_load_file(file: BinaryIO, source: str) -> Any:
