@@ -264,17 +264,12 @@ def dive_id(key: DiveKey) -> str:
 
 
 class FineDivingDataModule(VideoDataModule):
-    """FineDiving dives through the shared reader (``dataset=finediving``).
+    """FineDiving dives (``dataset=finediving``); Args: the keys of its YAML, documented there."""
 
-    Args: the keys of ``conf/dataset/finediving.yaml``, documented there.
-    """
-
-    title = "FineDiving"
-    config_name = "finediving"
-    noun = "dive"
-    holds = "Annotations/ and FINADiving_MTL_256s/"
     # the step labels of the sampled frames need each dive's frame numbers, cache or not
     sources_with_features = True
+    title, config_name, noun = "FineDiving", "finediving", "dive"
+    holds = "Annotations/ and FINADiving_MTL_256s/"
 
     def __init__(
         self,
