@@ -32,7 +32,6 @@ from .finediving_fixture import (
     CASES,
     DIVES,
     INCONSISTENT,
-    SUB_ACTIONS,
     VIDEO,
     labels_of,
     legacy_pickle,
@@ -66,19 +65,11 @@ def test_read_annotations_round_trip(dives):
     assert dives[CASES["failed_zero"]].final_score == 0.0  # a failed dive is a valid record
 
 
-def test_splits_coarse_and_sub_actions(root, dives):
+def test_splits(root, dives):
     train = fd.read_split(root, "train", dives)
     test = fd.read_split(root, "test", dives)
     assert train == [k for k, v in DIVES.items() if v[-1] == "train"]  # file order
     assert test == [k for k, v in DIVES.items() if v[-1] == "test"]
-    coarse = fd.read_coarse(root)
-    assert coarse[CASES["crossing_1000"]]["start_frame"] == 995
-    assert set(coarse[CASES["recurring"]]) == set(fd.COARSE_FIELDS)
-    assert fd.read_sub_action_names(root) == SUB_ACTIONS
-
-
-def test_coarse_annotation_is_optional(tmp_path):
-    assert fd.read_coarse(tmp_path) is None
 
 
 def test_inconsistent_transitions_are_counted_with_reasons(dives):
@@ -101,21 +92,12 @@ def test_recurring_sub_action_is_its_own_step(dives):
     assert (ends[:-1] - 1).tolist() == dive.transitions.tolist()  # consistent as annotated
 
 
-def test_exemplar_groups_by_dive_number(root, dives):
-    train = fd.read_split(root, "train", dives)
-    test = fd.read_split(root, "test", dives)
-    groups, orphans = fd.exemplar_groups(dives, train, test)
-    assert groups["407c"] == [(VIDEO, 0), (VIDEO, 1), (VIDEO, 2)]
-    assert groups["6243d"] == [CASES["single_training_dive"]]  # a group of one
-    assert orphans == [CASES["test_without_training_number"]]  # '107b' has no training dive
-
-
 def test_frames_cross_999_to_1000_and_the_authors_sampling(root, dives):
     key = CASES["crossing_1000"]
     folder = fd.frame_folder(root, key)
     numbers = fd.frame_numbers(folder)
     assert numbers.tolist() == list(range(995, 1015))  # numeric order across 00999 → 01000
-    assert fd.frame_path(folder, 999).name == "00999.jpg" and fd.frame_path(folder, 1000).is_file()
+    assert (folder / "00999.jpg").is_file() and (folder / "01000.jpg").is_file()
     frames = fd.sample_frames(numbers[0], numbers[-1])
     assert len(frames) == fd.NUM_FRAMES and frames[0] == 995 and frames[-1] == 1014
     # linspace(995, 1014, 96) steps by 19/95 = 0.2 frames, truncated: frame 995 + ⌊0.2 i⌋

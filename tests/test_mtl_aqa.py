@@ -443,14 +443,14 @@ def test_default_window_arithmetic(tmp_path):
     starts = 5 * np.arange(20)[:, None] + np.arange(8)[None, :]  # (20, 8): 0, 5, …, 95 (+ 0..7)
     row = dm.table.ids.index("01_01")
     for view, offset in (("test", 0), ("exemplar", 3)):
-        source, index = dm.clip_frames(row, view)
+        source, index = dm.source(row), dm.clip_index(row, view)
         assert source == folder and np.array_equal(index, offset + starts)
         clips = dm.load_video(row, view)
         assert clips.shape == (20, 3, 8, 16, 16)
         assert np.abs(frame_levels(clips) - 2 * (offset + starts)).max() < 1  # files read
     assert index.max() == 105  # the exemplar window: img_00003 … img_00105
     torch.manual_seed(0)
-    offsets = {int(dm.clip_frames(row, "train")[1][0, 0]) for _ in range(200)}
+    offsets = {int(dm.clip_index(row, "train")[0, 0]) for _ in range(200)}
     assert offsets == set(range(7))  # 0–6, the last window ending at img_00108
     torch.manual_seed(1)
     levels = frame_levels(dm.load_video(row, "train"))
@@ -514,7 +514,7 @@ def test_whole_video_windows(tmp_path, release, layout):
     starts = 4 * np.arange(4)[:, None] + np.arange(8)[None, :]  # (4, 8), a 20-frame window
     for vid, end in (("01_01", 25), ("02_02", 45), ("04_03", 60)):
         row = ids.index(vid)
-        source, index = dm.clip_frames(row, "test")
+        source, index = dm.source(row), dm.clip_index(row, "test")
         video = vid[:2]
         assert source == (
             root / "videos" / f"{video}.mp4" if layout == "videos" else root / "frames" / video
@@ -529,7 +529,7 @@ def test_whole_video_windows(tmp_path, release, layout):
     ends = {vid: set() for vid in ("01_01", "04_03")}
     for _ in range(100):
         for vid in ends:
-            ends[vid].add(int(dm.clip_frames(ids.index(vid), "train")[1][-1, -1]) + 1)
+            ends[vid].add(int(dm.clip_index(ids.index(vid), "train")[-1, -1]) + 1)
     assert ends["01_01"] == set(range(22, 29))  # 25 ± 3
     assert ends["04_03"] == {57, 58, 59, 60}  # never past the last frame of the video
     levels = frame_levels(dm.load_video(ids.index("01_01"), "train"))
@@ -577,7 +577,7 @@ def test_end_before_start_is_rejected(tmp_path):
     ann[(2, 1)]["start_frame"] = 3
     write_pickle(root / ANNOTATION_FILES[0], ann)
     dm = datamodule(tmp_path, root, "dataset.frames_layout=video_folders")
-    assert dm.clip_frames(dm.table.ids.index("02_02"), "test")[1][-1, -1] == 44
+    assert dm.clip_index(dm.table.ids.index("02_02"), "test")[-1, -1] == 44
 
 
 # -------------------------------------------------------------------------------- training runs

@@ -14,7 +14,7 @@ import torch
 import tpt_aqa.data.transforms as transforms_module
 import tpt_aqa.data.video as video_module
 from tpt_aqa.benchmark import benchmark_frame_loading, textured_frames
-from tpt_aqa.data.clips import ClipSampler, linspace_clips, strided_clips, unique_frames
+from tpt_aqa.data.clips import ClipSampler, unique_frames
 from tpt_aqa.data.transforms import (
     CropParams,
     VideoTransform,
@@ -81,10 +81,17 @@ DECODERS = ["pil", pytest.param("simplejpeg", marks=NEEDS_SIMPLEJPEG)]
 # ------------------------------------------------------------------------------- clip sampling
 
 
+STRIDED = ClipSampler("strided", num_clips=20, clip_len=8, stride=5)
+
+
+def linspace(num_clips=20, clip_len=8, allow_repeats=False):
+    return ClipSampler("linspace", num_clips, clip_len, allow_repeats=allow_repeats)
+
+
 def test_strided_clips_mtl_aqa_scheme():
-    starts, index = strided_clips()
-    assert starts.tolist() == list(range(0, 100, 5))  # 0, 5, …, 95
-    assert index.shape == (20, 8)
+    index = STRIDED.indices(103)
+    assert STRIDED.frames_needed == 103 and index.shape == (20, 8)
+    assert index[:, 0].tolist() == list(range(0, 100, 5))  # 0, 5, …, 95
     assert index[0].tolist() == list(range(8))
     assert index[-1].tolist() == list(range(95, 103))  # the 103 frames are used exactly
     clip, frame = np.meshgrid(np.arange(20), np.arange(8), indexing="ij")
@@ -92,52 +99,47 @@ def test_strided_clips_mtl_aqa_scheme():
 
 
 def test_strided_clips_offset_and_too_short():
-    starts, index = strided_clips(109, offset=6)
-    assert starts[0] == 6 and index[-1, -1] == 108
+    index = STRIDED.indices(109, offset=6)
+    assert index[0, 0] == 6 and index[-1, -1] == 108
     with pytest.raises(ValueError, match=r"need 109 frames, but the video has 108"):
-        strided_clips(108, offset=6)
+        STRIDED.indices(108, offset=6)
     with pytest.raises(ValueError, match=r"need 103 frames, but the video has 102"):
-        strided_clips(102)
+        STRIDED.indices(102)
+    with pytest.raises(ValueError, match=r"offset must be a non-negative integer"):
+        STRIDED.indices(200, offset=-1)
 
 
 def test_linspace_clips_hand_checked():
     # linspace(0, 9, 4) = 0, 3, 6, 9
-    assert linspace_clips(10, num_frames=4, num_clips=2, clip_len=2).tolist() == [[0, 3], [6, 9]]
+    assert linspace(2, 2).indices(10).tolist() == [[0, 3], [6, 9]]
     # linspace(0, 7, 4) = 0, 2.33, 4.67, 7: rounded down
-    assert linspace_clips(8, num_frames=4, num_clips=2, clip_len=2).tolist() == [[0, 2], [4, 7]]
+    assert linspace(2, 2).indices(8).tolist() == [[0, 2], [4, 7]]
     # with an offset, sampling covers [offset, last]: linspace(2, 11, 4) = 2, 5, 8, 11
-    assert linspace_clips(12, 4, 2, 2, offset=2).tolist() == [[2, 5], [8, 11]]
-    index = linspace_clips(1000)
+    assert linspace(2, 2).indices(12, offset=2).tolist() == [[2, 5], [8, 11]]
+    index = linspace().indices(1000)
+    assert linspace().frames_needed == 160
     assert index.shape == (20, 8) and index[0, 0] == 0 and index[-1, -1] == 999
     assert (np.diff(index.reshape(-1)) > 0).all()  # non-overlapping, in order
 
 
 def test_linspace_clips_too_short_and_repeats():
     with pytest.raises(ValueError, match=r"160 frames.*has 100"):
-        linspace_clips(100)
-    index = linspace_clips(100, allow_repeats=True)
-    assert index.shape == (20, 8) and index.min() == 0 and index.max() == 99
-    with pytest.raises(ValueError, match=r"num_clips × clip_len"):
-        linspace_clips(1000, num_frames=100)
-
-
-def test_clip_sampler_schemes():
-    strided = ClipSampler("strided", num_clips=20, clip_len=8, stride=5)
-    assert strided.frames_needed == 103
-    assert (strided.indices(110, offset=3) == strided_clips(110, offset=3)[1]).all()
-    with pytest.raises(ValueError, match=r"need 103 frames, but the video has 90"):
-        strided.indices(90)
-    jigsaws = ClipSampler("linspace", num_clips=20, clip_len=8)
-    assert jigsaws.frames_needed == 160
-    assert (jigsaws.indices(2000) == linspace_clips(2000)).all()
+        linspace().indices(100)
     with pytest.raises(ValueError, match=r"has 150"):
-        jigsaws.indices(150)
+        linspace().indices(150)
+    index = linspace(allow_repeats=True).indices(100)
+    assert index.shape == (20, 8) and index.min() == 0 and index.max() == 99
+
+
+def test_clip_sampler_checks_its_fields():
     with pytest.raises(ValueError, match=r"scheme must be one of"):
         ClipSampler("uniform")
+    with pytest.raises(ValueError, match=r"clip_len must be a positive integer"):
+        ClipSampler("strided", clip_len=0)
 
 
 def test_unique_frames_maps_back():
-    _, index = strided_clips()
+    index = STRIDED.indices(103)
     frames, local = unique_frames(index)
     assert frames.tolist() == list(range(103))
     assert (frames[local] == index).all()

@@ -1,22 +1,7 @@
-"""AQA-7 (``dataset=aqa7``): six Olympic actions, 1106 videos, scores normalised per class (docs/method.md §8).
-
-On disk (the layout of the AQA-7 release, paths relative to ``dataset.root``)::
-
-    Split_4/split_4_train_list.mat     variable consolidated_train_list, rows [class, sample_no, score]
-    Split_4/split_4_test_list.mat      variable consolidated_test_list
-    frames/{class_name}-out/{sample_no:03d}/img_00001.jpg, img_00002.jpg, ...
-
-Class ids in the split files are 1–6: diving, gym_vault, ski_big_air, snowboard_big_air,
-sync_diving_3m, sync_diving_10m. A video is its first 103 frames (no temporal jitter), cut into 20
-clips of 8 frames at stride 5 (docs/method.md §8). Scores are mapped per class to 0–100 with
-``(s - lo) / (hi - lo) * 100`` (docs/method.md §8); those are the training targets and the reported scale
-(``scale = 1``), so score groups cover |Δ| up to 100 (docs/method.md §5). Exemplars come from the query's own
-class (exemplar group = class, docs/method.md §5, §7).
-
-``dataset.classes`` picks one class, several, or all six. The paper's AQA-7 numbers (docs/method.md §10) are
-one model per class; training on several classes at once is offered as well and, unlike the release
-(which crashes in all-class mode), reports per-class ρ / R-ℓ2 and their Fisher-z / arithmetic
-averages, because the table's classes are the selected ones.
+"""AQA-7 (``dataset=aqa7``): six Olympic actions, scores normalised per class to 0–100, which are
+the training targets and the reported scale; exemplar group = class. Layout, ranges and clips:
+docs/method.md §8. The paper trains one model per class; several classes at once report per-class
+ρ / R-ℓ2 and their Fisher-z / arithmetic means (the release crashes in all-class mode).
 """
 
 from __future__ import annotations
@@ -29,12 +14,12 @@ import numpy as np
 import scipy.io
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tpt_aqa.data.base import SampleTable
+from tpt_aqa.data.base import SampleTable, check_count
 from tpt_aqa.data.video import PREPARE_COMMAND, count_frames, list_frames
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
-# Class names in the order of their ids 1–6 in the split files (docs/method.md §8).
+# Class names in the order of their ids 1–6 in the split files, and their raw score ranges.
 AQA7_CLASSES: tuple[str, ...] = (
     "diving",
     "gym_vault",
@@ -44,7 +29,6 @@ AQA7_CLASSES: tuple[str, ...] = (
     "sync_diving_10m",
 )
 
-# Raw score range (lo, hi) of each class, mapped to 0–100 (docs/method.md §8; the ranges of the AQA-7 lineage).
 AQA7_SCORE_RANGES: dict[str, tuple[float, float]] = {
     "diving": (21.6, 102.6),
     "gym_vault": (12.3, 16.87),
@@ -56,10 +40,7 @@ AQA7_SCORE_RANGES: dict[str, tuple[float, float]] = {
 
 
 class AQA7DataError(ConfigError):
-    """A problem in the AQA-7 split files or class selection, naming the file and the fix.
-
-    A ``ConfigError`` so that the entry points print it as one message without a traceback.
-    """
+    """A problem in the AQA-7 split files or class selection, naming the file and the fix."""
 
 
 def _score_range(
@@ -82,52 +63,15 @@ def _score_range(
 def normalise(
     class_name: str, score: float | np.ndarray, ranges: Mapping[str, Sequence[float]] | None = None
 ) -> float | np.ndarray:
-    """A raw AQA-7 score on the 0–100 scale of its class: ``(s - lo) / (hi - lo) * 100``.
-
-    Args:
-        class_name: one of ``AQA7_CLASSES`` (or a key of ``ranges``).
-        score: raw judges' score(s), any shape.
-        ranges: ``{class_name: (lo, hi)}``; ``AQA7_SCORE_RANGES`` when ``None``.
-
-    Returns:
-        The normalised score(s), same shape as ``score``.
-    """
+    """Raw AQA-7 score(s) of a class on its 0–100 scale, ``(s - lo) / (hi - lo) * 100``, with
+    ``ranges`` (``AQA7_SCORE_RANGES`` for ``None``)."""
     lo, hi = _score_range(class_name, ranges)
     return (score - lo) / (hi - lo) * 100.0
 
 
-def denormalise(
-    class_name: str,
-    score_0_100: float | np.ndarray,
-    ranges: Mapping[str, Sequence[float]] | None = None,
-) -> float | np.ndarray:
-    """The raw score of a class from its 0–100 normalised score (inverse of ``normalise``).
-
-    Args:
-        class_name: one of ``AQA7_CLASSES`` (or a key of ``ranges``).
-        score_0_100: normalised score(s), any shape (e.g. a model's prediction).
-        ranges: ``{class_name: (lo, hi)}``; ``AQA7_SCORE_RANGES`` when ``None``.
-
-    Returns:
-        The raw score(s) ``lo + s / 100 * (hi - lo)``, same shape as ``score_0_100``.
-    """
-    lo, hi = _score_range(class_name, ranges)
-    return lo + score_0_100 / 100.0 * (hi - lo)
-
-
 def resolve_classes(classes: Any) -> list[int]:
-    """The selected class ids (1–6, ascending) from names and/or ids.
-
-    Args:
-        classes: ``None`` or ``"all"`` (all six), a name (``"diving"``), an id (``1`` or ``"1"``), or
-            a list of them.
-
-    Returns:
-        Sorted distinct class ids.
-
-    Raises:
-        AQA7DataError: for an unknown name or id, listing the valid ones.
-    """
+    """The sorted class ids (1–6) of ``classes``: ``None``/``"all"``, a name (``"diving"``) or an id
+    (``1``, ``"1"``), or a list of them. Raises ``AQA7DataError`` listing the valid ones."""
     if isinstance(classes, (ListConfig, DictConfig)):
         classes = OmegaConf.to_container(classes, resolve=True)
     if classes is None or (isinstance(classes, str) and classes.strip().lower() == "all"):
@@ -151,31 +95,9 @@ def resolve_classes(classes: Any) -> list[int]:
     return sorted(set(ids))
 
 
-def _locate(root: Path, name: str) -> list[Path]:
-    """Where a file of that name lies within two folder levels of ``root`` (for error hints)."""
-    if not root.is_dir():
-        return []
-    return sorted({*root.glob(name), *root.glob(f"*/{name}"), *root.glob(f"*/*/{name}")})
-
-
 def read_split_list(path: Path, variable: str, key: str) -> np.ndarray:
-    """Read one AQA-7 split list: a MATLAB matrix of rows ``[class, sample_no, score]``.
-
-    Args:
-        path: the ``.mat`` file.
-        variable: name of the matrix inside it.
-        key: the config key naming the variable, for messages (``train_variable``).
-
-    Returns:
-        The rows ``(N, 3)`` float64.
-
-    Raises:
-        FileNotFoundError: when the file is missing.
-        AQA7DataError: when it is not a readable MATLAB file, lacks the variable (the message lists
-            the variables found), or the matrix is not ``(N, 3)`` of finite numbers.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"AQA-7 split file {path} not found")
+    """The rows ``[class, sample_no, score]`` ``(N, 3)`` of matrix ``variable`` (config key ``key``)
+    of a split ``.mat`` file. Raises ``AQA7DataError`` naming the file and the fix."""
     try:
         mat = scipy.io.loadmat(str(path))
     except NotImplementedError as err:  # MATLAB v7.3 files are HDF5, which loadmat cannot read
@@ -212,28 +134,13 @@ def read_split_list(path: Path, variable: str, key: str) -> np.ndarray:
 class AQA7DataModule(VideoDataModule):
     """AQA-7 from its split ``.mat`` files and per-video JPEG frame folders (``dataset=aqa7``).
 
-    Args:
-        root: the AQA-7 folder (holding ``split_dir`` and ``frames_dir``).
-        classes: ``"all"``/``None``, a class name or id (1–6), or a list of them.
-        score_ranges: raw ``(lo, hi)`` per class name, mapped to 0–100; ``None``:
-            ``AQA7_SCORE_RANGES``.
-        split_dir: folder of the split files, relative to ``root`` (or absolute).
-        train_list: training split file in ``split_dir``.
-        test_list: test split file in ``split_dir``.
-        train_variable: name of the matrix in ``train_list``.
-        test_variable: name of the matrix in ``test_list``.
-        frames_dir: folder of the frame folders, relative to ``root`` (or absolute).
-        folder_pattern: frame folder of a video inside ``frames_dir``, formatted with
-            ``class_name`` and ``sample_no``.
-        frame_pattern: file name of a frame, formatted with its number.
-        frame_start: the number in the file name of a video's first frame (1: ``img_00001.jpg``).
-        decoder: JPEG decoder (``auto``, ``pil``, ``simplejpeg``; see ``read_frame_folder``).
-        **kwargs: ``VideoDataModule`` arguments: the sampler (a video is its first
-            ``sampler.frames_needed`` frames) and the transforms.
+    Args: the keys of ``conf/dataset/aqa7.yaml``, documented there; a video is its first
+    ``sampler.frames_needed`` frames.
     """
 
     title = "AQA-7"
     config_name = "aqa7"
+    holds = "Split_4/ and frames/"
 
     def __init__(
         self,
@@ -268,14 +175,10 @@ class AQA7DataModule(VideoDataModule):
         self.frames_root = self.root / frames_dir
         self.folder_pattern = folder_pattern
         self.frame_pattern = frame_pattern
-        if int(frame_start) != frame_start or frame_start < 0:
-            raise ConfigError(
-                f"dataset.frame_start={frame_start!r}: must be 0 or a positive integer"
-            )
-        self.frame_start = int(frame_start)
+        self.frame_start = check_count("frame_start", frame_start)
         self.decoder = decoder
         self.frames_needed = self.sampler.frames_needed
-        # Filled by build_table, per table row: sample number, raw score, class name.
+        # per table row, set by build_table
         self.sample_no: np.ndarray | None = None
         self.raw_score: np.ndarray | None = None
         self._class_of_row: list[str] | None = None
@@ -343,13 +246,10 @@ class AQA7DataModule(VideoDataModule):
     def _split_path(self, path: Path) -> Path:
         if path.is_file():
             return path
-        verify = self.verify_command()
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"AQA-7 data root {self.root} does not exist: pass dataset.root=/path/to/AQA-7 "
-                f"(the folder holding Split_4/ and frames/), then check it with {verify}"
-            )
-        found = [p for p in _locate(self.root, path.name) if p != path]
+        self.check_root()
+        # a file of that name within two folder levels of root, for the hint
+        patterns = (path.name, f"*/{path.name}", f"*/*/{path.name}")
+        found = sorted({p for pattern in patterns for p in self.root.glob(pattern)} - {path})
         hint = (
             f"; a file of that name is at {found[0]}: set dataset.split_dir="
             f"{found[0].parent.relative_to(self.root).as_posix() or '.'}"
@@ -358,7 +258,7 @@ class AQA7DataModule(VideoDataModule):
         )
         raise FileNotFoundError(
             f"AQA-7 split file {path} not found (dataset.split_dir / dataset.train_list / "
-            f"dataset.test_list){hint}; check the layout with {verify}"
+            f"dataset.test_list){hint}; check the layout with {self.verify_command()}"
         )
 
     # ---- frames --------------------------------------------------------------------------------

@@ -36,18 +36,8 @@ VIEWS = ("train", "test", "exemplar")
 
 @dataclass
 class SampleTable:
-    """All samples of a benchmark, one row each.
-
-    Attributes:
-        ids: sample ids.
-        target: score on the training scale ``(N,)``.
-        scale: multiplier to the reported scale ``(N,)``.
-        group: exemplar group id ``(N,)``.
-        class_id: class id ``(N,)``.
-        split: ``"train"``, ``"val"`` or ``"test"`` per row.
-        class_names: name of each class id.
-        group_names: name of each exemplar group id.
-    """
+    """All samples of a benchmark, one row each: the fields of ``batch.Videos`` but the video, and
+    the split (``"train"``, ``"val"`` or ``"test"``) and the names of the class and group ids."""
 
     ids: list[str]
     target: np.ndarray
@@ -67,13 +57,8 @@ class SampleTable:
 
 
 def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
-    """Move a seeded random fraction of the training rows to ``"val"``, in place.
-
-    ``fraction`` is in [0, 1) (``validate_config`` checks ``dataset.val_fraction``). At least two
-    rows move (Spearman's ρ needs two). A row is kept in training when moving it would
-    leave its exemplar group without training members, so every validation sample has exemplars to
-    be compared with.
-    """
+    """Move a seeded random ``fraction`` in [0, 1) of the training rows to ``"val"``, in place: at
+    least two (ρ needs two), never a group's last training row (its exemplars)."""
     if fraction <= 0:
         return
     train = table.rows("train")
@@ -133,6 +118,19 @@ class _Queries(Dataset):
         return self.dm.sample(int(self.rows[i]), "test"), ex, targets * (ex >= 0)
 
 
+def check_choice(key: str, value: Any, allowed: tuple, error: type = ConfigError) -> None:
+    """``dataset.<key>`` is one of ``allowed``, or ``error`` names the key and the choices."""
+    if value not in allowed:
+        raise error(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
+
+
+def check_count(key: str, value: Any) -> int:
+    """``dataset.<key>`` as a non-negative integer, or a ``ConfigError`` naming it."""
+    if int(value) != value or value < 0:
+        raise ConfigError(f"dataset.{key}={value!r}: must be a non-negative integer")
+    return int(value)
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on (its affinity where the platform has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -141,33 +139,18 @@ def available_cpus() -> int:
 
 
 def auto_workers(cpus: int, devices: int, bound: bool = False) -> int:
-    """Loader processes per device for ``num_workers: auto``: the ``cpus`` this process may run
-    on, shared by the node's ``devices`` (their processes run on the same cores) unless ``bound``
-    (a scheduler gave each process its own cores, as SLURM's ``--cpus-per-task`` does), less one
-    for the device's main process."""
+    """Loader processes per device for ``num_workers: auto``: the ``cpus`` this process may run on,
+    shared by the node's ``devices`` unless ``bound`` (a scheduler gave each process its own cores,
+    as SLURM's ``--cpus-per-task``), less one for the main process."""
     return max(0, (cpus if bound else cpus // max(1, devices)) - 1)
 
 
 class AQADataModule(L.LightningDataModule):
     """Shared datamodule: subclasses implement ``build_table`` and ``load_video``.
 
-    Args:
-        batch_size: training pairs per device and step.
-        eval_batch_size: evaluated videos per step.
-        num_exemplars: M, exemplars per evaluated video (10 in the paper).
-        val_fraction: fraction of the training split carved out for model selection (0 = none; a
-            split named ``val`` in the data is used as is).
-        seed: seed of the validation carve and of the evaluation exemplar lists.
-        delta_cap: largest |Δ| the score groups cover, on the training scale.
-        num_workers: data loading processes per device, or ``"auto"``: the CPU cores of the
-            device's process, less one (``auto_workers``).
-        pin_memory: page-locked batches for faster copies to the GPU; ``None``: when the trainer
-            runs on CUDA.
-        persistent_workers: keep the loading processes between epochs; ``None``: whenever there
-            are any.
-        test_every_epoch: also evaluate the test split at every validation, to report the
-            release's best-on-test number beside the validation-selected one (never used for
-            selection).
+    Args: the common keys of ``conf/dataset/*.yaml``, documented there; ``num_exemplars`` is M,
+    ``seed`` seeds the validation carve and the evaluation exemplars, ``delta_cap`` is on the
+    training scale.
     """
 
     def __init__(
@@ -210,10 +193,8 @@ class AQADataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
-        """One video as the encoder takes it: features ``(T,C)`` or clips ``(T,3,L,H,W)``.
-
-        ``view`` is ``"train"`` (augmented), ``"test"`` (evaluated query) or ``"exemplar"``.
-        """
+        """Features ``(T,C)`` or clips ``(T,3,L,H,W)`` of a row in ``view``: ``"train"``
+        (augmented), ``"test"`` (evaluated query) or ``"exemplar"``."""
         raise NotImplementedError
 
     def check_files(self) -> None:
@@ -230,8 +211,7 @@ class AQADataModule(L.LightningDataModule):
 
     # ---- what ``tpt_aqa.predict`` needs, stored in the checkpoint's exemplar bank ---------------
     def prediction_input(self) -> dict[str, Any]:
-        """How a new input is read to be scored like this benchmark's test videos: here
-        ``{"kind": "features", "num_clips": T}``, a ``(T,C)`` feature file."""
+        """How ``tpt_aqa.predict`` reads a new input: here a ``(T,C)`` feature file."""
         return {"kind": "features", "num_clips": self.num_clips}
 
     def group_option(self) -> dict[str, Any]:
@@ -277,9 +257,8 @@ class AQADataModule(L.LightningDataModule):
                 np.random.default_rng([self.seed, STREAM_EVAL_EXEMPLARS, code]),
             )
 
-    # Whether a table where no exemplar group has two training videos is refused (a folder of the
-    # user's own features, whose groups the user chose) or only warned about (a benchmark's
-    # fixed splits, e.g. the tiny tables of data-reading checks).
+    # Whether a table where no exemplar group has two training videos is refused (the user's own
+    # features and groups) or warned about (a benchmark's fixed splits, e.g. tiny test tables).
     refuse_lone_groups = False
 
     def group_fix(self) -> str:
@@ -287,12 +266,8 @@ class AQADataModule(L.LightningDataModule):
         return "merge exemplar groups or add training videos to them"
 
     def _check_training_groups(self, table: SampleTable) -> None:
-        """Training pairs each video with another of its exemplar group, so a group needs two.
-
-        Raises:
-            ConfigError: with ``refuse_lone_groups``, when no group has two training videos
-                (nothing could be learned); otherwise a warning names the groups.
-        """
+        """Training pairs a video with another of its group: groups of one are warned about, or
+        with ``refuse_lone_groups`` and no group of two a ``ConfigError``."""
         groups, counts = np.unique(table.group[table.rows("train")], return_counts=True)
         alone = [table.group_names[g] for g, n in zip(groups, counts, strict=True) if n < 2]
         if not alone:
@@ -311,11 +286,8 @@ class AQADataModule(L.LightningDataModule):
         )
 
     def _check_evaluated_groups(self, table: SampleTable) -> None:
-        """Every evaluated sample's exemplar group has training samples: its exemplars (§7).
-
-        Raises:
-            ConfigError: naming the samples without exemplars, their groups and ``group_fix``.
-        """
+        """Every evaluated sample's group has training samples, its exemplars (§7), or a
+        ``ConfigError`` names them."""
         trained = np.unique(table.group[table.rows("train")])
         rows = np.flatnonzero((table.split != "train") & ~np.isin(table.group, trained))
         if len(rows):
@@ -430,13 +402,8 @@ class AQADataModule(L.LightningDataModule):
         )
 
     def exemplar_dataloader(self, split: str, queries: np.ndarray | None = None) -> DataLoader:
-        """Every training video used as an exemplar of ``split``, once each (encode once, pair many).
-
-        Args:
-            split: ``"val"`` or ``"test"``.
-            queries: positions in the split of the evaluated videos whose exemplars are needed;
-                ``None`` for all of them.
-        """
+        """Every training video used as an exemplar of ``split`` by the evaluated videos at
+        positions ``queries`` (``None``: all), once each (encode once, pair many)."""
         lists = self.eval_exemplars[split]
         rows = np.unique(lists if queries is None else lists[queries])
         return self.rows_dataloader(rows[rows >= 0], "exemplar")

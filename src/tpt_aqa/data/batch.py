@@ -45,13 +45,8 @@ class PairBatch:
 
 @dataclass
 class EvalBatch:
-    """Evaluation batch: queries with their fixed exemplar lists (rows padded with -1).
-
-    Attributes:
-        query: the evaluated videos.
-        exemplar_index: table rows of the exemplars ``(B,M)``, ``-1`` for padding.
-        exemplar_target: exemplar scores on the training scale ``(B,M)``, 0 for padding.
-    """
+    """Evaluation batch: queries with their exemplars' table rows ``(B,M)`` (``-1``: padding) and
+    scores on the training scale ``(B,M)`` (0 for padding)."""
 
     query: Videos
     exemplar_index: torch.Tensor

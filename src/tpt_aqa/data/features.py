@@ -53,23 +53,9 @@ def read_feature_file(
     clips_fix: str = "",
     width_fix: str = "",
 ) -> tuple[np.ndarray, bool]:
-    """Read one ``(T, C)`` clip-feature file and check it: what training and prediction accept.
-
-    float64 arrays are cast to float32 (``True`` is returned with them, for an info line).
-
-    Args:
-        path: the ``.npy`` file.
-        num_clips: expected T, or ``None`` for any.
-        feature_dim: expected C, or ``None`` for any.
-        clips_fix: what the message for a wrong T adds (where the expected T comes from).
-        width_fix: what the message for a wrong C adds.
-
-    Returns:
-        The array (float32 or float16) and whether it was cast from float64.
-
-    Raises:
-        FeatureDataError: unreadable, not a 2-D float array, wrong T or C, NaN or infinite values.
-    """
+    """One checked ``(T, C)`` float32/float16 clip-feature file, as training and prediction take it,
+    and whether it was cast from float64; ``num_clips``/``feature_dim`` (``None``: any) are
+    expected, and ``clips_fix``/``width_fix`` end the messages for a wrong T or C."""
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
@@ -93,12 +79,7 @@ def read_feature_file(
 
 
 def read_annotations(path: Path) -> list[dict[str, str]]:
-    """Read and check the annotation CSV.
-
-    Raises:
-        FeatureDataError: missing file or column, unknown split, non-numeric score or scale,
-            duplicated id, with the file and line.
-    """
+    """The checked rows of the annotation CSV (errors name the file and line)."""
     if not path.is_file():
         raise FeatureDataError(
             f"annotation table {path} not found: set dataset.annotations (a CSV with columns "
@@ -141,15 +122,7 @@ def read_annotations(path: Path) -> list[dict[str, str]]:
 class FeaturesDataModule(AQADataModule):
     """Clip features from ``{id}.npy`` files plus an annotation CSV (see the module docstring).
 
-    Args:
-        root: folder of the ``.npy`` files.
-        annotations: the CSV, absolute or relative to ``root``.
-        feature_dim: expected C (also the precomputed encoder's width).
-        num_clips: expected T, or ``None`` to take it from the files (all must agree).
-        expect: settings the features must have been extracted with, compared with the folder's
-            ``manifest.json`` (written by ``tpt_aqa.extract_features``), e.g.
-            ``{"encoder.normalization": "imagenet", "view": "test"}``; ``None`` checks nothing.
-        **kwargs: ``AQADataModule`` arguments.
+    Args: the keys of ``conf/dataset/features.yaml``, documented there.
     """
 
     def __init__(

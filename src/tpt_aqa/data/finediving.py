@@ -1,48 +1,12 @@
-"""FineDiving (``dataset=finediving``; Xu et al., CVPR 2022): 3,000 dives, 2,251 train / 749 test,
-with every dive's steps annotated frame by frame (docs/method.md §8).
+"""FineDiving (``dataset=finediving``; Xu et al., CVPR 2022): dives with every step annotated frame
+by frame (files, sampling, groups and scores: docs/method.md §8).
 
-The release (``xujinglin/FineDiving``: README field table, ``datasets/FineDiving_Pair.py``,
-``FineDiving_TSA.yaml``) lays out, under ``dataset.root``:
-
-- ``Annotations/fine-grained_annotation_aqa.pkl``: a dict keyed by ``(video_name: str, instance:
-  int)``; each value a list ``[dive_number (e.g. '407c'), final_score, difficulty,
-  steps_transit_frames, frames_labels]``. ``frames_labels`` holds one sub-action id per frame of
-  the dive; entry j of ``steps_transit_frames`` (2–4 entries) is the 0-based position, within the
-  dive, of the last frame of step j. The arrays are numpy arrays pickled with the legacy
-  ``numpy.core.multiarray`` reference, which ``safe_load`` accepts.
-- ``Annotations/train_split.pkl``, ``test_split.pkl``: lists of keys.
-- ``Annotations/FineDiving_coarse_annotation.pkl`` (optional): key → ``{action_type, start_frame,
-  end_frame, dive_score, difficulty, judge_scores}``.
-- ``Annotations/Sub_action_Types_Table.pkl``: sub-action id → name.
-- ``FINADiving_MTL_256s/{video_name}/{instance}/{frame:05d}.jpg``: exactly the dive's frames,
-  numbered by absolute frame in the source video.
-
-A step is a maximal run of equal ``frames_labels`` (a sub-action can recur: A B C B D is five
-steps), derived with ``tpt_aqa.parsing.step_runs``. ``steps_transit_frames`` is only checked
-against those runs: a few real dives have a −1, transitions out of order or out of range, or ones
-that disagree with the runs. ``inconsistent_dives`` counts them so the datamodule can warn once;
-nothing here fails on them. The authors' protocol samples ``NUM_FRAMES`` = 96 frames at
-``linspace(first, last, 96)`` of the folder's file numbers (truncated to integers), and the
-sampled frames' labels are what the step-level parsing metrics take.
-
-The annotation readers are pure functions; ``FineDivingDataModule`` (at the end) builds the
-benchmark on ``VideoDataModule``:
-
-- **Clips**: the 96 frames are cut into 12 consecutive clips of 8 (``dataset.sampler``): the I3D
-  takes 8-frame clips here as for MTL-AQA (its Mixed_5c map is then one step long), 12 clips give
-  the decoder T = 12 ≥ K = 5 queries and ≥ the 3–5 steps of a dive, and clips that do not overlap
-  let the parsing metrics give every sampled frame to exactly one clip.
-- **Exemplar groups** (``dataset.exemplar_groups``): ``dive_number`` (the authors'), ``difficulty``
-  or ``none`` (every training dive). A group with a single training dive pairs it with itself in
-  training, as the authors' loader does (a warning names such groups); a test dive whose group has
-  no training dive has no exemplar, which the authors' loader does not survive either: it is
-  refused at setup, naming the dives and the other groupings.
-- **Scores** (``dataset.use_dd``): w/ DD (the authors') trains on final / difficulty and multiplies
-  the prediction back; w/o DD trains on the final score. ``delta_cap: null`` follows, as MTL-AQA's.
-- **Step labels**: every sample carries its sampled frames' labels ``(T·L,)``, from which the
-  module computes the ``parse_*`` metrics of each evaluated split. They need each dive's frame
-  numbers, so a feature cache is used with the frame folders still in place (only their file names
-  are read).
+A step is a maximal run of equal ``frames_labels`` (``tpt_aqa.parsing.step_runs``); the annotated
+``steps_transit_frames`` are only checked against the runs, and the dives where they disagree are
+counted in one warning. The authors' 96 frames at ``linspace(first, last, 96)`` of a dive's file
+numbers are cut into 12 consecutive clips of 8 (``dataset.sampler``): T = 12 ≥ K = 5 queries and
+≥ the 3–5 steps, and no overlap, so every sampled frame's label belongs to one clip; those labels
+feed the ``parse_*`` metrics, so a feature cache needs the frame folders' names too.
 """
 
 from __future__ import annotations
@@ -50,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.mtl_aqa import diving_delta_cap
-from tpt_aqa.data.safe_pickle import safe_load
+from tpt_aqa.data.base import SampleTable, check_choice
+from tpt_aqa.data.mtl_aqa import difficulty_option, diving_delta_cap, diving_table
+from tpt_aqa.data.safe_pickle import load_keys, safe_load
 from tpt_aqa.data.samplers import difficulty_groups
 from tpt_aqa.data.video import list_frames
 from tpt_aqa.data.video_base import VideoDataModule
@@ -72,19 +35,8 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_FILE = "Annotations/fine-grained_annotation_aqa.pkl"
 SPLIT_FILES = {"train": "Annotations/train_split.pkl", "test": "Annotations/test_split.pkl"}
-COARSE_FILE = "Annotations/FineDiving_coarse_annotation.pkl"
-SUB_ACTION_FILE = "Annotations/Sub_action_Types_Table.pkl"
 FRAMES_DIR = "FINADiving_MTL_256s"
 NUM_FRAMES = 96  # the authors' frame_length
-COARSE_FIELDS = (
-    "action_type",
-    "start_frame",
-    "end_frame",
-    "dive_score",
-    "difficulty",
-    "judge_scores",
-)
-
 EXEMPLAR_GROUPS = ("dive_number", "difficulty", "none")
 
 DiveKey = tuple[str, int]
@@ -231,14 +183,7 @@ def read_split(root: str | Path, split: str, dives: dict[DiveKey, Dive]) -> list
         raise FileNotFoundError(
             f"FineDiving split file {path} not found: set dataset.root to the release's folder"
         )
-    data = safe_load(path)
-    if not isinstance(data, list | tuple):
-        raise ConfigError(
-            f"{path}: expected a list of (video_name, instance) keys, found {type(data).__name__}"
-        )
-    keys = [_as_key(k, path) for k in data]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"{path} lists some dives more than once; use the release's split file")
+    keys = load_keys(path, _as_key, "(video_name, instance) keys")
     unknown = [k for k in keys if k not in dives]
     if unknown:
         raise ConfigError(
@@ -248,69 +193,11 @@ def read_split(root: str | Path, split: str, dives: dict[DiveKey, Dive]) -> list
     return keys
 
 
-def read_coarse(root: str | Path) -> dict[DiveKey, dict[str, Any]] | None:
-    """The optional coarse annotation (key → ``COARSE_FIELDS``), ``None`` when absent.
-
-    Raises:
-        ConfigError: a record is not a dict with every field of ``COARSE_FIELDS``.
-    """
-    path = Path(root) / COARSE_FILE
-    if not path.is_file():
-        return None
-    data = safe_load(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a dict keyed by (video_name, instance)")
-    out = {}
-    for key, record in data.items():
-        key = _as_key(key, path)
-        missing = [f for f in COARSE_FIELDS if not isinstance(record, dict) or f not in record]
-        if missing:
-            raise ConfigError(
-                f"{_where(path, key)} lacks {missing}; expected {list(COARSE_FIELDS)}"
-            )
-        out[key] = record
-    return out
-
-
-def read_sub_action_names(root: str | Path) -> dict[int, str]:
-    """Sub-action id → name.
-
-    Raises:
-        FileNotFoundError: the table is missing.
-        ConfigError: it is not a dict of integer ids to names.
-    """
-    path = Path(root) / SUB_ACTION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"FineDiving sub-action table {path} not found")
-    data = safe_load(path)
-    if not isinstance(data, dict) or not all(
-        isinstance(k, numbers.Integral) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise ConfigError(f"{path}: expected a dict of sub-action id (int) → name (str)")
-    return {int(k): v for k, v in data.items()}
-
-
 def inconsistent_dives(dives: Iterable[Dive]) -> dict[DiveKey, str]:
     """The dives whose ``steps_transit_frames`` disagree with their labels, and why (for one
     warning with the count; their steps come from the labels either way)."""
     problems = ((d.key, d.transition_problem()) for d in dives)
     return {key: why for key, why in problems if why is not None}
-
-
-def exemplar_groups(
-    dives: dict[DiveKey, Dive], train: list[DiveKey], test: list[DiveKey]
-) -> tuple[dict[str, list[DiveKey]], list[DiveKey]]:
-    """The authors' exemplar groups: training dives by dive number.
-
-    Returns:
-        ``groups`` (dive number → training keys, in split order; a group may hold a single dive)
-        and the ``test`` keys whose dive number has no training dive (no exemplar to compare with).
-    """
-    groups: dict[str, list[DiveKey]] = defaultdict(list)
-    for key in train:
-        groups[dives[key].dive_number].append(key)
-    orphans = [key for key in test if dives[key].dive_number not in groups]
-    return dict(groups), orphans
 
 
 def frame_folder(root: str | Path, key: DiveKey) -> Path:
@@ -354,11 +241,6 @@ def sample_frames(first: int, last: int, num: int = NUM_FRAMES) -> np.ndarray:
     return np.linspace(first, last, num).astype(np.int64)
 
 
-def frame_path(folder: Path, frame: int) -> Path:
-    """The JPEG of absolute frame ``frame`` in a dive's folder."""
-    return folder / f"{frame:05d}.jpg"
-
-
 def sampled_labels(dive: Dive, frames: np.ndarray, first: int) -> np.ndarray:
     """The sub-action label of every sampled frame ``(num,)`` (per-frame labels for the parsing
     metrics), frame ``f`` being position ``f − first`` of the dive.
@@ -382,22 +264,12 @@ def dive_id(key: DiveKey) -> str:
 
 
 class FineDivingDataModule(VideoDataModule):
-    """FineDiving dives through the shared reader (``dataset=finediving``; module docstring).
+    """FineDiving dives (``dataset=finediving``); Args: the keys of its YAML, documented there."""
 
-    Args:
-        root: the release's folder, holding ``Annotations/`` and ``FINADiving_MTL_256s/``.
-        exemplar_groups: ``"dive_number"`` (the authors'), ``"difficulty"`` or ``"none"``.
-        use_dd: w/ DD (train on final_score / difficulty, reported × difficulty) or w/o DD.
-        delta_cap: largest |Δ| the score groups cover; ``None``: 30 w/ DD, 100 w/o DD.
-        **kwargs: ``VideoDataModule`` arguments: the sampler (``linspace``; its T × L frames are
-            taken at ``linspace(first, last, T·L)`` of each dive's file numbers) and transforms.
-    """
-
-    title = "FineDiving"
-    config_name = "finediving"
-    noun = "dive"
     # the step labels of the sampled frames need each dive's frame numbers, cache or not
     sources_with_features = True
+    title, config_name, noun = "FineDiving", "finediving", "dive"
+    holds = "Annotations/ and FINADiving_MTL_256s/"
 
     def __init__(
         self,
@@ -408,11 +280,7 @@ class FineDivingDataModule(VideoDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
-        if exemplar_groups not in EXEMPLAR_GROUPS:
-            raise ConfigError(
-                f"dataset.exemplar_groups={exemplar_groups!r}: use one of "
-                f"{', '.join(EXEMPLAR_GROUPS)}"
-            )
+        check_choice("exemplar_groups", exemplar_groups, EXEMPLAR_GROUPS)
         if self.sampler.scheme != "linspace":
             raise ConfigError(
                 f"dataset.sampler.scheme={self.sampler.scheme!r}: FineDiving spreads its frames "
@@ -426,11 +294,7 @@ class FineDivingDataModule(VideoDataModule):
 
     # ---- the table -----------------------------------------------------------------------------
     def build_table(self) -> SampleTable:
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset.root={self.root} does not exist: pass dataset.root=/path/to/FineDiving, "
-                "the folder holding Annotations/ and FINADiving_MTL_256s/"
-            )
+        self.check_root()
         dives = read_annotations(self.root)
         train = read_split(self.root, "train", dives)
         test = read_split(self.root, "test", dives)
@@ -461,18 +325,11 @@ class FineDivingDataModule(VideoDataModule):
         elif self.exemplar_groups == "difficulty":
             group, group_names = difficulty_groups(difficulty)
         else:
-            group, group_names = np.zeros(len(keys)), ["all"]
+            group, group_names = 0, ["all"]
         self.keys, self.dives = keys, dives
-        return SampleTable(
-            ids=[dive_id(k) for k in keys],
-            target=final / difficulty if self.use_dd else final,
-            scale=difficulty if self.use_dd else np.ones(len(keys)),
-            group=np.asarray(group, dtype=np.int64),
-            class_id=np.zeros(len(keys), dtype=np.int64),
-            split=np.array(["train"] * len(train) + ["test"] * len(test)),
-            class_names=["diving"],
-            group_names=list(group_names),
-        )
+        split = np.array(["train"] * len(train) + ["test"] * len(test))
+        ids = [dive_id(k) for k in keys]
+        return diving_table(ids, final, difficulty, self.use_dd, group, group_names, split)
 
     def group_fix(self) -> str:
         return (
@@ -483,7 +340,7 @@ class FineDivingDataModule(VideoDataModule):
     def group_option(self) -> dict[str, Any]:
         if self.exemplar_groups != "difficulty":
             return super().group_option()  # a dive number names its group (group=407c)
-        return {"option": "difficulty", "values": [float(n[2:]) for n in self.table.group_names]}
+        return difficulty_option(self.table.group_names)
 
     # ---- frames --------------------------------------------------------------------------------
     def source(self, row: int) -> Path:

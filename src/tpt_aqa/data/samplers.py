@@ -26,29 +26,16 @@ def difficulty_name(difficulty: float) -> str:
 
 
 def difficulty_groups(difficulty: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Exemplar groups of equal difficulty (docs/method.md §5).
-
-    Args:
-        difficulty: difficulty of every sample ``(N,)``.
-
-    Returns:
-        The group id of every sample ``(N,)`` and the group names, in order of difficulty.
-    """
+    """Exemplar groups of equal difficulty (docs/method.md §5): the group ``(N,)`` of every
+    sample's difficulty ``(N,)`` and the group names, in order of difficulty."""
     rounded = np.round(difficulty, DIFFICULTY_DECIMALS)
     values = np.unique(rounded)
     return np.searchsorted(values, rounded), [difficulty_name(v) for v in values]
 
 
 def draw_exemplars(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For every position, a uniformly drawn other position of the same group (itself when alone).
-
-    Args:
-        groups: exemplar group per position ``(N,)``.
-        rng: random generator.
-
-    Returns:
-        Exemplar position per position ``(N,)``.
-    """
+    """For every position of ``groups`` ``(N,)``, a uniformly drawn other position of the same
+    group (itself when alone) ``(N,)``."""
     groups = np.asarray(groups)
     out = np.arange(len(groups))
     for g in np.unique(groups):
@@ -72,10 +59,6 @@ class ExemplarPairSampler(DistributedSampler):
     Args:
         rows: table rows of the training samples ``(N,)``.
         groups: exemplar group of each row ``(N,)``.
-        num_replicas: number of ranks.
-        rank: this rank.
-        shuffle: shuffle the queries every epoch.
-        seed: base seed.
     """
 
     def __init__(
@@ -107,23 +90,9 @@ def choose_eval_exemplars(
     num_exemplars: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Fixed exemplar lists for evaluation: M members of the query's group from the training pool.
-
-    Groups with fewer than M members contribute all of them; the rest of the row is -1.
-
-    Args:
-        query_groups: exemplar group of each evaluated sample ``(N,)``.
-        pool_rows: table rows of the training samples ``(P,)``.
-        pool_groups: their groups ``(P,)``.
-        num_exemplars: M.
-        rng: random generator (seeded per split, so lists are fixed per seed).
-
-    Returns:
-        Exemplar rows ``(N,M)``, padded with -1.
-
-    Raises:
-        ValueError: when a query's group has no training member.
-    """
+    """Fixed exemplar rows ``(N,M)`` for evaluation: M members (all of a smaller group, padded with
+    -1) of each query's group ``query_groups`` ``(N,)`` among ``pool_rows`` ``(P,)`` of groups
+    ``pool_groups`` ``(P,)``."""
     out = np.full((len(query_groups), num_exemplars), -1, dtype=np.int64)
     members = {g: pool_rows[pool_groups == g] for g in np.unique(pool_groups)}
     for i, g in enumerate(query_groups):

@@ -15,9 +15,12 @@ every clip is kept, so a run reports how well the queries' attention follows the
 from __future__ import annotations
 
 import csv
+import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,78 +178,63 @@ def export_features(data: SyntheticData, out_dir: str | Path) -> Path:
     return table
 
 
+def generator_args(fn, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``fn``'s arguments (``data_seed`` as its ``seed``) from a datamodule's ``kwargs``,
+    completed with ``fn``'s defaults; lists become tuples."""
+    names = set(inspect.signature(fn).parameters) - {"seed"}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    given["seed"] = kwargs.pop("data_seed", 0)
+    bound = inspect.signature(fn).bind(**given)
+    bound.apply_defaults()
+    return {
+        k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+        for k, v in bound.arguments.items()
+    }
+
+
+def synthetic_table(
+    name: str,
+    raw: np.ndarray,
+    difficulties: tuple[float, ...],
+    difficulty_id,
+    split: np.ndarray,
+    digits: int,
+) -> SampleTable:
+    """The table of a generated benchmark: one class, exemplar groups of equal difficulty."""
+    return SampleTable(
+        ids=[f"{name}_{i:0{digits}d}" for i in range(len(raw))],
+        target=raw,
+        scale=np.asarray(difficulties)[difficulty_id],
+        group=difficulty_id,
+        class_id=np.zeros(len(raw), dtype=np.int64),
+        split=split.copy(),
+        class_names=[name],
+        group_names=[difficulty_name(x) for x in difficulties],
+    )
+
+
 class SyntheticDataModule(AQADataModule):
     """The embedded default benchmark (``dataset=synthetic``); see the module docstring.
 
     Args:
-        num_train: training videos (before the validation carve).
-        num_test: test videos.
-        num_clips: T.
-        feature_dim: C.
-        num_phases: P.
-        min_phase_len: shortest phase in clips.
-        phase_weights: weight of each phase in the score.
-        difficulties: difficulty values (exemplar groups and score multipliers).
-        signal: strength of the quality direction.
-        noise: clip feature noise (total norm).
-        judge_noise: standard deviation of the score noise.
-        data_seed: seed of the generator (independent of the training seed).
-        **kwargs: ``AQADataModule`` arguments.
+        **kwargs: ``generate``'s arguments (``data_seed`` as its ``seed``), then ``AQADataModule``'s.
     """
 
-    def __init__(
-        self,
-        num_train: int = 600,
-        num_test: int = 200,
-        num_clips: int = 20,
-        feature_dim: int = 64,
-        num_phases: int = 5,
-        min_phase_len: int = 2,
-        phase_weights: tuple[float, ...] = (0.5, 2.0, 1.0, 3.0, 0.5),
-        difficulties: tuple[float, ...] = (2.0, 2.6, 3.2),
-        signal: float = 1.0,
-        noise: float = 0.5,
-        judge_noise: float = 0.1,
-        data_seed: int = 0,
-        **kwargs,
-    ) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        self.gen_kwargs = generator_args(generate, kwargs)
         super().__init__(**kwargs)
-        self.gen_kwargs = dict(
-            num_train=num_train,
-            num_test=num_test,
-            num_clips=num_clips,
-            feature_dim=feature_dim,
-            num_phases=num_phases,
-            min_phase_len=min_phase_len,
-            phase_weights=tuple(phase_weights),
-            difficulties=tuple(difficulties),
-            signal=signal,
-            noise=noise,
-            judge_noise=judge_noise,
-            seed=data_seed,
-        )
-        self._num_clips = num_clips
         self.data: SyntheticData | None = None
 
     @property
     def num_clips(self) -> int:
-        return self._num_clips
+        return self.gen_kwargs["num_clips"]
 
     def build_table(self) -> SampleTable:
         d = self.data = generate(**self.gen_kwargs)
         self._features = torch.from_numpy(d.features)
         self._phases = torch.from_numpy(d.phases)
-        names = [difficulty_name(x) for x in self.gen_kwargs["difficulties"]]
-        return SampleTable(
-            ids=[f"synthetic_{i:05d}" for i in range(len(d.raw))],
-            target=d.raw,
-            scale=d.difficulty,
-            group=d.difficulty_id,
-            class_id=np.zeros(len(d.raw), dtype=np.int64),
-            split=d.split.copy(),
-            class_names=["synthetic"],
-            group_names=names,
-        )
+        difficulties = self.gen_kwargs["difficulties"]
+        return synthetic_table("synthetic", d.raw, difficulties, d.difficulty_id, d.split, 5)
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
         return self._features[row]

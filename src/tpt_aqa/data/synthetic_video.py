@@ -10,15 +10,19 @@ brightness. Frames are generated in memory, deterministically from ``data_seed``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.clips import ClipSampler
-from tpt_aqa.data.samplers import difficulty_name
-from tpt_aqa.data.synthetic import check_phases, judge
-from tpt_aqa.data.transforms import VideoTransform
+from tpt_aqa.data.synthetic import (
+    SyntheticDataModule,
+    check_phases,
+    generator_args,
+    judge,
+    synthetic_table,
+)
 from tpt_aqa.data.video_base import VideoDataModule
 
 
@@ -29,7 +33,6 @@ class RenderedVideos:
     frames: np.ndarray  # (N, F, H, W, 3) uint8
     frame_phases: np.ndarray  # (N, F) int64
     raw: np.ndarray  # (N,)
-    difficulty: np.ndarray  # (N,)
     difficulty_id: np.ndarray  # (N,)
     split: np.ndarray  # (N,)
 
@@ -75,7 +78,6 @@ def render(
         frames=np.clip(frames, 0, 255).astype(np.uint8),
         frame_phases=phases,
         raw=raw,
-        difficulty=np.asarray(difficulties)[difficulty_id],
         difficulty_id=difficulty_id,
         split=np.array(["train"] * num_train + ["test"] * num_test),
     )
@@ -85,60 +87,17 @@ class SyntheticVideoDataModule(VideoDataModule):
     """Rendered synthetic videos through the shared clip sampler and transforms (``dataset=synthetic_video``).
 
     Args:
-        sampler: temporal sampling of the clips.
-        train_transform: spatial transform of training videos (random crop, flip).
-        test_transform: spatial transform of evaluated videos and exemplars (center crop).
-        num_train: training videos (before the validation carve).
-        num_test: test videos.
-        num_frames: frames per video.
-        size: frame height and width in pixels.
-        num_phases: phases per video.
-        min_phase_len: shortest phase in frames.
-        phase_weights: weight of each phase in the score.
-        difficulties: difficulty values (exemplar groups and score multipliers).
-        pixel_noise: standard deviation of the pixel noise.
-        judge_noise: standard deviation of the score noise.
-        data_seed: seed of the renderer.
-        **kwargs: ``VideoDataModule`` arguments.
+        **kwargs: ``render``'s arguments (``data_seed`` as its ``seed``), then ``VideoDataModule``'s.
     """
 
-    def __init__(
-        self,
-        sampler: ClipSampler,
-        train_transform: VideoTransform,
-        test_transform: VideoTransform,
-        num_train: int = 48,
-        num_test: int = 16,
-        num_frames: int = 40,
-        size: int = 40,
-        num_phases: int = 5,
-        min_phase_len: int = 4,
-        phase_weights: tuple[float, ...] = (0.5, 2.0, 1.0, 3.0, 0.5),
-        difficulties: tuple[float, ...] = (2.0, 3.0),
-        pixel_noise: float = 8.0,
-        judge_noise: float = 0.1,
-        data_seed: int = 0,
-        **kwargs,
-    ) -> None:
-        super().__init__(sampler, train_transform, test_transform, **kwargs)
-        self.render_kwargs = dict(
-            num_train=num_train,
-            num_test=num_test,
-            num_frames=num_frames,
-            size=size,
-            num_phases=num_phases,
-            min_phase_len=min_phase_len,
-            phase_weights=tuple(phase_weights),
-            difficulties=tuple(difficulties),
-            pixel_noise=pixel_noise,
-            judge_noise=judge_noise,
-            seed=data_seed,
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        self.gen_kwargs = generator_args(render, kwargs)
+        super().__init__(**kwargs)
 
     def clip_settings(self) -> dict:
         return {
             "render": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in self.render_kwargs.items()
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.gen_kwargs.items()
             }
         }
 
@@ -147,34 +106,21 @@ class SyntheticVideoDataModule(VideoDataModule):
         return None
 
     def frame_count(self, row: int) -> int:
-        return self.render_kwargs["num_frames"]
+        return self.gen_kwargs["num_frames"]
 
     def read(self, row: int, frames: np.ndarray) -> torch.Tensor:
         return self._frames[row][torch.as_tensor(frames)]  # (F, 3, H, W)
 
     def build_table(self) -> SampleTable:
-        v = self.videos = render(**self.render_kwargs)
+        v = self.videos = render(**self.gen_kwargs)
         self._frames = torch.from_numpy(v.frames).permute(0, 1, 4, 2, 3)  # (N, F, 3, H, W)
         # a clip's phase is the phase of its middle frame
-        index = self.sampler.indices(self.render_kwargs["num_frames"])  # (T, L), every video's
-        middle = index[:, index.shape[1] // 2]
-        self._clip_phases = torch.from_numpy(v.frame_phases[:, middle])  # (N, T)
-        return SampleTable(
-            ids=[f"synthetic_video_{i:04d}" for i in range(len(v.raw))],
-            target=v.raw,
-            scale=v.difficulty,
-            group=v.difficulty_id,
-            class_id=np.zeros(len(v.raw), dtype=np.int64),
-            split=v.split.copy(),
-            class_names=["synthetic_video"],
-            group_names=[difficulty_name(x) for x in self.render_kwargs["difficulties"]],
-        )
+        index = self.sampler.indices(self.gen_kwargs["num_frames"])  # (T, L), every video's
+        self._clip_phases = torch.from_numpy(v.frame_phases[:, index[:, index.shape[1] // 2]])
+        difficulties = self.gen_kwargs["difficulties"]
+        return synthetic_table("synthetic_video", v.raw, difficulties, v.difficulty_id, v.split, 4)
 
-    def group_option(self) -> dict:
-        return {
-            "option": "difficulty",
-            "values": [float(x) for x in self.render_kwargs["difficulties"]],
-        }
+    group_option = SyntheticDataModule.group_option
 
     def clip_labels(self, row: int) -> torch.Tensor:
-        return self._clip_phases[row]
+        return self._clip_phases[row]  # (T,)

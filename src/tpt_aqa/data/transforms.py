@@ -1,24 +1,16 @@
 """Spatial transforms of whole videos and the gathering of frames into clips (docs/method.md §9).
 
-Frames travel as uint8 ``(F, 3, H, W)`` torch tensors (RGB; the readers in
-``tpt_aqa.data.video`` return them as views of channels-last memory, which bilinear resizing of
-uint8 takes its fast path on). Values stay uint8 to the end: the I3D encoder normalises.
-
-Training draws one random crop position and one horizontal flip per video and applies them to every
-frame of it, so the motion between frames is untouched; evaluation takes the center crop. Frames
-are first resized to a fixed ``(height, width)``. The release resized to height 455 × width 256, a
-swapped tuple that distorts the aspect ratio; ``reference_resize_quirk=True`` reproduces that, the
-default is the intended height 256 × width 455. JIGSAWS takes a center crop of the raw frames with
-no resize and no flip: ``VideoTransform(resize=None, train=False)`` for every view.
-
-torchvision does not import beside the CPU build of torch this project pins; these are a few lines
-of torch instead.
+Frames are uint8 RGB ``(F, 3, H, W)`` to the end (the I3D encoder normalises). Training draws one
+crop position and one flip per video, applied to all its frames so the motion is untouched;
+evaluation takes the center crop. torchvision does not import beside the CPU build of torch this
+project pins, so these are a few lines of torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,17 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import get_worker_info
 
 
-@dataclass(frozen=True)
-class CropParams:
-    """The random draw for one video: where to crop and whether to flip.
-
-    Attributes:
-        top: first row of the crop.
-        left: first column of the crop.
-        height: crop height.
-        width: crop width.
-        flip: mirror horizontally.
-    """
+class CropParams(NamedTuple):
+    """The random draw for one video: where to crop and whether to flip."""
 
     top: int
     left: int
@@ -57,74 +40,20 @@ def check_frames(frames: torch.Tensor) -> None:
         )
 
 
-def resize_frames(
-    frames: torch.Tensor, size: tuple[int, int], antialias: bool = True
-) -> torch.Tensor:
-    """Bilinear resize of uint8 frames to an exact size.
-
-    Args:
-        frames: uint8 ``(F, 3, H, W)``.
-        size: ``(height, width)`` of the output.
-        antialias: low-pass filter when shrinking (as PIL does), so downscaled frames do not alias.
-
-    Returns:
-        uint8 ``(F, 3, height, width)``; ``frames`` itself when it already has that size.
-    """
-    check_frames(frames)
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames
-    # uint8 in, uint8 out: torch resizes uint8 directly (rounding), with a fast path for
-    # channels-last memory, and never materialises a float copy of the video.
-    return F.interpolate(
-        frames, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias
-    )
-
-
-def center_crop_params(height: int, width: int, crop_size: int) -> CropParams:
-    """The center crop of a ``height × width`` frame: offsets rounded down, no flip."""
-    return CropParams(
-        (height - crop_size) // 2, (width - crop_size) // 2, crop_size, crop_size, False
-    )
-
-
-def apply_crop(frames: torch.Tensor, params: CropParams) -> torch.Tensor:
-    """Crop (and maybe flip) every frame alike.
-
-    Args:
-        frames: uint8 ``(F, 3, H, W)``.
-        params: the crop and flip.
-
-    Returns:
-        uint8 ``(F, 3, params.height, params.width)``; a view of ``frames`` unless flipped.
-    """
-    out = frames[
-        ..., params.top : params.top + params.height, params.left : params.left + params.width
-    ]
-    return out.flip(-1) if params.flip else out
-
-
 @dataclass
 class VideoTransform:
-    """Resize, then crop and maybe flip, with one random draw per video.
+    """Resize (bilinear, antialiased when shrinking), then crop and maybe flip, one draw per video.
 
-    Views: ``train=True`` takes a random ``crop_size`` square and flips with p = 0.5 (when
-    ``flip``); ``train=False`` takes the center crop and never flips (test queries, exemplars).
-
-    Randomness, in order of precedence: a ``generator`` passed to the call; else, with ``seed``
-    set, a generator owned by this object (seeded from ``seed`` and, inside a DataLoader worker,
-    the worker's seed, so workers and epochs do not repeat each other's crops, and runs under
-    ``lightning.seed_everything(workers=True)`` reproduce); else torch's global RNG, which the
-    DataLoader seeds per worker.
+    Randomness, in order of precedence: a ``generator`` passed to the call; else, with ``seed``, a
+    generator of this object seeded from ``seed`` and the DataLoader worker's seed (workers and
+    epochs do not repeat each other's crops); else torch's global RNG.
 
     Args:
         resize: ``(height, width)`` every frame is resized to first; ``None`` keeps the frames.
-        reference_resize_quirk: swap ``resize`` to ``(width, height)`` as the release did (height
-            455 × width 256 with the default), distorting the aspect ratio. For reproduction only.
+        reference_resize_quirk: swap ``resize`` as the release did (height 455 × width 256),
+            distorting the aspect ratio; for reproduction only.
         crop_size: side of the square crop; ``None`` keeps the whole (resized) frame.
-        train: random crop and flip (training) instead of the center crop (evaluation).
-        flip: allow the horizontal flip in training.
-        antialias: antialias when the resize shrinks.
-        seed: seed of this object's own generator (see above); ``None`` uses torch's global RNG.
+        train: a random crop, flipped with p = 0.5 when ``flip``; else the center crop, no flip.
     """
 
     resize: tuple[int, int] | None = (256, 455)
@@ -178,19 +107,7 @@ class VideoTransform:
         return self._generator
 
     def draw(self, height: int, width: int, generator: torch.Generator | None = None) -> CropParams:
-        """The crop and flip for one video whose (resized) frames are ``height × width``.
-
-        Args:
-            height: frame height after resizing.
-            width: frame width after resizing.
-            generator: source of randomness for this draw (see the class docstring).
-
-        Returns:
-            The crop parameters; deterministic (center, no flip) when not training.
-
-        Raises:
-            ValueError: when the frames are smaller than the crop.
-        """
+        """The crop and flip of one video whose resized frames are ``height × width``."""
         size = self.crop_size
         if size is None:
             return CropParams(0, 0, height, width, False)
@@ -199,8 +116,8 @@ class VideoTransform:
                 f"frames of {height}×{width} (height × width) are smaller than the {size}² crop; "
                 "set the transform's resize to at least the crop size, or lower crop_size"
             )
-        if not self.train:
-            return center_crop_params(height, width, size)
+        if not self.train:  # the center crop, offsets rounded down
+            return CropParams((height - size) // 2, (width - size) // 2, size, size, False)
         rng = self._rng(generator)
         top = int(torch.randint(0, height - size + 1, (1,), generator=rng))
         left = int(torch.randint(0, width - size + 1, (1,), generator=rng))
@@ -210,35 +127,23 @@ class VideoTransform:
     def __call__(
         self, frames: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Transform all frames of one video with a single draw.
-
-        Args:
-            frames: uint8 ``(F, 3, H, W)``.
-            generator: source of randomness for this video (see the class docstring).
-
-        Returns:
-            uint8 ``(F, 3, crop, crop)``; may be a view of ``frames`` (center crop, no resize).
-        """
+        """All frames ``(F, 3, H, W)`` of one video with a single draw: ``(F, 3, crop, crop)``,
+        maybe a view of ``frames``."""
         check_frames(frames)
-        if self.resize_size is not None:
-            frames = resize_frames(frames, self.resize_size, self.antialias)
-        params = self.draw(frames.shape[-2], frames.shape[-1], generator)
-        return apply_crop(frames, params)
+        size = self.resize_size
+        if size is not None and tuple(frames.shape[-2:]) != size:
+            # uint8 in and out, never a float copy: torch's fast path for channels-last memory
+            frames = F.interpolate(
+                frames, size=size, mode="bilinear", align_corners=False, antialias=self.antialias
+            )
+        top, left, height, width, flip = self.draw(frames.shape[-2], frames.shape[-1], generator)
+        out = frames[..., top : top + height, left : left + width]
+        return out.flip(-1) if flip else out
 
 
 def frames_to_clips(frames: torch.Tensor, index: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Gather frames into clips; a frame used by several (overlapping) clips is copied, not re-read.
-
-    Args:
-        frames: ``(F, 3, H, W)`` (any dtype, usually uint8).
-        index: position in ``frames`` of every clip frame ``(T, L)``.
-
-    Returns:
-        Clips ``(T, 3, L, H, W)``, contiguous, same dtype as ``frames``.
-
-    Raises:
-        ValueError: when an index falls outside ``[0, F)`` or ``index`` is not 2-D.
-    """
+    """Clips ``(T, 3, L, H, W)`` of frames ``(F, 3, H, W)`` at positions ``index`` ``(T, L)``; a frame
+    of several (overlapping) clips is copied, not re-read."""
     index = torch.as_tensor(np.asarray(index), dtype=torch.long)
     if index.ndim != 2:
         raise ValueError(f"expected a clip index matrix (T, L), got shape {tuple(index.shape)}")

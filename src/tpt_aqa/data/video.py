@@ -1,21 +1,12 @@
 """Reading the frames of a video: JPEG frame folders and video files (docs/method.md §8–9).
 
-All readers return the requested frames only, as uint8 RGB ``(F, 3, H, W)`` torch tensors in the
-order of the requested indices (repeats allowed; each distinct frame is decoded once). The tensor is
-a view of channels-last ``(F, H, W, 3)`` memory, the decoders' native layout: no copy is made to
-reorder it, and ``tpt_aqa.data.transforms`` resizes that layout on torch's fast path. Call
-``.contiguous()`` if an owner of the result needs the standard layout; ``frames_to_clips`` and
-``load_clips`` return contiguous clips.
-
-Frame ``i`` of a folder is its ``i``-th JPEG file in natural name order (``img_2.jpg`` before
-``img_10.jpg``; the same as plain name order for zero-padded names), or the file
-``pattern.format(start + i)`` when a pattern such as ``img_{:05d}.jpg`` is given. Frame ``i`` of a
-video file is the ``i``-th frame its decoder outputs.
-
-Where the release crashed deep in a loader (or, for short folders, quietly trained on fewer
-frames), every failure here is a ``VideoReadError`` naming the file or folder, what was expected
-and what was found. ``on_missing="repeat_last"`` is an explicit, warned fallback for sources a few
-frames too short; nothing is ever padded with zeros.
+Readers return the requested frames only, as uint8 RGB ``(F, 3, H, W)`` in the requested order
+(repeats allowed; each distinct frame decoded once), a view of the decoders' channels-last memory
+(the transforms' fast path). Frame ``i`` of a folder is its ``i``-th JPEG in natural name order
+(``img_2`` before ``img_10``), or ``pattern.format(start + i)`` with a pattern; of a video file,
+the ``i``-th decoded frame. Every failure is a ``VideoReadError`` naming the file, what was
+expected and found; ``on_missing="repeat_last"`` is an explicit, warned fallback for sources a few
+frames short, and nothing is ever padded with zeros.
 """
 
 from __future__ import annotations
@@ -72,10 +63,6 @@ class VideoReadError(UserError, ValueError):
     """A video or frame folder could not be read as requested."""
 
 
-# --------------------------------------------------------------------------------------------------
-# Frame folders
-
-
 def _natural_key(name: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
@@ -99,17 +86,8 @@ def _names(folder: Path) -> tuple[tuple[str, ...], frozenset[str]]:
 
 
 def list_frames(folder: Source) -> tuple[str, ...]:
-    """JPEG file names of a frame folder in frame order (listed once per folder and cached).
-
-    Args:
-        folder: the frame folder.
-
-    Returns:
-        File names (``.jpg`` / ``.jpeg``, any case) in natural name order.
-
-    Raises:
-        VideoReadError: when the folder does not exist.
-    """
+    """JPEG file names (``.jpg``/``.jpeg``, any case) of a frame folder in frame order, listed once
+    per folder and cached."""
     return _names(Path(folder))[0]
 
 
@@ -191,11 +169,8 @@ def _frame_buffer(
 
 
 def _decode_jpegs(paths: list[Path], decoder: str, strict: bool) -> np.ndarray:
-    """Decode JPEG files into one ``(F, H, W, 3)`` array, each straight into its slot.
-
-    With ``strict=False`` a file simplejpeg rejects is retried with PIL, which tolerates some
-    recoverable defects that libjpeg-turbo's strict mode reports as errors.
-    """
+    """Decode JPEG files into one ``(F, H, W, 3)`` array, each straight into its slot; without
+    ``strict``, PIL retries a file simplejpeg's strict mode rejects (recoverable defects)."""
     out: np.ndarray | None = None
     for i, path in enumerate(paths):
         try:
@@ -239,27 +214,14 @@ def read_frame_folder(
     decoder: Decoder = "auto",
     on_missing: OnMissing = "error",
 ) -> torch.Tensor:
-    """Decode the requested frames of a folder of JPEGs.
+    """Frames ``indices`` ``(F,)`` of a folder of JPEGs, uint8 ``(F, 3, H, W)``.
 
     Args:
-        folder: the frame folder.
-        indices: frame indices ``(F,)``, any order, repeats allowed.
-        pattern: file name of frame ``i`` as ``pattern.format(start + i)``, e.g. ``img_{:05d}.jpg``
-            (AQA-7) or ``{:08d}.jpg`` (MTL-AQA whole-video folders). ``None``: the folder's JPEG
-            files in natural name order.
-        start: the number in the name of frame 0, with ``pattern`` (1 for ``img_00001.jpg``).
-        decoder: ``"simplejpeg"``, ``"pil"``, or ``"auto"``: simplejpeg when installed, with PIL
-            retrying any file simplejpeg's strict mode rejects; PIL otherwise.
-        on_missing: ``"error"``, or ``"repeat_last"`` to use the last available frame for indices
-            past the end of a too-short folder (with a ``RuntimeWarning``). A fallback for folders a
-            few frames short; it hides truncated extractions, so prefer fixing the data.
-
-    Returns:
-        uint8 RGB frames ``(F, 3, H, W)``, a view of channels-last memory.
-
-    Raises:
-        VideoReadError: missing folder, too few frames, missing, unreadable or corrupt JPEG, or
-            frames of different sizes; the message names the file or folder.
+        pattern: file name of frame ``i`` as ``pattern.format(start + i)`` (``img_{:05d}.jpg``);
+            ``None``: the JPEGs in natural name order.
+        decoder: ``"simplejpeg"``, ``"pil"``, or ``"auto"``: simplejpeg when installed, PIL
+            retrying what it rejects; PIL otherwise.
+        on_missing: ``"error"``, or ``"repeat_last"`` (warned) for indices past the end.
     """
     _check_options(decoder, on_missing)
     folder = Path(folder)
@@ -283,10 +245,6 @@ def read_frame_folder(
     if len(wanted) != len(idx) or not np.array_equal(wanted, idx):
         frames = frames[inverse.reshape(-1)]  # (F, H, W, 3)
     return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, 3, H, W)
-
-
-# --------------------------------------------------------------------------------------------------
-# Video files
 
 
 class _SeekUnreliable(Exception):
@@ -316,13 +274,10 @@ def _numbered(
 def _numbered_after_seek(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, target: int
 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Frames from the keyframe at or before frame ``target``, numbered from their timestamps.
-
-    Numbers come from ``(pts - pts of frame 0) × time_base × frame rate``. That is the decoder
-    output number only for a constant frame rate, so this raises ``_SeekUnreliable`` before
-    yielding a doubtful number: no constant rate, a missing or fractional timestamp, a gap, a seek
-    that landed past ``target``, or no frame at all.
-    """
+    """Frames from the keyframe at or before frame ``target``, numbered ``(pts - pts of frame 0) ×
+    time_base × rate``: the output number only at a constant rate, so ``_SeekUnreliable`` is raised
+    before a doubtful number (no constant rate, a missing or fractional pts, a gap, a seek past
+    ``target``, no frame)."""
     rate = stream.average_rate
     head = next(container.decode(stream), None)
     if head is None or head.pts is None or rate is None or rate != stream.base_rate:
@@ -348,18 +303,9 @@ def _numbered_after_seek(
 def _scan(
     numbered: Iterator[tuple[int, av.VideoFrame]], wanted: np.ndarray, path: Path
 ) -> tuple[np.ndarray | None, int | None, np.ndarray | None]:
-    """Convert the wanted frames to RGB as they pass, stopping after the last one.
-
-    Args:
-        numbered: ``(frame number, frame)`` in order.
-        wanted: sorted distinct frame numbers ``(U,)``.
-        path: the video, for messages.
-
-    Returns:
-        ``(out, total, last)``: the wanted frames ``(U, H, W, 3)`` (``None`` if none was reached;
-        slots past the end stay unfilled), and, when the video ended before the last wanted
-        frame, its number of frames and its last frame ``(H, W, 3)`` (else ``None, None``).
-    """
+    """The sorted distinct ``wanted`` frames ``(U, H, W, 3)`` converted to RGB as ``numbered``
+    passes (``None`` if none was reached), and, when the video ended before the last one, its
+    frame count and last frame ``(H, W, 3)`` (else ``None, None``)."""
     slot = {int(w): k for k, w in enumerate(wanted)}
     last_wanted = int(wanted[-1])
     out: np.ndarray | None = None
@@ -405,26 +351,9 @@ def read_video_file(
     on_missing: OnMissing = "error",
     seek: bool = True,
 ) -> torch.Tensor:
-    """Decode the requested frames of a video file with PyAV.
-
-    Decoding stops after the last requested frame. With ``seek`` and a constant frame rate it
-    starts at the keyframe before the first requested frame instead of the first frame; where
-    timestamps do not map to frame numbers it silently falls back to decoding from the start.
-
-    Args:
-        path: the video file.
-        indices: frame numbers ``(F,)`` in decoder output order, any order, repeats allowed.
-        on_missing: ``"error"``, or ``"repeat_last"`` to use the last frame for numbers past the
-            end (with a ``RuntimeWarning``), e.g. when container metadata over-counts by a frame.
-        seek: allow seeking (``False`` always decodes from the first frame).
-
-    Returns:
-        uint8 RGB frames ``(F, 3, H, W)``, a view of channels-last memory.
-
-    Raises:
-        VideoReadError: missing or unreadable file, no video stream, a decoding error, frames of
-            different sizes, or too few frames; the message names the file.
-    """
+    """Frames ``indices`` ``(F,)`` of a video file (PyAV), uint8 ``(F, 3, H, W)``. Decoding stops
+    after the last one and, with ``seek`` at a constant frame rate, starts at the keyframe before
+    the first (else from the start); ``on_missing`` as ``read_frame_folder``."""
     _check_options("auto", on_missing)
     path = Path(path)
     idx = _as_indices(indices)
@@ -454,30 +383,11 @@ def _count_video(path: Path, exact: bool) -> int:
             raise VideoReadError(f"decoding {path} failed ({err}). {FIX_HINT}") from err
 
 
-# --------------------------------------------------------------------------------------------------
-# Either source
-
-
 def count_frames(
     source: Source, pattern: str | None = None, start: int = 0, exact: bool = False
 ) -> int:
-    """Number of frames of a frame folder or a video file.
-
-    Args:
-        source: a folder of JPEG frames or a video file.
-        pattern: for folders, count the consecutive files ``pattern.format(start + i)`` from
-            ``i = 0`` instead of all JPEG files (see ``read_frame_folder``).
-        start: the number in the name of frame 0, with ``pattern``.
-        exact: for video files, decode and count every frame instead of trusting the container's
-            frame count (which some containers lack or get wrong); without metadata the count is
-            decoded anyway.
-
-    Returns:
-        The number of frames.
-
-    Raises:
-        VideoReadError: when the source is missing or unreadable.
-    """
+    """Frames of a folder (its JPEGs, or with ``pattern`` the consecutive files from ``start``) or
+    of a video file (its container's count, decoded when ``exact`` or when the container has none)."""
     source = Path(source)
     if source.is_dir():
         return _count_folder(source, pattern, start)
@@ -489,16 +399,7 @@ def count_frames(
 def read_frames(
     source: Source, indices: Sequence[int] | np.ndarray | torch.Tensor, **options
 ) -> torch.Tensor:
-    """``read_frame_folder`` for folders, ``read_video_file`` for files.
-
-    Args:
-        source: a folder of JPEG frames or a video file.
-        indices: frame indices ``(F,)``.
-        **options: keyword arguments of the reader the source calls for.
-
-    Returns:
-        uint8 RGB frames ``(F, 3, H, W)``.
-    """
+    """``read_frame_folder`` for folders, ``read_video_file`` for files: ``(F, 3, H, W)``."""
     if Path(source).is_dir():
         return read_frame_folder(source, indices, **options)
     return read_video_file(source, indices, **options)
@@ -511,23 +412,8 @@ def load_clips(
     generator: torch.Generator | None = None,
     **options,
 ) -> torch.Tensor:
-    """The clips of one video: read each needed frame once, transform, gather into clips.
-
-    Typical use in a datamodule's ``load_video``::
-
-        index = sampler.indices(count_frames(folder), offset)  # (T, L)
-        return load_clips(folder, index, transforms[view])     # (T, 3, L, 224, 224)
-
-    Args:
-        source: a folder of JPEG frames or a video file.
-        index: frame number of every clip frame ``(T, L)`` (``ClipSampler.indices``).
-        transform: applied to all frames of the video with one random draw; ``None`` keeps them.
-        generator: randomness for this video's transform draw (see ``VideoTransform``).
-        **options: keyword arguments of the reader (``pattern``, ``decoder``, ``on_missing`` …).
-
-    Returns:
-        uint8 clips ``(T, 3, L, H, W)``, contiguous.
-    """
+    """The clips ``(T, 3, L, H, W)`` of frames ``index`` ``(T, L)`` of one video: each needed frame
+    read once, ``transform``-ed with one draw, gathered into clips."""
     frames_needed, local = unique_frames(index)  # (U,), (T, L)
     frames = read_frames(source, frames_needed, **options)  # (U, 3, H, W)
     if transform is not None:
@@ -542,18 +428,8 @@ def write_frame_folder(
     start: int = 0,
     quality: int = 95,
 ) -> list[Path]:
-    """Write frames as JPEG files (PIL), for preparation scripts, tests and benchmarks.
-
-    Args:
-        folder: created if missing.
-        frames: uint8 RGB ``(F, 3, H, W)``.
-        pattern: file name of frame ``i`` as ``pattern.format(start + i)``.
-        start: number of the first frame in its name.
-        quality: JPEG quality (1–95).
-
-    Returns:
-        The written paths, in frame order.
-    """
+    """Write uint8 RGB frames ``(F, 3, H, W)`` as JPEGs ``pattern.format(start + i)`` in ``folder``
+    (created if missing); the paths in frame order."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hwc = frames.permute(0, 2, 3, 1).contiguous().numpy()  # (F, H, W, 3)

@@ -1,14 +1,10 @@
-"""The datamodule of benchmarks whose samples are videos: frame folders or video files (docs/method.md §8–9).
+"""The datamodule of benchmarks whose samples are frame folders or video files (docs/method.md §8–9).
 
-A benchmark module parses its annotations into a ``SampleTable`` (``build_table``), says where the
-frames of each sample are (``source``) and, when its clips are not the sampler spread over the
-whole source, which frames they take (``clip_index`` and ``frame_span``): nothing more, as a
-dataset of mmaction2 implements ``load_data_list`` only. Everything storage-shaped is here: the clip
-sampler and the per-view transforms, frame counts (a video file is counted once per process), the
-check at setup that every source exists, reading, ``check_sample`` for ``python -m tpt_aqa.verify``
-(exists → enough frames → the first and last needed frames decode), the error messages that name
-the file and the fix, the feature cache (``features_root``) and how ``tpt_aqa.predict`` reads a new
-video.
+A benchmark parses its annotations (``build_table``) and says where each sample's frames are
+(``source``) and, unless its clips are the sampler spread over the whole source, which frames they
+take (``clip_index``, ``frame_span``). Everything storage-shaped is here: sampler and per-view
+transforms, frame counts, the sources check, reading, ``check_sample`` for ``tpt_aqa.verify``, the
+messages naming the file and the fix, the feature cache and how ``tpt_aqa.predict`` reads a video.
 """
 
 from __future__ import annotations
@@ -41,16 +37,14 @@ class VideoDataModule(AQADataModule):
         train_transform: spatial transform of training videos.
         test_transform: spatial transform of evaluated videos and of exemplars.
         root: the benchmark's folder (``None`` for videos made in memory).
-        features_root: a feature cache of this benchmark written by ``tpt_aqa.extract_features``
-            (``{id}.npy`` + ``manifest.json``); when set, samples are its ``(T,C)`` features (use
-            ``model/encoder=precomputed``) and the manifest must match this datamodule's clip
-            sampling and transforms and the test view.
-        features_expect: further manifest entries the cache must have, e.g.
-            ``{"encoder.normalization": "imagenet"}``.
+        features_root: a cache of ``tpt_aqa.extract_features``; samples are then its ``(T,C)``
+            features, and its manifest must match this datamodule's clips and test view.
+        features_expect: further manifest entries the cache must have.
         **kwargs: ``AQADataModule`` arguments.
     """
 
     title: ClassVar[str] = "video"  # the benchmark, in messages: "MTL-AQA dive 01_02: …"
+    holds: ClassVar[str] = ""  # what dataset.root holds, in messages
     config_name: ClassVar[str] = ""  # dataset=<config_name>, in the verify command
     noun: ClassVar[str] = "video"  # what one sample is: "dive", "trial"
     # whether the sources must exist with a feature cache too (e.g. to label the sampled frames)
@@ -69,8 +63,11 @@ class VideoDataModule(AQADataModule):
         super().__init__(**kwargs)
         self.sampler = sampler
         # exemplars are seen as evaluated videos are
-        self.transforms = {"train": train_transform, "test": test_transform}
-        self.transforms["exemplar"] = test_transform
+        self.transforms = {
+            "train": train_transform,
+            "test": test_transform,
+            "exemplar": test_transform,
+        }
         self.root = None if root is None else Path(root)
         self.features_root = Path(features_root) if features_root else None
         if isinstance(features_expect, DictConfig):
@@ -101,29 +98,17 @@ class VideoDataModule(AQADataModule):
     def clip_index(
         self, row: int, view: str = "test", generator: torch.Generator | None = None
     ) -> np.ndarray:
-        """Positions in its source of a row's clip frames ``(T, L)``: here the sampler spread over
-        the whole source, the same in every view.
-
-        Args:
-            row: table row.
-            view: ``"train"``, ``"test"`` or ``"exemplar"``.
-            generator: randomness of a training draw; ``None`` uses torch's global RNG.
-
-        Raises:
-            ValueError: when the source is too short, naming it and the fix.
-        """
+        """Positions in its source of a row's clip frames ``(T, L)`` in a view, a training draw
+        from ``generator`` (torch's global RNG for ``None``): here the sampler over the whole
+        source. Raises ``ValueError`` for a source too short, naming it and the fix."""
         try:
             return self.sampler.indices(self.frame_count(row))
         except ValueError as err:
             raise ValueError(f"{self.source(row)} is too short ({err}); {self.fix()}") from None
 
     def frame_span(self, row: int, view: str) -> tuple[int, int]:
-        """``(first, stop)``: the frames ``[first, stop)`` a view of a row may read, over every random
-        draw; here those of ``clip_index``.
-
-        Raises:
-            ValueError: when the view cannot be cut from the source, naming it and the fix.
-        """
+        """The frames ``[first, stop)`` a view of a row may read over every random draw; here those
+        of ``clip_index``. Raises ``ValueError`` naming the source and the fix."""
         index = self.clip_index(row, view)
         return int(index.min()), int(index.max()) + 1
 
@@ -138,6 +123,15 @@ class VideoDataModule(AQADataModule):
     # ---- messages ------------------------------------------------------------------------------
     def sample_name(self, row: int) -> str:
         return f"{self.noun} {self.table.ids[row]}"
+
+    def check_root(self) -> None:
+        """``dataset.root`` is a folder, or a ``FileNotFoundError`` says what it should hold."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"{self.title} dataset.root={self.root} does not exist: pass dataset.root=/path/"
+                f"to/{self.title} (the folder holding {self.holds}), then check it with "
+                f"{self.verify_command()}"
+            )
 
     def fix(self) -> str:
         return f"(re-)extract its frames with {PREPARE_COMMAND} or fix {self.source_keys()}"
@@ -165,9 +159,8 @@ class VideoDataModule(AQADataModule):
         }
 
     def prediction_input(self) -> dict[str, Any]:
-        """``{"kind": "video", "sampler": …, "transform": …, "start_frame": …}``: ClipSampler fields,
-        VideoTransform settings and the first frame of the clip window of a new video; the
-        features' description when the model takes cached features."""
+        """``{"kind": "video", "sampler": …, "transform": …, "start_frame": …}`` (the first frame of
+        a new video's clip window), or the features' description with a feature cache."""
         if self.features_root is not None:
             return super().prediction_input()
         return {
@@ -186,8 +179,8 @@ class VideoDataModule(AQADataModule):
         return f"{kind} {source} is missing; {self.fix()}"
 
     def frame_count(self, row: int) -> int:
-        """Frames of a row's source. A folder's listing is cached by the reader (and renewed when
-        the folder changes); a video file, which must be opened to be counted, once per process."""
+        """Frames of a row's source; a video file, which must be opened to be counted, is counted
+        once per process (the reader caches folder listings)."""
         source = self.source(row)
         options = self.reader_options()
         if not self.reads_files:
@@ -201,11 +194,7 @@ class VideoDataModule(AQADataModule):
         return read_frames(self.source(row), frames, **self.reader_options())
 
     def _view_span(self, row: int, view: str) -> tuple[int, int]:
-        """``frame_span`` checked against the source: it exists and has the frames.
-
-        Raises:
-            VideoReadError: naming the source and the fix.
-        """
+        """``frame_span`` checked against the source: it exists and has the frames."""
         missing = self.missing(row)
         if missing:
             raise MissingSourceError(missing)
@@ -221,28 +210,6 @@ class VideoDataModule(AQADataModule):
             )
         return first, stop
 
-    def clip_frames(
-        self, row: int, view: str, generator: torch.Generator | None = None
-    ) -> tuple[Path, np.ndarray]:
-        """Where a row's clips are read from and the positions of their frames in it ``(T, L)``.
-
-        Raises:
-            VideoReadError: a missing source, one with too few frames, or a window that cannot be
-                cut from it; the message names the path and the fix.
-        """
-        return self.source(row), self._checked_index(row, view, generator)
-
-    def _checked_index(
-        self, row: int, view: str, generator: torch.Generator | None = None
-    ) -> np.ndarray:
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-        try:
-            self._view_span(row, view)
-        except VideoReadError as err:
-            raise self._error(row, str(err)) from None
-        return self.clip_index(row, view, generator)
-
     def load_video(self, row: int, view: str) -> torch.Tensor:
         """The clips of a row ``(T, 3, L, H, W)`` uint8, read now (its ``(T, C)`` features with a
         feature cache)."""
@@ -250,7 +217,13 @@ class VideoDataModule(AQADataModule):
             return torch.from_numpy(
                 np.load(self.features_root / f"{self.table.ids[row]}.npy")
             ).float()
-        index = self._checked_index(row, view)
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        try:
+            self._view_span(row, view)
+        except VideoReadError as err:
+            raise self._error(row, str(err)) from None
+        index = self.clip_index(row, view)
         frames, local = unique_frames(index)  # each needed frame is read and transformed once
         try:
             video = self.read(row, frames)  # (U, 3, H, W)
@@ -262,9 +235,8 @@ class VideoDataModule(AQADataModule):
 
     # ---- checks --------------------------------------------------------------------------------
     def check_files(self) -> None:
-        """At setup: the feature cache matches, and/or (without a cache, or with
-        ``sources_with_features``) every sample's source exists (a quick stat each; frames are read
-        later). Raises ``CacheMismatchError`` or ``MissingSourceError``."""
+        """At setup: the feature cache matches, and (without one, or ``sources_with_features``)
+        every sample's source exists. Raises ``CacheMismatchError`` or ``MissingSourceError``."""
         if self.features_root is not None:
             self._check_feature_cache()
             if not self.sources_with_features:
@@ -286,11 +258,9 @@ class VideoDataModule(AQADataModule):
             )
 
     def check_sample(self, row: int) -> list[str]:
-        """Problems of one sample on disk, each naming the path and the fix (empty when fine).
-
-        The source exists, has the frames every view needs, and its first and last needed frames
-        decode (only those two, to stay fast).
-        """
+        """Problems of one sample on disk, each naming the path and the fix: the source exists, has
+        the frames every view needs, and its first and last needed frames decode (only those two,
+        to stay fast)."""
         name = self.sample_name(row)
         try:
             spans = [self._view_span(row, view) for view in VIEWS]
