@@ -37,6 +37,13 @@ def trained(tmp_path_factory):
     return results, ckpt, dm, module, tmp
 
 
+def predict_cfg(tmp, results, out, *overrides):
+    """The ``tpt_aqa.predict`` config for a run's selected checkpoint, writing to ``out``."""
+    return compose_cfg(
+        tmp, f"ckpt_path={results['checkpoint']}", f"output_dir={out}", *overrides, config="predict"
+    )
+
+
 def test_selected_checkpoint_carries_the_bank(trained):
     results, ckpt, dm, module, _ = trained
     bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
@@ -88,14 +95,7 @@ def test_predict_cli_scores_feature_files(trained):
     for r in rows:
         np.save(inputs / f"{dm.table.ids[r]}.npy", dm.sample(int(r), "test")["video"].numpy())
     out = tmp / "predicted"
-    cfg = compose_cfg(
-        tmp,
-        f"ckpt_path={results['checkpoint']}",
-        f"input={inputs}",
-        "difficulty=3.2",
-        f"output_dir={out}",
-        config="predict",
-    )
+    cfg = predict_cfg(tmp, results, out, f"input={inputs}", "difficulty=3.2")
     preds = predict_entry.run(cfg)
     assert len(preds) == 2
     bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
@@ -266,14 +266,13 @@ def test_predict_checks_feature_files_as_training_does(trained, tmp_path, caplog
         return pred
 
     out = tmp_path / "out"
-    cfg = compose_cfg(
+    cfg = predict_cfg(
         tmp_path,
-        f"ckpt_path={results['checkpoint']}",
+        results,
+        out,
         f"input={tmp_path / 'f32.npy'}",
         f"difficulty={scale}",
-        f"output_dir={out}",
         "figure=false",
-        config="predict",
     )
     monkeypatch.setattr(predict_entry.Predictor, "predict", undefined)
     predict_entry.run(cfg)
@@ -363,14 +362,8 @@ def test_predict_folder_with_per_input_options(trained, tmp_path):
     out = tmp_path / "out"
 
     def cfg(*extra):
-        return compose_cfg(
-            tmp_path,
-            f"ckpt_path={results['checkpoint']}",
-            f"input={folder}",
-            f"options_csv={table}",
-            f"output_dir={out}",
-            *extra,
-            config="predict",
+        return predict_cfg(
+            tmp_path, results, out, f"input={folder}", f"options_csv={table}", *extra
         )
 
     # the empty cell keeps the command line's difficulty; without one, the error names the input
@@ -405,7 +398,10 @@ def test_step_labels_files_and_their_mapping_to_the_sampled_frames(tmp_path):
     assert index.tolist() == [[0, 5, 11, 16], [22, 27, 33, 39]]
     got = predict_entry.labels_at_frames(labels, index, 40, "steps=x", "dive")
     assert got.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    with pytest.raises(ValueError, match=r"steps=s\.txt has 39 step labels \(39,\) but input=dive has 40 frames; give one label per frame"):
+    with pytest.raises(
+        ValueError,
+        match=r"s\.txt has 39 step labels \(39,\) but input=dive has 40 frames; give one label",
+    ):
         predict_entry.labels_at_frames(labels[:39], index, 40, "steps=s.txt", "dive")
     bad = tmp_path / "bad.txt"
     bad.write_text("0 0 1 x 2")
@@ -425,7 +421,7 @@ def test_predict_cli_draws_the_steps_of_a_frame_folder(video_run, tmp_path):
     """``steps=FILE`` end to end: the labels of a 43-frame folder, sampled from start_frame=3 by
     5 clips of 8 at stride 8 (frames 3..42), land in the JSON record; a steps file of another
     length is refused naming both counts; a folder takes steps from its options CSV."""
-    ckpt, cfg = load_checkpoint(video_run["checkpoint"])
+    _, cfg = load_checkpoint(video_run["checkpoint"])
     dm = build_datamodule(cfg)
     row = int(dm.table.rows("test")[0])
     frames = dm._frames[row]  # (40, 3, H, W)
@@ -439,14 +435,8 @@ def test_predict_cli_draws_the_steps_of_a_frame_folder(video_run, tmp_path):
     out = tmp_path / "out"
 
     def cfg_with(*extra):
-        return compose_cfg(
-            tmp_path,
-            f"ckpt_path={video_run['checkpoint']}",
-            f"difficulty={difficulty}",
-            f"output_dir={out}",
-            "start_frame=3",
-            *extra,
-            config="predict",
+        return predict_cfg(
+            tmp_path, video_run, out, f"difficulty={difficulty}", "start_frame=3", *extra
         )
 
     (pred,) = predict_entry.run(cfg_with(f"input={folder}", f"steps={steps}"))
@@ -455,11 +445,15 @@ def test_predict_cli_draws_the_steps_of_a_frame_folder(video_run, tmp_path):
     assert record["step_labels"] == expected == pred.step_labels.tolist()
     assert (out / "dive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     np.save(tmp_path / "short.npy", labels[:40])
-    with pytest.raises(ValueError, match=r"short\.npy has 40 step labels \(40,\) but input=.*dive has 43 frames"):
+    with pytest.raises(
+        ValueError, match=r"short\.npy has 40 step labels \(40,\) but input=.*dive has 43 frames"
+    ):
         predict_entry.run(cfg_with(f"input={folder}", f"steps={tmp_path / 'short.npy'}"))
     # a folder of inputs: one steps= for all is refused; the CSV's steps column, relative to it
     write_frame_folder(inputs / "other", frames[:3].repeat(15, 1, 1, 1)[:43], quality=95)
-    with pytest.raises(ValueError, match=r"holds 2; give each input its steps file in a 'steps' column"):
+    with pytest.raises(
+        ValueError, match=r"holds 2; give each input its steps file in a 'steps' column"
+    ):
         predict_entry.run(cfg_with(f"input={inputs}", f"steps={steps}"))
     table = tmp_path / "options.csv"
     table.write_text("input,steps\ndive,dive_steps.txt\nother,\n")
@@ -473,15 +467,16 @@ def test_steps_are_refused_for_feature_inputs(trained, tmp_path):
     row = int(dm.table.rows("test")[0])
     np.save(tmp_path / "clip.npy", dm.sample(row, "test")["video"].numpy())
     (tmp_path / "steps.txt").write_text("0 1 2")
-    cfg = compose_cfg(
+    cfg = predict_cfg(
         tmp_path,
-        f"ckpt_path={results['checkpoint']}",
+        results,
+        tmp_path / "out",
         f"input={tmp_path / 'clip.npy'}",
         f"difficulty={float(dm.table.scale[row])}",
         f"steps={tmp_path / 'steps.txt'}",
-        f"output_dir={tmp_path / 'out'}",
-        config="predict",
     )
-    with pytest.raises(ValueError, match=r"clip\.npy is a feature file, which has no frames to label"):
+    with pytest.raises(
+        ValueError, match=r"clip\.npy is a feature file, which has no frames to label"
+    ):
         predict_entry.run(cfg)
     assert not (tmp_path / "out" / "clip.json").exists()
