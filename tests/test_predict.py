@@ -15,6 +15,7 @@ from tpt_aqa import predict as predict_entry
 from tpt_aqa import train as train_entry
 from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
 from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.data.clips import linspace_clips
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
 from tpt_aqa.runtime import load_checkpoint
@@ -34,6 +35,13 @@ def trained(tmp_path_factory):
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     return results, ckpt, dm, module, tmp
+
+
+def predict_cfg(tmp, results, out, *overrides):
+    """The ``tpt_aqa.predict`` config for a run's selected checkpoint, writing to ``out``."""
+    return compose_cfg(
+        tmp, f"ckpt_path={results['checkpoint']}", f"output_dir={out}", *overrides, config="predict"
+    )
 
 
 def test_selected_checkpoint_carries_the_bank(trained):
@@ -87,14 +95,7 @@ def test_predict_cli_scores_feature_files(trained):
     for r in rows:
         np.save(inputs / f"{dm.table.ids[r]}.npy", dm.sample(int(r), "test")["video"].numpy())
     out = tmp / "predicted"
-    cfg = compose_cfg(
-        tmp,
-        f"ckpt_path={results['checkpoint']}",
-        f"input={inputs}",
-        "difficulty=3.2",
-        f"output_dir={out}",
-        config="predict",
-    )
+    cfg = predict_cfg(tmp, results, out, f"input={inputs}", "difficulty=3.2")
     preds = predict_entry.run(cfg)
     assert len(preds) == 2
     bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
@@ -265,14 +266,13 @@ def test_predict_checks_feature_files_as_training_does(trained, tmp_path, caplog
         return pred
 
     out = tmp_path / "out"
-    cfg = compose_cfg(
+    cfg = predict_cfg(
         tmp_path,
-        f"ckpt_path={results['checkpoint']}",
+        results,
+        out,
         f"input={tmp_path / 'f32.npy'}",
         f"difficulty={scale}",
-        f"output_dir={out}",
         "figure=false",
-        config="predict",
     )
     monkeypatch.setattr(predict_entry.Predictor, "predict", undefined)
     predict_entry.run(cfg)
@@ -295,10 +295,16 @@ VIDEO = [
 ]
 
 
-def test_predict_a_frame_folder_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    """A tiny rendered-video run (5 clips of 8 frames at stride 8 over 40 frames): its results."""
+    return train_entry.run(compose_cfg(tmp_path_factory.mktemp("video"), *TINY_MODEL, *VIDEO))
+
+
+def test_predict_a_frame_folder_end_to_end(video_run, tmp_path):
     """Video path: the bank records how videos are read; a JPEG folder of a rendered test video
     is sampled and cropped like the test view, and the figure shows the top frames."""
-    results = train_entry.run(compose_cfg(tmp_path, *TINY_MODEL, *VIDEO))
+    results = video_run
     ckpt, cfg = load_checkpoint(results["checkpoint"])
     bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
     assert bank.input["kind"] == "video" and bank.input["sampler"]["num_clips"] == 5
@@ -356,14 +362,8 @@ def test_predict_folder_with_per_input_options(trained, tmp_path):
     out = tmp_path / "out"
 
     def cfg(*extra):
-        return compose_cfg(
-            tmp_path,
-            f"ckpt_path={results['checkpoint']}",
-            f"input={folder}",
-            f"options_csv={table}",
-            f"output_dir={out}",
-            *extra,
-            config="predict",
+        return predict_cfg(
+            tmp_path, results, out, f"input={folder}", f"options_csv={table}", *extra
         )
 
     # the empty cell keeps the command line's difficulty; without one, the error names the input
@@ -382,3 +382,101 @@ def test_predict_folder_with_per_input_options(trained, tmp_path):
     table.write_text("input,level\nx,1\n")
     with pytest.raises(ValueError, match=r"unknown columns \['level'\]"):
         predict_entry.run(cfg())
+
+
+def test_step_labels_files_and_their_mapping_to_the_sampled_frames(tmp_path):
+    """Text (spaces, commas, newlines) and .npy steps files read to the same labels; the labels
+    of the frames a linspace sampler takes, by hand; a count that is not the input's is refused."""
+    labels = np.repeat([0, 1, 2, 3], 10)  # 40 frames, steps of 10
+    text = tmp_path / "steps.txt"
+    text.write_text(", ".join(map(str, labels[:20])) + "\n" + " ".join(map(str, labels[20:])))
+    np.save(tmp_path / "steps.npy", labels)
+    for path in (text, tmp_path / "steps.npy"):
+        np.testing.assert_array_equal(predict_entry.read_step_labels(path), labels)
+    # linspace(0, 39, 8) = 0, 5.57, 11.1, 16.7, 22.3, 27.9, 33.4, 39 → frames 0 5 11 16 22 27 33 39
+    index = linspace_clips(40, num_frames=8, num_clips=2, clip_len=4)
+    assert index.tolist() == [[0, 5, 11, 16], [22, 27, 33, 39]]
+    got = predict_entry.labels_at_frames(labels, index, 40, "steps=x", "dive")
+    assert got.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(
+        ValueError,
+        match=r"s\.txt has 39 step labels \(39,\) but input=dive has 40 frames; give one label",
+    ):
+        predict_entry.labels_at_frames(labels[:39], index, 40, "steps=s.txt", "dive")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0 0 1 x 2")
+    with pytest.raises(ValueError, match=r"bad\.txt: label 3 is 'x', not an integer"):
+        predict_entry.read_step_labels(bad)
+    np.save(tmp_path / "float.npy", labels.astype(np.float32))
+    with pytest.raises(ValueError, match=r"float\.npy holds a float32 array of shape \(40,\)"):
+        predict_entry.read_step_labels(tmp_path / "float.npy")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"empty\.txt holds no labels"):
+        predict_entry.read_step_labels(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match=r"missing\.txt is not a file"):
+        predict_entry.read_step_labels(tmp_path / "missing.txt")
+
+
+def test_predict_cli_draws_the_steps_of_a_frame_folder(video_run, tmp_path):
+    """``steps=FILE`` end to end: the labels of a 43-frame folder, sampled from start_frame=3 by
+    5 clips of 8 at stride 8 (frames 3..42), land in the JSON record; a steps file of another
+    length is refused naming both counts; a folder takes steps from its options CSV."""
+    _, cfg = load_checkpoint(video_run["checkpoint"])
+    dm = build_datamodule(cfg)
+    row = int(dm.table.rows("test")[0])
+    frames = dm._frames[row]  # (40, 3, H, W)
+    inputs = tmp_path / "inputs"
+    folder = inputs / "dive"
+    write_frame_folder(folder, torch.cat([frames[:3], frames]), quality=95)  # 43 frames
+    labels = np.repeat([0, 1, 2, 3], [7, 13, 11, 12])  # runs over the 43 frames
+    steps = tmp_path / "dive_steps.txt"
+    steps.write_text(" ".join(map(str, labels)))
+    difficulty = float(dm.table.scale[row])
+    out = tmp_path / "out"
+
+    def cfg_with(*extra):
+        return predict_cfg(
+            tmp_path, video_run, out, f"difficulty={difficulty}", "start_frame=3", *extra
+        )
+
+    (pred,) = predict_entry.run(cfg_with(f"input={folder}", f"steps={steps}"))
+    expected = [0] * 4 + [1] * 13 + [2] * 11 + [3] * 12  # labels[3:43], the 40 frames sampled
+    record = json.loads((out / "dive.json").read_text())
+    assert record["step_labels"] == expected == pred.step_labels.tolist()
+    assert (out / "dive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.save(tmp_path / "short.npy", labels[:40])
+    with pytest.raises(
+        ValueError, match=r"short\.npy has 40 step labels \(40,\) but input=.*dive has 43 frames"
+    ):
+        predict_entry.run(cfg_with(f"input={folder}", f"steps={tmp_path / 'short.npy'}"))
+    # a folder of inputs: one steps= for all is refused; the CSV's steps column, relative to it
+    write_frame_folder(inputs / "other", frames[:3].repeat(15, 1, 1, 1)[:43], quality=95)
+    with pytest.raises(
+        ValueError, match=r"holds 2; give each input its steps file in a 'steps' column"
+    ):
+        predict_entry.run(cfg_with(f"input={inputs}", f"steps={steps}"))
+    table = tmp_path / "options.csv"
+    table.write_text("input,steps\ndive,dive_steps.txt\nother,\n")
+    predict_entry.run(cfg_with(f"input={inputs}", f"options_csv={table}"))
+    assert json.loads((out / "dive.json").read_text())["step_labels"] == expected
+    assert "step_labels" not in json.loads((out / "other.json").read_text())
+
+
+def test_steps_are_refused_for_feature_inputs(trained, tmp_path):
+    results, _, dm, *_ = trained
+    row = int(dm.table.rows("test")[0])
+    np.save(tmp_path / "clip.npy", dm.sample(row, "test")["video"].numpy())
+    (tmp_path / "steps.txt").write_text("0 1 2")
+    cfg = predict_cfg(
+        tmp_path,
+        results,
+        tmp_path / "out",
+        f"input={tmp_path / 'clip.npy'}",
+        f"difficulty={float(dm.table.scale[row])}",
+        f"steps={tmp_path / 'steps.txt'}",
+    )
+    with pytest.raises(
+        ValueError, match=r"clip\.npy is a feature file, which has no frames to label"
+    ):
+        predict_entry.run(cfg)
+    assert not (tmp_path / "out" / "clip.json").exists()

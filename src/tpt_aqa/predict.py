@@ -13,6 +13,11 @@ de-normalised for benchmarks trained on a 0–100 scale), the spread over exempl
 and writes ``<name>.json`` and ``<name>.png``: the frames of the clip each query attends to most,
 in temporal order (paper Fig. 3), above the per-layer query × clip attention map (Fig. 4).
 
+``steps=FILE`` (a ``steps`` column of ``options_csv`` for a folder of inputs): the input's known
+step label of every frame, in order (as FineDiving's ``frames_labels``), as a 1-D integer ``.npy``
+array or a text file of whitespace- or comma-separated integers. The labels of the frames the clips
+sampled go into the JSON record (``step_labels``) and are drawn under the attention maps.
+
 Python: ``Predictor(ckpt_path).predict(path, difficulty=3.2)``.
 """
 
@@ -158,6 +163,22 @@ class Predictor:
         Returns:
             clips ``(T,3,L,H,W)`` uint8 or features ``(T,C)``; frames ``(T,H,W,3)`` or ``None``.
         """
+        return self._load(source, start_frame)[:2]
+
+    def check_steps(self, source: str | Path, steps: str | Path) -> None:
+        """Refuse a steps file where it cannot apply: a feature input has no frames to label."""
+        if self.kind == "features":
+            raise ConfigError(
+                f"steps={steps}: input={source} is a feature file, which has no frames to label "
+                "(this checkpoint was trained on cached features); drop steps=, or score the "
+                "video with a checkpoint that encodes videos"
+            )
+
+    def _load(
+        self, source: str | Path, start_frame: int | None
+    ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None, int | None]:
+        """``read``, plus the frame index of every clip frame ``(T,L)`` and the input's frame
+        count (both ``None`` for feature inputs)."""
         source = Path(source)
         if not source.exists():
             raise FileNotFoundError(f"input={source} does not exist")
@@ -180,7 +201,7 @@ class Predictor:
             if cast:
                 log.info("%s holds float64 features: cast to float32", source)
             features = torch.from_numpy(features).float()
-            return features, None
+            return features, None, None, None
         if source.suffix == FEATURE_SUFFIX:
             raise ConfigError(
                 f"input={source} is a feature file, but this checkpoint encodes videos: pass a "
@@ -203,7 +224,7 @@ class Predictor:
                 "window)"
             ) from None
         middle = clips[:, :, clips.shape[2] // 2]  # (T, 3, H, W)
-        return clips, middle.permute(0, 2, 3, 1).numpy()
+        return clips, middle.permute(0, 2, 3, 1).numpy(), index, n
 
     # ---- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -215,16 +236,27 @@ class Predictor:
         group: str | None = None,
         scale: float | None = None,
         start_frame: int | None = None,
-        frame_labels: np.ndarray | None = None,
+        frame_labels: np.ndarray | str | Path | None = None,
     ) -> Prediction:
         """Score one input (see the module docstring); the group options as in
         ``ExemplarBank.resolve_group``. ``frame_labels``: the input's known step label of every
-        frame ``(n,)`` (of every clip ``(T,)`` for feature inputs), for the figure."""
+        frame ``(n,)``, as an array or a steps file (``read_step_labels``); for feature inputs an
+        array with one label per clip ``(T,)``. Drawn in the figure.
+
+        Raises:
+            ConfigError: for a steps file with a feature input, an unreadable steps file, or
+                labels whose count is not the input's frame (clip) count.
+        """
         bank = self.bank
         gid, scale = bank.resolve_group(difficulty, class_name, group, scale)
         rows = bank.exemplar_rows(gid, self.exemplars)
+        labels_name = "frame_labels"
+        if isinstance(frame_labels, (str, Path)):
+            self.check_steps(source, frame_labels)
+            labels_name = f"steps={frame_labels}"
+            frame_labels = read_step_labels(frame_labels)
         t0 = time.perf_counter()
-        video, frames = self.read(source, start_frame)
+        video, frames, index, num_frames = self._load(source, start_frame)
         t1 = time.perf_counter()
         with autocast(self.precision, self.device):
             parsed = self.module.model.encode(video.unsqueeze(0).to(self.device))
@@ -245,9 +277,8 @@ class Predictor:
         steps = None
         if frame_labels is not None:
             steps = np.asarray(frame_labels)
-            if self.kind == "video":  # the labels of the frames each clip took
-                start = self.start_frame if start_frame is None else int(start_frame)
-                steps = steps[self.sampler.indices(len(steps), start)].ravel()  # (T·L,)
+            if index is not None:  # the labels of the frames each clip took
+                steps = labels_at_frames(steps, index, num_frames, labels_name, source)
         return Prediction(
             input=str(source),
             score=score,
@@ -261,6 +292,82 @@ class Predictor:
             timings={"read": t1 - t0, "encode": t2 - t1, "compare": t3 - t2, "total": t3 - t0},
             step_labels=steps,
         )
+
+
+STEPS_FORMAT = (
+    "one integer step label per frame of the input, in order: a 1-D integer .npy array, or a "
+    "text file of whitespace- or comma-separated integers"
+)
+
+
+def read_step_labels(path: str | Path) -> np.ndarray:
+    """A steps file: the step label of every frame of an input, in order (``STEPS_FORMAT``).
+
+    Returns:
+        Labels ``(n,)`` int64 (negative: unknown, left blank in the figure).
+
+    Raises:
+        ConfigError: naming the file and the format for a missing, unreadable or empty file, a
+            ``.npy`` array that is not 1-D integers, or text that is not integers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"steps={path} is not a file; give {STEPS_FORMAT}")
+    if path.suffix == FEATURE_SUFFIX:
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ConfigError(
+                f"steps={path} is not a readable .npy array ({err}); give {STEPS_FORMAT}"
+            ) from None
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ConfigError(
+                f"steps={path} holds a {labels.dtype} array of shape {labels.shape}; give "
+                f"{STEPS_FORMAT} (np.save(path, labels.astype(np.int64)))"
+            )
+    else:
+        try:
+            tokens = path.read_text(encoding="utf-8").replace(",", " ").split()
+        except (UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"steps={path} is not a readable text file ({err})") from None
+        values = []
+        for position, token in enumerate(tokens):
+            try:
+                values.append(int(token))
+            except ValueError:
+                raise ConfigError(
+                    f"steps={path}: label {position} is {token!r}, not an integer; give "
+                    f"{STEPS_FORMAT}"
+                ) from None
+        labels = np.asarray(values, dtype=np.int64)
+    if len(labels) == 0:
+        raise ConfigError(f"steps={path} holds no labels; give {STEPS_FORMAT}")
+    return labels.astype(np.int64)
+
+
+def labels_at_frames(
+    labels: np.ndarray, index: np.ndarray, num_frames: int, name: str, source: str | Path
+) -> np.ndarray:
+    """The labels of the frames the clips sampled: ``labels[index]`` flattened ``(T·L,)``.
+
+    Args:
+        labels: one label per frame of the input ``(num_frames,)``.
+        index: frame index of every clip frame ``(T, L)`` (``ClipSampler.indices``).
+        num_frames: frames of the input.
+        name: what the labels came from, for the error (``steps=FILE``).
+        source: the input, for the error.
+
+    Raises:
+        ConfigError: when there is not exactly one label per frame.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != num_frames:
+        raise ConfigError(
+            f"{name} has {labels.size} step labels {tuple(labels.shape)} but input={source} has "
+            f"{num_frames} frames; give one label per frame of the input, in order (a labels file "
+            "of a whole video does not fit a folder holding only the action, and vice versa)"
+        )
+    return labels[index].reshape(-1)
 
 
 def figure(pred: Prediction):
@@ -314,13 +421,15 @@ OPTION_COLUMNS = {
     "group": ("group", str),
     "scale": ("scale", float),
     "start_frame": ("start_frame", int),
+    "steps": ("frame_labels", str),
 }
 
 
 def read_options_csv(path: str | Path, inputs: list[Path]) -> dict[Path, dict[str, Any]]:
     """Per-input options from a CSV: a column ``input`` (a file or folder name among the inputs,
     with or without its suffix) and any of ``difficulty``, ``class``, ``group``, ``scale``,
-    ``start_frame``; an empty cell keeps the command line's value.
+    ``start_frame``, ``steps`` (a steps file, relative paths from the CSV's folder); an empty cell
+    keeps the command line's value.
 
     Raises:
         ConfigError: naming the file, line and fix for a missing column, an unknown column or
@@ -362,6 +471,8 @@ def read_options_csv(path: str | Path, inputs: list[Path]) -> dict[Path, dict[st
                     raise ConfigError(
                         f"options_csv={path}, line {line}: {column}={cell!r} is not a {kind.__name__}"
                     ) from None
+            if "frame_labels" in parsed:
+                parsed["frame_labels"] = path.parent / parsed["frame_labels"]
             options[target] = parsed
     return options
 
@@ -396,11 +507,20 @@ def run(cfg: DictConfig) -> list[Prediction]:
     inputs = list_inputs(Path(cfg.input), predictor.kind)
     per_input = read_options_csv(cfg.options_csv, inputs) if cfg.get("options_csv") else {}
     start_frame = cfg.get("start_frame")
+    steps = cfg.get("steps")
+    if steps is not None and len(inputs) > 1:
+        raise ConfigError(
+            f"steps={steps} labels the frames of one input, but input={cfg.input} holds "
+            f"{len(inputs)}; give each input its steps file in a 'steps' column of options_csv"
+        )
     for path in inputs:  # a wrong or missing option fails before any reading
         given = {**options, **per_input.get(path, {})}
         given.pop("start_frame", None)
+        labels = given.pop("frame_labels", steps)
         try:
             predictor.bank.resolve_group(**given)
+            if labels is not None:
+                predictor.check_steps(path, labels)
         except ConfigError as err:
             where = f"{path.name}: " if len(inputs) > 1 else ""
             raise type(err)(f"{where}{err}") from None
@@ -416,7 +536,8 @@ def run(cfg: DictConfig) -> list[Prediction]:
         for path in inputs:
             name = _unique_stem(path, taken)
             try:
-                given = {"start_frame": start_frame, **options, **per_input.get(path, {})}
+                given = {"start_frame": start_frame, "frame_labels": steps, **options}
+                given.update(per_input.get(path, {}))
                 pred = predictor.predict(path, **given)
             except (VideoReadError, ConfigError, ValueError, OSError) as err:
                 if len(inputs) == 1:
