@@ -15,7 +15,7 @@ from tpt_aqa import predict as predict_entry
 from tpt_aqa import train as train_entry
 from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
 from tpt_aqa.config import build_datamodule, build_module
-from tpt_aqa.data.clips import linspace_clips
+from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
 from tpt_aqa.runtime import load_checkpoint
@@ -394,7 +394,7 @@ def test_step_labels_files_and_their_mapping_to_the_sampled_frames(tmp_path):
     for path in (text, tmp_path / "steps.npy"):
         np.testing.assert_array_equal(predict_entry.read_step_labels(path), labels)
     # linspace(0, 39, 8) = 0, 5.57, 11.1, 16.7, 22.3, 27.9, 33.4, 39 → frames 0 5 11 16 22 27 33 39
-    index = linspace_clips(40, num_frames=8, num_clips=2, clip_len=4)
+    index = ClipSampler(num_clips=2, clip_len=4, scheme="linspace").indices(40)
     assert index.tolist() == [[0, 5, 11, 16], [22, 27, 33, 39]]
     got = predict_entry.labels_at_frames(labels, index, 40, "steps=x", "dive")
     assert got.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]

@@ -175,18 +175,21 @@ def _feature_run(
         *overrides,
     )
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
+    trainer = _quiet_trainer(device, max_epochs=epochs, limit_val_batches=0, precision=precision)
+    return build_datamodule(cfg), build_module(cfg), trainer
+
+
+def _quiet_trainer(device: str, **kwargs: Any) -> L.Trainer:
+    """A one-device trainer that logs, saves and prints nothing: only what is timed runs."""
+    return L.Trainer(
         accelerator=device,
         devices=1,
-        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=0,
-        precision=precision,
+        **kwargs,
     )
-    return build_datamodule(cfg), build_module(cfg), trainer
 
 
 def exemplar_protocols(device: str, epochs: int, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -440,14 +443,7 @@ def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, 
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _quiet_trainer(device)
     test_rows = dm.table.rows("test")
     exemplars = dm.eval_exemplars["test"]  # (N, M)
     with count_encoder_passes(module) as cached:

@@ -131,8 +131,7 @@ class AQAModule(L.LightningModule):
         metrics = evaluate(rec["pred"], rec["target"], rec["class_id"], self.class_names)
         if "attn" in rec:  # step-level parsing where the steps are known (docs/method.md §7)
             metrics |= parsing_metrics(rec["attn"], rec["clip_labels"])
-        # Undefined metrics stay, as NaN (evaluate warned why): checkpoint selection treats a NaN ρ
-        # as the worst, and tables show it rather than dropping the column.
+        # Undefined metrics stay NaN (evaluate warned why): selection treats a NaN ρ as the worst
         self.last_metrics[split], self.last_records[split] = metrics, rec
         return metrics
 
