@@ -261,7 +261,7 @@ def test_compiled_tpt_trains_like_the_plain_one(monkeypatch):
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
 
-@pytest.mark.parametrize("implementation", ["auto", "fused", "foreach"])
+@pytest.mark.parametrize("implementation", ["fused", "foreach"])
 def test_adam_implementations_update_like_the_for_loop(implementation):
     # The same gradients (of magnitude 1, so that rounding cannot flip the sign of Adam's first
     # steps as it can for gradients near zero) give the same parameters after three steps.
@@ -280,6 +280,13 @@ def test_adam_implementations_update_like_the_for_loop(implementation):
     for (name, p), ref in zip(other.named_parameters(), plain.parameters(), strict=True):
         assert not torch.equal(p, start[name])  # it moved
         torch.testing.assert_close(p, ref, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_auto_adam_is_pytorchs_default_the_published_numbers_used():
+    params = [nn.Parameter(torch.zeros(2))]
+    auto = adam(params, implementation="auto", lr=1e-3)
+    assert auto.defaults["fused"] is None and auto.defaults["foreach"] is None  # torch decides
+    assert adam(params, implementation="fused", lr=1e-3).defaults["fused"] is True
 
 
 def test_unknown_adam_implementation_names_the_key():
