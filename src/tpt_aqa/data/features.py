@@ -213,21 +213,19 @@ class FeaturesDataModule(AQADataModule):
         return self._features[row].float()
 
 
+COLUMNS = ("id", "score", "split", "group", "scale", "class")
+
+
+def write_rows(path: Path, rows: list[tuple]) -> None:
+    """An annotation CSV of the features format (``COLUMNS``), written atomically."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows([COLUMNS, *rows])
+    atomic_write_text(path, buf.getvalue())
+
+
 def write_annotations(path: Path, dm) -> None:
     """``annotations.csv`` of the features format for every video of a datamodule's table."""
     t = dm.table
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["id", "score", "split", "group", "scale", "class"])
-    for row, vid in enumerate(t.ids):
-        writer.writerow(
-            [
-                vid,
-                repr(float(t.target[row])),
-                dm.source_split[row],
-                t.group_names[t.group[row]],
-                repr(float(t.scale[row])),
-                t.class_names[t.class_id[row]],
-            ]
-        )
-    atomic_write_text(path, buf.getvalue())
+    group, cls = [t.group_names[g] for g in t.group], [t.class_names[c] for c in t.class_id]
+    target, scale = [repr(float(v)) for v in t.target], [repr(float(v)) for v in t.scale]
+    write_rows(path, list(zip(t.ids, target, dm.source_split, group, scale, cls, strict=True)))

@@ -14,9 +14,7 @@ every clip is kept, so a run reports how well the queries' attention follows the
 
 from __future__ import annotations
 
-import csv
 import inspect
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tpt_aqa.atomic import atomic_write
 from tpt_aqa.data.base import AQADataModule, SampleTable
+from tpt_aqa.data.features import write_rows
 from tpt_aqa.data.samplers import difficulty_name
 
 
@@ -144,38 +144,17 @@ def generate(
 
 
 def export_features(data: SyntheticData, out_dir: str | Path) -> Path:
-    """Write the benchmark in the ``dataset=features`` format: ``{id}.npy`` + ``annotations.csv``.
-
-    Returns:
-        The annotation table's path.
-    """
+    """Write the benchmark in the ``dataset=features`` format (``{id}.npy`` + ``annotations.csv``);
+    the annotation table's path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(len(data.raw)):
         vid = f"synthetic_{i:05d}"
-        tmp = out / f".{vid}.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, data.features[i])
-        os.replace(tmp, out / f"{vid}.npy")
-        rows.append(
-            {
-                "id": vid,
-                "score": f"{data.raw[i]:.6f}",
-                "split": data.split[i],
-                "group": difficulty_name(data.difficulty[i]),
-                "scale": f"{data.difficulty[i]:g}",
-                "class": "synthetic",
-            }
-        )
-    table = out / "annotations.csv"
-    tmp = out / ".annotations.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, table)
-    return table
+        atomic_write(out / f"{vid}.npy", lambda f, x=data.features[i]: np.save(f, x))
+        scale, group = f"{data.difficulty[i]:g}", difficulty_name(data.difficulty[i])
+        rows.append((vid, f"{data.raw[i]:.6f}", data.split[i], group, scale, "synthetic"))
+    write_rows(out / "annotations.csv", rows)
+    return out / "annotations.csv"
 
 
 def generator_args(fn, kwargs: dict[str, Any]) -> dict[str, Any]:

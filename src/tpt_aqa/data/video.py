@@ -101,18 +101,15 @@ def _pattern_count(folder: str, mtime_ns: int, pattern: str, start: int) -> int:
 
 
 def _count_folder(folder: Path, pattern: str | None, start: int) -> int:
-    jpegs, _ = _names(folder)
     if pattern is None:
-        return len(jpegs)
+        return len(_names(folder)[0])
     return _pattern_count(str(folder), folder.stat().st_mtime_ns, pattern, start)
 
 
 def _as_indices(indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
     idx = np.asarray(indices)
     if idx.ndim != 1 or idx.size == 0:
-        raise ValueError(
-            f"expected a non-empty 1-D sequence of frame indices, got shape {idx.shape}"
-        )
+        raise ValueError(f"expected a non-empty 1-D sequence of frame indices, got {idx.shape}")
     if not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"frame indices must be integers, got dtype {idx.dtype}")
     if idx.min() < 0:
@@ -206,6 +203,15 @@ def _decode_jpegs(paths: list[Path], decoder: str, strict: bool) -> np.ndarray:
     return out
 
 
+def _in_order(
+    frames: np.ndarray, wanted: np.ndarray, inverse: np.ndarray, idx: np.ndarray
+) -> torch.Tensor:
+    """The distinct ``wanted`` frames ``(U, H, W, 3)`` as the requested ``idx``, ``(F, 3, H, W)``."""
+    if len(wanted) != len(idx) or not np.array_equal(wanted, idx):
+        frames = frames[inverse.reshape(-1)]  # (F, H, W, 3)
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
 def read_frame_folder(
     folder: Source,
     indices: Sequence[int] | np.ndarray | torch.Tensor,
@@ -238,13 +244,9 @@ def read_frame_folder(
         paths = [folder / jpegs[i] for i in wanted]
     else:
         paths = [folder / pattern.format(start + int(i)) for i in wanted]
-    strict = decoder != "auto"
-    if decoder == "auto":
-        decoder = "pil" if simplejpeg is None else "simplejpeg"
-    frames = _decode_jpegs(paths, decoder, strict)  # (U, H, W, 3)
-    if len(wanted) != len(idx) or not np.array_equal(wanted, idx):
-        frames = frames[inverse.reshape(-1)]  # (F, H, W, 3)
-    return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, 3, H, W)
+    auto = "pil" if simplejpeg is None else "simplejpeg"
+    frames = _decode_jpegs(paths, auto if decoder == "auto" else decoder, decoder != "auto")
+    return _in_order(frames, wanted, inverse, idx)
 
 
 class _SeekUnreliable(Exception):
@@ -262,13 +264,6 @@ def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.strea
         container.close()
         raise VideoReadError(f"{path} has no video stream. {FIX_HINT}")
     return container, container.streams.video[0]
-
-
-def _numbered(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Every frame from the start, numbered in decoder output order."""
-    yield from enumerate(container.decode(stream))
 
 
 def _numbered_after_seek(
@@ -342,7 +337,7 @@ def _decode_video(
                 pass  # correct first: count every frame from the start, in a fresh container
     container, stream = _open_video(path)
     with container:
-        return _scan(_numbered(container, stream), wanted, path)
+        return _scan(enumerate(container.decode(stream)), wanted, path)  # in output order
 
 
 def read_video_file(
@@ -367,20 +362,7 @@ def read_video_file(
         if out is None:
             out = np.empty((len(wanted), *last.shape), np.uint8)
         out[wanted >= total] = last
-    if len(wanted) != len(idx) or not np.array_equal(wanted, idx):
-        out = out[inverse.reshape(-1)]  # (F, H, W, 3)
-    return torch.from_numpy(out).permute(0, 3, 1, 2)  # (F, 3, H, W)
-
-
-def _count_video(path: Path, exact: bool) -> int:
-    container, stream = _open_video(path)
-    with container:
-        if stream.frames > 0 and not exact:
-            return stream.frames
-        try:
-            return sum(1 for _ in container.decode(stream))
-        except av.FFmpegError as err:
-            raise VideoReadError(f"decoding {path} failed ({err}). {FIX_HINT}") from err
+    return _in_order(out, wanted, inverse, idx)
 
 
 def count_frames(
@@ -393,7 +375,14 @@ def count_frames(
         return _count_folder(source, pattern, start)
     if not source.exists():
         raise VideoReadError(f"{source} is neither a frame folder nor a video file. {FIX_HINT}")
-    return _count_video(source, exact)
+    container, stream = _open_video(source)
+    with container:
+        if stream.frames > 0 and not exact:
+            return stream.frames
+        try:
+            return sum(1 for _ in container.decode(stream))
+        except av.FFmpegError as err:
+            raise VideoReadError(f"decoding {source} failed ({err}). {FIX_HINT}") from err
 
 
 def read_frames(
@@ -432,10 +421,7 @@ def write_frame_folder(
     (created if missing); the paths in frame order."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    hwc = frames.permute(0, 2, 3, 1).contiguous().numpy()  # (F, H, W, 3)
-    paths = []
-    for i, frame in enumerate(hwc):
-        path = folder / pattern.format(start + i)
-        Image.fromarray(frame).save(path, quality=quality)
-        paths.append(path)
+    paths = [folder / pattern.format(start + i) for i in range(len(frames))]
+    for path, frame in zip(paths, frames.permute(0, 2, 3, 1).contiguous().numpy(), strict=True):
+        Image.fromarray(frame).save(path, quality=quality)  # frame (H, W, 3)
     return paths
