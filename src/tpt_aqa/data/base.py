@@ -400,10 +400,3 @@ class AQADataModule(L.LightningDataModule):
         return self._loader(
             _Rows(self, rows, view), collate_videos, batch_size=self.eval_batch_size, shuffle=False
         )
-
-    def exemplar_dataloader(self, split: str, queries: np.ndarray | None = None) -> DataLoader:
-        """Every training video used as an exemplar of ``split`` by the evaluated videos at
-        positions ``queries`` (``None``: all), once each (encode once, pair many)."""
-        lists = self.eval_exemplars[split]
-        rows = np.unique(lists if queries is None else lists[queries])
-        return self.rows_dataloader(rows[rows >= 0], "exemplar")

@@ -52,11 +52,6 @@ class EvalBatch:
     exemplar_index: torch.Tensor
     exemplar_target: torch.Tensor
 
-    @property
-    def exemplar_mask(self) -> torch.Tensor:
-        """Real (not padded) exemplars ``(B,M)``."""
-        return self.exemplar_index >= 0
-
     def __len__(self) -> int:
         return len(self.query)
 

@@ -103,13 +103,16 @@ def parse_meta_file(path: str | Path) -> dict[str, np.ndarray]:
     return scores
 
 
-def _load_pickle(path: Path, what: str) -> Any:
+def _load_pickle(path: Path, what: str, kind: type, expected: str) -> Any:
     if not path.is_file():
         raise JIGSAWSDataError(f"{what} {path} not found")
     try:
-        return safe_load(path)
+        value = safe_load(path)
     except UnsafePickleError as err:
         raise JIGSAWSDataError(str(err)) from err
+    if not isinstance(value, kind):
+        raise JIGSAWSDataError(f"{path}: expected {expected}, found {type(value).__name__}")
+    return value
 
 
 def read_pickle_annotations(
@@ -118,45 +121,30 @@ def read_pickle_annotations(
     """The task's four folds of trial names and their sub-scores ``(6,)`` from ``splits.pkl`` (task,
     matched without regard to case → folds) and ``label.pkl`` (trial → sub-scores)."""
     splits_path, labels_path = Path(splits_path), Path(labels_path)
-    splits = _load_pickle(splits_path, "split file")
-    if not isinstance(splits, dict):
-        raise JIGSAWSDataError(
-            f"{splits_path}: expected a dict task → four folds, found {type(splits).__name__}"
-        )
-    keys = [k for k in splits if str(k).lower() == task.lower()]
-    if not keys:
+    splits = _load_pickle(splits_path, "split file", dict, "a dict task → four folds")
+    key = next((k for k in splits if str(k).lower() == task.lower()), None)
+    if key is None:
         raise JIGSAWSDataError(
             f"{splits_path} has no folds for task {task}: its keys are "
             f"{sorted(map(str, splits))}; choose one with dataset.task"
         )
-    folds_raw = splits[keys[0]]
+    where = f"{splits_path}[{key!r}]"
+    folds_raw = splits[key]
     if not isinstance(folds_raw, list | tuple) or len(folds_raw) != NUM_FOLDS:
         found = len(folds_raw) if isinstance(folds_raw, list | tuple) else type(folds_raw).__name__
-        raise JIGSAWSDataError(
-            f"{splits_path}[{keys[0]!r}]: expected a list of {NUM_FOLDS} folds, found {found}"
-        )
-    folds: list[list[str]] = []
-    seen: dict[str, int] = {}
+        raise JIGSAWSDataError(f"{where}: expected a list of {NUM_FOLDS} folds, found {found}")
+    seen: dict[str, int] = {}  # trial → its fold
     for f, fold in enumerate(folds_raw):
         if isinstance(fold, str) or not isinstance(fold, list | tuple | np.ndarray):
-            raise JIGSAWSDataError(
-                f"{splits_path}[{keys[0]!r}][{f}]: expected a list of trial names, found "
-                f"{type(fold).__name__}"
-            )
-        names = [str(name) for name in fold]
-        for name in names:
+            found = type(fold).__name__
+            raise JIGSAWSDataError(f"{where}[{f}]: expected a list of trial names, found {found}")
+        for name in map(str, fold):
             if name in seen:
                 raise JIGSAWSDataError(
                     f"{splits_path}: trial {name} is in fold {seen[name]} and fold {f} of {task}"
                 )
             seen[name] = f
-        folds.append(names)
-    labels = _load_pickle(labels_path, "label file")
-    if not isinstance(labels, dict):
-        raise JIGSAWSDataError(
-            f"{labels_path}: expected a dict trial name → six GRS sub-scores, found "
-            f"{type(labels).__name__}"
-        )
+    labels = _load_pickle(labels_path, "label file", dict, "a dict trial name → six GRS sub-scores")
     labels = {str(k): v for k, v in labels.items()}
     scores = {}
     for name, f in seen.items():
@@ -176,6 +164,7 @@ def read_pickle_annotations(
             )
         _check_subscores(sub, f"{labels_path}[{name!r}]")
         scores[name] = sub
+    folds = [[str(name) for name in fold] for fold in folds_raw]
     return folds, scores
 
 
