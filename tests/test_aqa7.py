@@ -143,7 +143,7 @@ def test_table_from_mat_files(tmp_path, data_root):
     assert t.target[14] == pytest.approx(68.4 / 81 * 100)
     assert (t.scale == 1).all() and (t.group == t.class_id).all()
     assert t.class_id.tolist() == [0] * 6 + [1] * 6 + [0] * 3 + [1] * 3
-    assert dm.raw_score[7] == pytest.approx(16.87) and dm.sample_no[7] == 2
+    assert dm.sample_no[7] == 2  # gym_vault 16.87 above
     assert dm.class_name_of(14) == "diving" and dm.num_clips == 2
     assert dm.delta_cap == 100.0
     assert dm.source(7) == data_root / "frames" / "gym_vault-out" / "002"

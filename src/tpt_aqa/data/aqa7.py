@@ -180,7 +180,6 @@ class AQA7DataModule(VideoDataModule):
         self.frames_needed = self.sampler.frames_needed
         # per table row, set by build_table
         self.sample_no: np.ndarray | None = None
-        self.raw_score: np.ndarray | None = None
         self._class_of_row: list[str] | None = None
 
     # ---- the table -----------------------------------------------------------------------------
@@ -195,7 +194,7 @@ class AQA7DataModule(VideoDataModule):
     def build_table(self) -> SampleTable:
         selected = [AQA7_CLASSES[i - 1] for i in self.class_ids]
         position = {cid: k for k, cid in enumerate(self.class_ids)}  # class id 1–6 → table class
-        ids, target, class_id, split, sample_no, raw = [], [], [], [], [], []
+        ids, target, class_id, split, sample_no = [], [], [], [], []
         seen: dict[str, str] = {}
         for name, (path, variable) in self.split_files.items():
             rows = read_split_list(self._split_path(path), variable, f"{name}_variable")
@@ -216,7 +215,6 @@ class AQA7DataModule(VideoDataModule):
                 class_id.append(position[cls])
                 split.append(name)
                 sample_no.append(no)
-                raw.append(float(score))
         if not ids:
             files = ", ".join(str(p) for p, _ in self.split_files.values())
             raise AQA7DataError(
@@ -225,7 +223,6 @@ class AQA7DataModule(VideoDataModule):
             )
         class_id = np.asarray(class_id, dtype=np.int64)
         self.sample_no = np.asarray(sample_no, dtype=np.int64)
-        self.raw_score = np.asarray(raw, dtype=np.float64)
         self._class_of_row = [AQA7_CLASSES[self.class_ids[c] - 1] for c in class_id]
         return SampleTable(
             ids=ids,
@@ -288,12 +285,12 @@ class AQA7DataModule(VideoDataModule):
 
     def short_advice(self, row: int) -> str:
         """Which numbering a folder follows when the configured one finds too few frames."""
-        folder = self.source(row)
+        folder, start, pattern = self.source(row), self.frame_start, self.frame_pattern
         names = set(list_frames(folder))
-        first = self.frame_pattern.format(self.frame_start)
+        first = pattern.format(start)
         if first not in names:
-            other = 1 - self.frame_start if self.frame_start in (0, 1) else 1
-            if self.frame_pattern.format(other) in names:
+            other = 1 - start if start in (0, 1) else 1
+            if pattern.format(other) in names:
                 return (
                     f"first frame {folder / first} is missing; its numbering starts at {other}: "
                     f"try dataset.frame_start={other}"
@@ -304,9 +301,7 @@ class AQA7DataModule(VideoDataModule):
                 f"{seen}; set dataset.frame_pattern / dataset.frame_start to match, or "
                 f"re-extract the frames with {PREPARE_COMMAND}"
             )
-        for other in (0, 1):
-            if other != self.frame_start and (
-                count_frames(folder, self.frame_pattern, other) >= self.frames_needed
-            ):
+        for other in (o for o in (0, 1) if o != start):
+            if count_frames(folder, pattern, other) >= self.frames_needed:
                 return f"its numbering may start at {other}: try dataset.frame_start={other}"
         return f"counted from {first}: re-extract its frames with {PREPARE_COMMAND}"
