@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 import subprocess
 import sys
@@ -49,15 +50,37 @@ ARGPARSE_TOOLS = [
 ]
 
 
-@pytest.mark.parametrize("tool", ARGPARSE_TOOLS)
-def test_tools_are_package_modules_with_help(tool, tmp_path):
+# Runs each tool as ``python -m`` would (runpy, as __main__) in one interpreter: one torch import
+# for all of them instead of one per tool.
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+out = {}
+for tool in sys.argv[1:]:
+    sys.argv = [tool, "--help"]
+    buf = io.StringIO()
+    code = None
+    with contextlib.redirect_stdout(buf):
+        try:
+            runpy.run_module(f"tpt_aqa.{tool}", run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code
+    out[tool] = [code, buf.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_tools_are_package_modules_with_help(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", f"tpt_aqa.{tool}", "--help"],
+        [sys.executable, "-c", HELP_ALL, *ARGPARSE_TOOLS],
         cwd=tmp_path,  # not the checkout: the installed package alone
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-1000:]
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert sorted(result) == sorted(ARGPARSE_TOOLS)
+    for tool, (code, text) in result.items():
+        assert code == 0 and text.startswith("usage: "), (tool, code, text[:200])
 
 
 def test_console_scripts_point_at_entry_points():
