@@ -221,8 +221,8 @@ def test_features_file_errors_name_the_file(tmp_path, mutate, message):
     ("column", "value", "message"),
     [
         ("split", "dev", r"line 4 \(id 'v2'\): unknown split 'dev'"),
-        ("score", "high", r"line 4 \(id 'v2'\): score 'high' is not a number"),
-        ("score", "nan", r"line 4 \(id 'v2'\): score 'nan' is not finite"),
+        ("score", "high", r"line 4 \(id 'v2'\): score 'high' is not a finite number"),
+        ("score", "nan", r"line 4 \(id 'v2'\): score 'nan' is not a finite number"),
         ("id", "v1", r"line 4 \(id 'v1'\): duplicated id"),
     ],
 )

@@ -1,10 +1,6 @@
-"""The datamodule contract shared by every benchmark (docs/method.md §6–7).
-
-A benchmark only says what its samples are (a ``SampleTable``) and how to load one video
-(``load_video``). Everything else is common: carving a seeded validation split out of training,
-fixing the evaluation exemplars per seed, training pairs, evaluation batches and the loaders'
-processes. Benchmarks read from disk build on ``tpt_aqa.data.video_base.VideoDataModule``.
-"""
+"""The datamodule contract shared by every benchmark (docs/method.md §6–7): a benchmark gives its
+samples (a ``SampleTable``) and how to load one video (``load_video``); the validation carve,
+exemplars, pairs, batches and loaders are common (videos on disk: ``video_base``)."""
 
 from __future__ import annotations
 
@@ -52,7 +48,6 @@ class SampleTable:
         return len(self.ids)
 
     def rows(self, split: str) -> np.ndarray:
-        """Table rows of one split."""
         return np.flatnonzero(self.split == split)
 
 
@@ -146,12 +141,8 @@ def auto_workers(cpus: int, devices: int, bound: bool = False) -> int:
 
 
 class AQADataModule(L.LightningDataModule):
-    """Shared datamodule: subclasses implement ``build_table`` and ``load_video``.
-
-    Args: the common keys of ``conf/dataset/*.yaml``, documented there; ``num_exemplars`` is M,
-    ``seed`` seeds the validation carve and the evaluation exemplars, ``delta_cap`` is on the
-    training scale.
-    """
+    """Shared datamodule: subclasses implement ``build_table`` and ``load_video``. Arguments: the
+    common keys of ``conf/dataset/*.yaml``, documented there."""
 
     def __init__(
         self,
@@ -188,8 +179,7 @@ class AQADataModule(L.LightningDataModule):
         self.eval_exemplars: dict[str, np.ndarray] = {}
 
     # ---- what a benchmark provides -------------------------------------------------------------
-    def build_table(self) -> SampleTable:
-        """Read the annotations into a table (called once, in ``setup``)."""
+    def build_table(self) -> SampleTable:  # the annotations as a table, once, in ``setup``
         raise NotImplementedError
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
@@ -205,8 +195,7 @@ class AQADataModule(L.LightningDataModule):
         return None
 
     @property
-    def num_clips(self) -> int:
-        """T, the number of clips per video."""
+    def num_clips(self) -> int:  # T
         raise NotImplementedError
 
     # ---- what ``tpt_aqa.predict`` needs, stored in the checkpoint's exemplar bank ---------------
@@ -327,8 +316,7 @@ class AQADataModule(L.LightningDataModule):
             )
         return deltas
 
-    def sample(self, row: int, view: str) -> dict[str, Any]:
-        """One sample as a dict of the fields of ``Videos``."""
+    def sample(self, row: int, view: str) -> dict[str, Any]:  # the fields of ``Videos``
         t = self.table
         video = self.load_video(row, view)
         labels = self.clip_labels(row)

@@ -104,15 +104,13 @@ def read_annotations(path: Path) -> list[dict[str, str]]:
                 raise FeatureDataError(
                     f"{where}: unknown split {row['split']!r}, expected one of {SPLITS}"
                 )
-            for col in ("score", "scale"):
-                if col == "scale" and not row.get("scale"):
-                    continue
+            for col in ("score", "scale") if row.get("scale") else ("score",):
                 try:
-                    value = float(row[col])
+                    finite = math.isfinite(float(row[col]))
                 except ValueError:
-                    raise FeatureDataError(f"{where}: {col} {row[col]!r} is not a number") from None
-                if not math.isfinite(value):
-                    raise FeatureDataError(f"{where}: {col} {row[col]!r} is not finite")
+                    finite = False
+                if not finite:
+                    raise FeatureDataError(f"{where}: {col} {row[col]!r} is not a finite number")
             rows.append(row)
     if not rows:
         raise FeatureDataError(f"{path}: no samples")

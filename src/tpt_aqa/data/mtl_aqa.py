@@ -4,7 +4,6 @@ folders or whole videos (files, score modes, windows: docs/method.md §8; groups
 
 from __future__ import annotations
 
-import math
 import operator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,7 @@ ANNOTATION_FOLDERS = ("", "info")
 # Largest |Δ| the score groups cover: raw scores are 0–29, final scores 0–104.5 (docs/method.md §8).
 DELTA_CAP_WITH_DD = 30.0
 DELTA_CAP_WITHOUT_DD = 100.0
+SCORE_FIELDS = ("final_score", "difficulty")
 
 
 def diving_table(
@@ -102,6 +102,11 @@ def _frame_number(value: Any) -> int:
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return int(value)
     return operator.index(value)
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in ``[low, high]``, from torch's RNG (seeded per DataLoader worker)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
 
 
 def read_annotations(path: Path) -> dict[DiveKey, dict]:
@@ -234,14 +239,12 @@ class MTLAQADataModule(VideoDataModule):
         return self.videos_root / f"{video:02d}{self.video_ext}"
 
     def source_keys(self) -> str:
-        if self.reads_files:
-            return "dataset.videos_root / video_ext"
-        return "dataset.frames_layout / frames_root"
+        files = "videos_root / video_ext" if self.reads_files else "frames_layout / frames_root"
+        return f"dataset.{files}"
 
     def sources_folder(self) -> tuple[Path, str]:
-        if self.reads_files:
-            return self.videos_root, "videos_root"
-        return self.frames_root, "frames_root"
+        key = "videos_root" if self.reads_files else "frames_root"
+        return getattr(self, key), key
 
     # ---- the table -----------------------------------------------------------------------------
     def build_table(self) -> SampleTable:
@@ -270,15 +273,11 @@ class MTLAQADataModule(VideoDataModule):
                 f"{missing[:3]}): use an annotation file and split files of the same MTL-AQA "
                 "release (dataset.annotation_file, dataset.train_split, dataset.test_split)"
             )
-        final = np.array([float(_field(annotations[k], "final_score", k, ann_path)) for k in dives])
-        difficulty = np.array(
-            [float(_field(annotations[k], "difficulty", k, ann_path)) for k in dives]
+        final, difficulty = np.array(
+            [[float(_field(annotations[k], f, k, ann_path)) for k in dives] for f in SCORE_FIELDS]
         )
-        bad = [
-            k
-            for k, d, s in zip(dives, difficulty, final, strict=True)
-            if not (math.isfinite(d) and d > 0 and math.isfinite(s))
-        ]
+        ok = np.isfinite(final) & np.isfinite(difficulty) & (difficulty > 0)
+        bad = [dives[i] for i in np.flatnonzero(~ok)]
         if bad:
             raise ConfigError(
                 f"{ann_path}: dives {bad[:3]} have a difficulty that is not positive or a final "
@@ -334,16 +333,12 @@ class MTLAQADataModule(VideoDataModule):
         end = self._end_position(row)
         if end < self.window - 1:
             raise ValueError(
-                f"it ends at frame {self.end_frame(row)}, so its {self.window}-frame window would "
+                f"it ends at frame {end + self.frame_number_start}, so its {self.window}-frame window would "
                 f"start {self.window - 1 - end} frame(s) before the first frame (number "
                 f"{self.frame_number_start}) of {self.source(row)}; check its end_frame in the "
                 "annotation file and dataset.frame_number_start"
             )
         return end - self.window + 1, end + 1
-
-    def _randint(self, low: int, high: int, generator: torch.Generator | None) -> int:
-        """Uniform integer in ``[low, high]``, from torch's RNG (seeded per DataLoader worker)."""
-        return int(torch.randint(low, high + 1, (), generator=generator))
 
     def clip_index(
         self, row: int, view: str = "test", generator: torch.Generator | None = None
@@ -354,24 +349,22 @@ class MTLAQADataModule(VideoDataModule):
         if self.frames_layout == "dive_folders":
             offset = self.offsets[view]
             if view == "train":
-                offset = self._randint(0, offset, generator)
+                offset = _randint(0, offset, generator)
             return self.sampler.indices(offset + self.window, offset)
         end = self._end_position(row)
         if view == "train" and self.train_end_jitter:
             n = self.frame_count(row)
-            jittered = end + self._randint(-self.train_end_jitter, self.train_end_jitter, generator)
+            jittered = end + _randint(-self.train_end_jitter, self.train_end_jitter, generator)
             # Stay inside the video, but never move an annotated end that is itself outside it:
             # that is reported by the frame count check.
             jittered = min(jittered, max(end, n - 1))
             end = max(jittered, min(end, self.window - 1))
         return self.sampler.indices(end + 1, end - self.window + 1)
 
-    def end_frame(self, row: int) -> int:
-        """The annotated ``end_frame`` of a dive."""
-        return _frame_number(self.annotations[self.dives[row]]["end_frame"])
-
     def _end_position(self, row: int) -> int:
-        return self.end_frame(row) - self.frame_number_start
+        """Position in its source of a dive's annotated ``end_frame``."""
+        end = _frame_number(self.annotations[self.dives[row]]["end_frame"])
+        return end - self.frame_number_start
 
     def group_option(self) -> dict[str, Any]:
         if not self.use_dd:

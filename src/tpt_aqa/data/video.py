@@ -152,14 +152,15 @@ def _check_options(decoder: str, on_missing: str) -> None:
 
 
 def _frame_buffer(
-    out: np.ndarray | None, count: int, size: tuple[int, int], path: Path, first: Path
+    out: np.ndarray | None, count: int, size: tuple[int, ...], frame: str, first: str
 ) -> np.ndarray:
-    """The output array, allocated from the first frame's size; later frames must match it."""
+    """The output array ``(count, H, W, 3)``, allocated from the first frame's size; later frames
+    must match it."""
     if out is None:
-        return np.empty((count, *size, 3), np.uint8)
-    if tuple(out.shape[1:3]) != size:
+        return np.empty((count, *size[:2], 3), np.uint8)
+    if tuple(out.shape[1:3]) != tuple(size[:2]):
         raise VideoReadError(
-            f"frame {path} is {size[0]}×{size[1]} (height × width) but {first} is "
+            f"{frame} is {size[0]}×{size[1]} (height × width) but {first} is "
             f"{out.shape[1]}×{out.shape[2]}; all frames of a video must have one size. {FIX_HINT}"
         )
     return out
@@ -169,7 +170,9 @@ def _decode_jpegs(paths: list[Path], decoder: str, strict: bool) -> np.ndarray:
     """Decode JPEG files into one ``(F, H, W, 3)`` array, each straight into its slot; without
     ``strict``, PIL retries a file simplejpeg's strict mode rejects (recoverable defects)."""
     out: np.ndarray | None = None
+    first = f"frame {paths[0]}"
     for i, path in enumerate(paths):
+        name = f"frame {path}"
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -180,7 +183,7 @@ def _decode_jpegs(paths: list[Path], decoder: str, strict: bool) -> np.ndarray:
             if decoder == "simplejpeg":
                 try:
                     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-                    out = _frame_buffer(out, len(paths), (height, width), path, paths[0])
+                    out = _frame_buffer(out, len(paths), (height, width), name, first)
                     simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[i])
                     continue
                 except VideoReadError:
@@ -189,7 +192,7 @@ def _decode_jpegs(paths: list[Path], decoder: str, strict: bool) -> np.ndarray:
                     if strict:
                         raise
             with Image.open(io.BytesIO(data)) as image:
-                out = _frame_buffer(out, len(paths), (image.height, image.width), path, paths[0])
+                out = _frame_buffer(out, len(paths), (image.height, image.width), name, first)
                 out[i] = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except VideoReadError:
             raise
@@ -310,13 +313,8 @@ def _scan(
         k = slot.get(i)
         if k is not None:
             rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-            if out is None:
-                out = np.empty((len(wanted), *rgb.shape), np.uint8)
-            elif out.shape[1:] != rgb.shape:
-                raise VideoReadError(
-                    f"frame {i} of {path} is {rgb.shape[0]}×{rgb.shape[1]} but earlier frames "
-                    f"are {out.shape[1]}×{out.shape[2]} (height × width); re-encode it at one size"
-                )
+            first = f"frame {wanted[0]}"
+            out = _frame_buffer(out, len(wanted), rgb.shape, f"frame {i} of {path}", first)
             out[k] = rgb
         if i >= last_wanted:
             return out, None, None

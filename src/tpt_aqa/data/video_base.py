@@ -1,11 +1,6 @@
-"""The datamodule of benchmarks whose samples are frame folders or video files (docs/method.md §8–9).
-
-A benchmark parses its annotations (``build_table``) and says where each sample's frames are
-(``source``) and, unless its clips are the sampler spread over the whole source, which frames they
-take (``clip_index``, ``frame_span``). Everything storage-shaped is here: sampler and per-view
-transforms, frame counts, the sources check, reading, ``check_sample`` for ``tpt_aqa.verify``, the
-messages naming the file and the fix, the feature cache and how ``tpt_aqa.predict`` reads a video.
-"""
+"""The datamodule of benchmarks whose samples are frame folders or video files (docs/method.md §8–9):
+a benchmark gives its table (``build_table``), each sample's ``source`` and, unless the sampler
+spans the whole source, its frames (``clip_index``, ``frame_span``); the rest is shared here."""
 
 from __future__ import annotations
 
@@ -30,18 +25,9 @@ class MissingSourceError(VideoReadError, FileNotFoundError):
 
 
 class VideoDataModule(AQADataModule):
-    """Shared datamodule of the benchmarks read from videos (see the module docstring).
-
-    Args:
-        sampler: temporal sampling of the T clips of L frames.
-        train_transform: spatial transform of training videos.
-        test_transform: spatial transform of evaluated videos and of exemplars.
-        root: the benchmark's folder (``None`` for videos made in memory).
-        features_root: a cache of ``tpt_aqa.extract_features``; samples are then its ``(T,C)``
-            features, and its manifest must match this datamodule's clips and test view.
-        features_expect: further manifest entries the cache must have.
-        **kwargs: ``AQADataModule`` arguments.
-    """
+    """Shared datamodule of the benchmarks read from videos. ``root``: ``None`` for videos made in
+    memory; ``features_root``: a ``tpt_aqa.extract_features`` cache whose manifest must match the
+    test clips (and ``features_expect``), read instead of the videos."""
 
     title: ClassVar[str] = "video"  # the benchmark, in messages: "MTL-AQA dive 01_02: …"
     holds: ClassVar[str] = ""  # what dataset.root holds, in messages
@@ -63,11 +49,8 @@ class VideoDataModule(AQADataModule):
         super().__init__(**kwargs)
         self.sampler = sampler
         # exemplars are seen as evaluated videos are
-        self.transforms = {
-            "train": train_transform,
-            "test": test_transform,
-            "exemplar": test_transform,
-        }
+        self.transforms = {"train": train_transform, "test": test_transform}
+        self.transforms["exemplar"] = test_transform
         self.root = None if root is None else Path(root)
         self.features_root = Path(features_root) if features_root else None
         if isinstance(features_expect, DictConfig):
@@ -79,12 +62,10 @@ class VideoDataModule(AQADataModule):
         self._frame_counts: dict[Path, int] = {}
 
     # ---- what a benchmark declares -------------------------------------------------------------
-    def source(self, row: int) -> Path:
-        """The frame folder or video file of a table row."""
+    def source(self, row: int) -> Path:  # the frame folder or video file of a table row
         raise NotImplementedError
 
-    def source_keys(self) -> str:
-        """The config keys that place the sources, for messages."""
+    def source_keys(self) -> str:  # the config keys that place the sources, for messages
         return "dataset.root"
 
     def sources_folder(self) -> tuple[Path, str] | None:
@@ -112,12 +93,10 @@ class VideoDataModule(AQADataModule):
         index = self.clip_index(row, view)
         return int(index.min()), int(index.max()) + 1
 
-    def short_advice(self, row: int) -> str:
-        """What to do about a source with fewer frames than a view needs."""
+    def short_advice(self, row: int) -> str:  # for a source with fewer frames than a view needs
         return self.fix()
 
-    def clip_settings(self) -> dict[str, Any]:
-        """What else than the sampler and the test transform determines the test clips."""
+    def clip_settings(self) -> dict[str, Any]:  # what else determines the test clips
         return {}
 
     # ---- messages ------------------------------------------------------------------------------
@@ -274,8 +253,7 @@ class VideoDataModule(AQADataModule):
                 problems.append(f"{name}: frame {frame} cannot be read: {err}{self.read_advice()}")
         return problems
 
-    def read_advice(self) -> str:
-        """Added to a frame that cannot be read in ``check_sample``."""
+    def read_advice(self) -> str:  # added to a frame that cannot be read in ``check_sample``
         return ""
 
     def _check_feature_cache(self) -> None:
