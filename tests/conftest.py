@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,20 @@ TINY = [
     "global_batch_size=6",
     *TINY_MODEL,
 ]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m tpt_aqa.<module> args…`` from the checkout, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"tpt_aqa.{module}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def compose_cfg(tmp_path: Path, *overrides: str, config: str = "train") -> DictConfig:

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from tpt_aqa.cli import check_command_line, grid_points
 from tpt_aqa.config import validate_config
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import run_module
 
 
 def cli(tmp_path, module, *args):
-    return subprocess.run(
-        [sys.executable, "-m", f"tpt_aqa.{module}", f"hydra.run.dir={tmp_path}", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module(module, f"hydra.run.dir={tmp_path}", *args)
 
 
 def test_mistyped_key_gets_the_nearest_valid_key(tmp_path):
@@ -74,20 +64,7 @@ def test_multirun_checks_every_point_before_launching(tmp_path):
         "  job 2 (model.num_queries=0 optim.lr.body=0.0001): model.num_queries=0"
     )
     # through the command line: an invalid first point launches nothing, not even the valid ones
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tpt_aqa.train",
-            "-m",
-            f"hydra.sweep.dir={tmp_path}",
-            "model.num_queries=0,3",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("train", "-m", f"hydra.sweep.dir={tmp_path}", "model.num_queries=0,3")
     assert proc.returncode == 2
     assert "1 of 2 grid points are invalid; nothing was launched" in proc.stderr
     assert "job 0 (model.num_queries=0): model.num_queries=0" in proc.stderr

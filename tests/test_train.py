@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +21,7 @@ from tpt_aqa.config import (
 )
 from tpt_aqa.runtime import apply_global_batch, split_batch
 
-from .conftest import TINY, TINY_MODEL, compose_cfg
-
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import TINY, TINY_MODEL, compose_cfg, run_module
 
 
 def test_fast_dev_run(tiny_cfg):
@@ -96,13 +92,7 @@ def test_training_without_validation_uses_last_epoch(tiny_cfg):
 
 
 def run_cli(tmp_path, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "tpt_aqa.train", f"hydra.run.dir={tmp_path}", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("train", f"hydra.run.dir={tmp_path}", *args)
 
 
 def test_cli_runs_with_fewer_queries(tmp_path):
@@ -270,22 +260,14 @@ def test_resume_gives_the_same_run(tmp_path):
 
 
 def test_cli_refuses_plain_ddp_in_a_local_multirun(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tpt_aqa.train",
-            "-m",
-            f"hydra.sweep.dir={tmp_path}",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "seed=1,2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_module(
+        "train",
+        "-m",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "seed=1,2",
     )
     assert proc.returncode == 2
     assert "config error: trainer.strategy=ddp inside a local multirun" in proc.stderr
