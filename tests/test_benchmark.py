@@ -69,6 +69,11 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
         "eval_s": 1.5,
         "eval_videos_per_s": 235.0,
         "epoch_plus_eval_s": 4.5,
+        "bare_epoch_s": 2.4,
+        "loop_overhead": 0.2,
+        "flops_per_pair": 3.3e8,
+        "achieved_tflops": 0.117,
+        "mfu": 0.5,
     }
     row = {
         "train_pairs_per_s": 1.0,
@@ -86,7 +91,13 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
         "threads": 2,
         "settings": {"pairs": 3, "clips": 20, "clip_len": 8, "size": 224},
         "feature_mode": fm,
-        "feature_mode_bf16": {**fm, "epoch_s": 2.0, "eval_s": 1.0, "epoch_plus_eval_s": 3.0},
+        "feature_mode_bf16": {
+            **fm,
+            "epoch_s": 2.0,
+            "eval_s": 1.0,
+            "epoch_plus_eval_s": 3.0,
+            "mfu": None,
+        },
         "end_to_end": {
             "fp32": row,
             "bf16_channels_last": row,
@@ -107,9 +118,27 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
         },
     }
     text = benchmark.render(report)
-    assert "the same in bf16       3.00 s   (epoch 2.00 s, evaluation 1.00 s; 1.50×)" in text
+    assert (
+        "  fp32             3.00 s     353      2.40 s       20 %   1.50 s      235       4.50 s"
+        "     0.117    50 %" in text
+    )
+    bf16_row = next(line for line in text.splitlines() if line.startswith("  bf16-mixed"))
+    assert bf16_row.startswith("  bf16-mixed       2.00 s") and bf16_row.endswith("n/a")
+    assert "bf16 speed-up      1.50× (model FLOPs per pair: 0.33 GFLOP" in text
     assert "compile                   48.500         130.250" in text
     assert "3 pairs × 20 clips × 8×224²: peak 20,480 MiB" in text
+
+
+def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch():
+    tiny = ("dataset.num_train=30", "dataset.num_test=9", "dataset.feature_dim=16")
+    r = benchmark.feature_mode("cpu", overrides=tiny, peaks={"fp32": 0.5, "bf16": 1.0})
+    assert (r["train_pairs"], r["eval_videos"]) == (30, 9)
+    assert r["bare_epoch_s"] > 0 and r["loop_overhead"] == pytest.approx(
+        1 - r["bare_epoch_s"] / r["epoch_s"]
+    )
+    # the epoch's model FLOPs are the step's per pair times the pairs, over the fit's time
+    assert r["achieved_tflops"] * 1e12 * r["epoch_s"] == pytest.approx(30 * r["flops_per_pair"])
+    assert r["peak_tflops"] == 0.5 and r["mfu"] == pytest.approx(r["achieved_tflops"] / 0.5)
 
 
 def test_exemplar_protocols_count_passes_and_render():

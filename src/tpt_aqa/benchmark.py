@@ -133,13 +133,19 @@ def profile_table(fn, device: str, rows: int = 15) -> tuple[str, list[dict[str, 
 
 
 def feature_mode(
-    device: str, precision: str = "32-true", overrides: tuple[str, ...] = ()
-) -> dict[str, float]:
-    """One epoch + one evaluation on cached features at MTL-AQA scale.
+    device: str,
+    precision: str = "32-true",
+    overrides: tuple[str, ...] = (),
+    peaks: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """One epoch + one evaluation on cached features at MTL-AQA scale, then the same epoch's steps
+    (forward, backward, Adam over the same batches) in a bare loop without the trainer, so that
+    ``epoch_s - bare_epoch_s`` is the training loop's own overhead (hooks, logging, checks).
 
     Args:
         precision: Lightning's ``trainer.precision`` (``32-true``, ``bf16-mixed``).
         overrides: more config overrides (speed switches).
+        peaks: the device's peak TFLOP/s per precision (``device_peaks``), for the epoch's MFU.
     """
     dm, module, trainer = _feature_run(device, precision, overrides)
     start = time.perf_counter()
@@ -148,14 +154,32 @@ def feature_mode(
     start = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
     evaluation = time.perf_counter() - start
+    bf16 = precision.startswith("bf16")
+    step = _train_step(module, None, device, bf16)
+    loader = dm.train_dataloader()
+    first = next(iter(loader))
+    flops_per_pair = count_flops(lambda: step(first)) / len(first.query)
+    start = time.perf_counter()
+    for batch in loader:
+        step(batch)
+    bare = time.perf_counter() - start
+    pairs, videos = len(dm.table.rows("train")), len(dm.table.rows("test"))
+    achieved = flops_per_pair * pairs / fit / 1e12
+    peak = (peaks or {}).get("bf16" if bf16 else ("tf32" if _tf32_on(device) else "fp32"))
     return {
-        "train_pairs": 1059,
+        "train_pairs": pairs,
         "epoch_s": fit,
-        "train_pairs_per_s": 1059 / fit,
-        "eval_videos": 353,
+        "train_pairs_per_s": pairs / fit,
+        "eval_videos": videos,
         "eval_s": evaluation,
-        "eval_videos_per_s": 353 / evaluation,
+        "eval_videos_per_s": videos / evaluation,
         "epoch_plus_eval_s": fit + evaluation,
+        "bare_epoch_s": bare,
+        "loop_overhead": (fit - bare) / fit,
+        "flops_per_pair": flops_per_pair,
+        "achieved_tflops": achieved,
+        "peak_tflops": peak,
+        "mfu": achieved / peak if peak else None,
     }
 
 
@@ -333,15 +357,16 @@ def _e2e_module(device: str, clips: int, *overrides: str):
     return module
 
 
-def _train_step(module, batch: PairBatch, device: str, bf16: bool = True):
-    """One training step on ``batch`` (forward, backward, Adam), as a function to time."""
+def _train_step(module, batch: PairBatch | None, device: str, bf16: bool = True):
+    """One training step (forward, backward, Adam) as a function to time: on ``batch``, or on the
+    batch it is called with."""
     optimizer = module.configure_optimizers()
     module.train()
 
-    def step() -> None:
+    def step(b: PairBatch | None = batch) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = module.compute_losses(batch)["loss"]
+            loss = module.compute_losses(b)["loss"]
         loss.backward()
         optimizer.step()
         _sync(device)
@@ -583,11 +608,11 @@ def render(report: dict[str, Any]) -> str:
         f"tpt_aqa benchmark — {report['device']} — torch {report['torch']}, {report['threads']} threads",
         "",
         "feature mode, MTL-AQA scale (1,059 pairs, T=20, C=1024, D=512, K=5, batch 24; 353 × 10 eval)",
-        f"  one epoch          {f['epoch_s']:8.2f} s   ({f['train_pairs_per_s']:,.0f} pairs/s)",
-        f"  one evaluation     {f['eval_s']:8.2f} s   ({f['eval_videos_per_s']:,.0f} videos/s)",
-        f"  epoch + evaluation {f['epoch_plus_eval_s']:8.2f} s",
-        f"  the same in bf16   {fb['epoch_plus_eval_s']:8.2f} s   (epoch {fb['epoch_s']:.2f} s, "
-        f"evaluation {fb['eval_s']:.2f} s; {f['epoch_plus_eval_s'] / fb['epoch_plus_eval_s']:.2f}×)",
+        "                     epoch   pairs/s   bare loop   overhead   eval   videos/s   "
+        "epoch+eval   TFLOP/s    MFU",
+        *(_feature_row(label, r) for label, r in (("fp32", f), ("bf16-mixed", fb))),
+        f"  bf16 speed-up      {f['epoch_plus_eval_s'] / fb['epoch_plus_eval_s']:.2f}× "
+        f"(model FLOPs per pair: {f['flops_per_pair'] / 1e9:.2f} GFLOP, forward + backward)",
         "",
         f"end to end through I3D ({clip} per step)",
         "                     train pairs/s   eval videos/s",
@@ -628,6 +653,16 @@ def render(report: dict[str, Any]) -> str:
 
 
 _E2E_ROWS = (("fp32 contiguous", "fp32"), ("bf16 + cl_3d", "bf16_channels_last"))
+
+
+def _feature_row(label: str, r: dict[str, Any]) -> str:
+    mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.0f} %"
+    return (
+        f"  {label:<12} {r['epoch_s']:8.2f} s {r['train_pairs_per_s']:7,.0f}   "
+        f"{r['bare_epoch_s']:7.2f} s   {100 * r['loop_overhead']:6.0f} %  {r['eval_s']:5.2f} s "
+        f"{r['eval_videos_per_s']:8,.0f}   {r['epoch_plus_eval_s']:8.2f} s   "
+        f"{r['achieved_tflops']:7.3f}   {mfu:>5}"
+    )
 
 
 def _flops_row(label: str, r: dict[str, Any]) -> str:
@@ -739,8 +774,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage("peak throughput of this device")
     peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
     stage("feature mode at MTL-AQA scale: one epoch and one evaluation, fp32 and bf16")
-    report["feature_mode"] = feature_mode(device)
-    report["feature_mode_bf16"] = feature_mode(device, "bf16-mixed")
+    report["feature_mode"] = feature_mode(device, peaks=peaks)
+    report["feature_mode_bf16"] = feature_mode(device, "bf16-mixed", peaks=peaks)
     stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile")
     e2e = end_to_end(device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks)
     profile_text = e2e.pop("profile_table")
