@@ -91,7 +91,7 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
         "threads": 2,
         "settings": {"pairs": 3, "clips": 20, "clip_len": 8, "size": 224},
         "feature_mode": fm,
-        "feature_mode_bf16": {
+        "feature_mode_fast": {
             **fm,
             "epoch_s": 2.0,
             "eval_s": 1.0,
@@ -119,26 +119,28 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
     }
     text = benchmark.render(report)
     assert (
-        "  fp32             3.00 s     353      2.40 s       20 %   1.50 s      235       4.50 s"
+        "  default          3.00 s     353      2.40 s       20 %   1.50 s      235       4.50 s"
         "     0.117    50 %" in text
     )
-    bf16_row = next(line for line in text.splitlines() if line.startswith("  bf16-mixed"))
-    assert bf16_row.startswith("  bf16-mixed       2.00 s") and bf16_row.endswith("n/a")
-    assert "bf16 speed-up      1.50× (model FLOPs per pair: 0.33 GFLOP" in text
+    fast_row = next(line for line in text.splitlines() if line.startswith("  speed=fast   "))
+    assert fast_row.startswith("  speed=fast       2.00 s") and fast_row.endswith("n/a")
+    assert "speed=fast         1.50× (model FLOPs per pair: 0.33 GFLOP" in text
     assert "compile                   48.500         130.250" in text
     assert "3 pairs × 20 clips × 8×224²: peak 20,480 MiB" in text
 
 
 def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch():
     tiny = ("dataset.num_train=30", "dataset.num_test=9", "dataset.feature_dim=16")
-    r = benchmark.feature_mode("cpu", overrides=tiny, peaks={"fp32": 0.5, "bf16": 1.0})
-    assert (r["train_pairs"], r["eval_videos"]) == (30, 9)
+    r = benchmark.feature_mode("cpu", tiny, peaks={"fp32": 0.5, "bf16": 1.0})
+    assert (r["train_pairs"], r["eval_videos"], r["precision"]) == (30, 9, "32-true")
     assert r["bare_epoch_s"] > 0 and r["loop_overhead"] == pytest.approx(
         1 - r["bare_epoch_s"] / r["epoch_s"]
     )
     # the epoch's model FLOPs are the step's per pair times the pairs, over the fit's time
     assert r["achieved_tflops"] * 1e12 * r["epoch_s"] == pytest.approx(30 * r["flops_per_pair"])
     assert r["peak_tflops"] == 0.5 and r["mfu"] == pytest.approx(r["achieved_tflops"] / 0.5)
+    fast = benchmark.feature_mode("cpu", (*tiny, "speed=fast"), peaks={"fp32": 0.5, "bf16": 1.0})
+    assert fast["precision"] == "bf16-mixed" and fast["peak_tflops"] == 1.0  # the bf16 peak
 
 
 def test_exemplar_protocols_count_passes_and_render():

@@ -34,6 +34,7 @@ GROUPS = [
     "logger",
     "experiment",
     "ablation",
+    "speed",
     "debug",
     "sweep",
 ]
@@ -96,6 +97,9 @@ def test_config_composes_and_instantiates(tmp_path, group, option):
         cfg.trainer.accelerator = "cpu"
     trainer = build_trainer(cfg, has_val=True)
     assert isinstance(trainer, L.Trainer)
+    if group == "speed":  # speed=fast: bf16 autocast and fused Adam
+        adam = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        assert trainer.precision == "bf16-mixed" and adam.defaults["fused"] is True
 
 
 def test_sweep_sets_seeds_and_ablations():
