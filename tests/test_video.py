@@ -232,7 +232,7 @@ def test_repeat_last_fallback(tmp_path):
     last = read_frame_folder(tmp_path, [4])[0]
     assert torch.equal(got[1], last) and torch.equal(got[2], last) and torch.equal(got[3], last)
     assert not torch.equal(got[0], last)
-    with pytest.raises(ValueError, match=r"on_missing must be one of"):
+    with pytest.raises(ValueError, match=r"on_missing='zeros': use one of error, repeat_last"):
         read_frame_folder(tmp_path, [0], on_missing="zeros")
 
 

@@ -114,9 +114,9 @@ class _Queries(Dataset):
 
 
 def check_choice(key: str, value: Any, allowed: tuple, error: type = ConfigError) -> None:
-    """``dataset.<key>`` is one of ``allowed``, or ``error`` names the key and the choices."""
+    """``key``'s ``value`` is one of ``allowed``, or ``error`` names the key and the choices."""
     if value not in allowed:
-        raise error(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
+        raise error(f"{key}={value!r}: use one of {', '.join(allowed)}")
 
 
 def check_count(key: str, value: Any) -> int:

@@ -280,7 +280,7 @@ class FineDivingDataModule(VideoDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
-        check_choice("exemplar_groups", exemplar_groups, EXEMPLAR_GROUPS)
+        check_choice("dataset.exemplar_groups", exemplar_groups, EXEMPLAR_GROUPS)
         if self.sampler.scheme != "linspace":
             raise ConfigError(
                 f"dataset.sampler.scheme={self.sampler.scheme!r}: FineDiving spreads its frames "

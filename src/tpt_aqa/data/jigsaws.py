@@ -238,10 +238,12 @@ class JIGSAWSDataModule(VideoDataModule):
                 f"dataset.fold={fold!r} is out of range: JIGSAWS has {NUM_FOLDS} folds, "
                 f"use 0–{NUM_FOLDS - 1}"
             )
-        check_choice("annotation_format", annotation_format, ANNOTATION_FORMATS, JIGSAWSDataError)
-        check_choice("meta_folds", meta_folds, META_FOLD_RULES, JIGSAWSDataError)
-        check_choice("source", source, SOURCES, JIGSAWSDataError)
-        check_choice("on_missing", on_missing, ON_MISSING, JIGSAWSDataError)
+        check_choice(
+            "dataset.annotation_format", annotation_format, ANNOTATION_FORMATS, JIGSAWSDataError
+        )
+        check_choice("dataset.meta_folds", meta_folds, META_FOLD_RULES, JIGSAWSDataError)
+        check_choice("dataset.source", source, SOURCES, JIGSAWSDataError)
+        check_choice("dataset.on_missing", on_missing, ON_MISSING, JIGSAWSDataError)
         self.fold = int(fold)
         self.annotation_format = annotation_format
         self.meta_template = meta_template
