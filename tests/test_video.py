@@ -132,7 +132,7 @@ def test_linspace_clips_too_short_and_repeats():
 
 
 def test_clip_sampler_checks_its_fields():
-    with pytest.raises(ValueError, match=r"scheme must be one of"):
+    with pytest.raises(ValueError, match=r"scheme='uniform': use one of strided, linspace"):
         ClipSampler("uniform")
     with pytest.raises(ValueError, match=r"clip_len must be a positive integer"):
         ClipSampler("strided", clip_len=0)

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 import scipy.io
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tpt_aqa.data.base import SampleTable, check_count
+from tpt_aqa.data.base import SampleTable, check_count, plain
 from tpt_aqa.data.video import PREPARE_COMMAND, count_frames, list_frames
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
@@ -72,8 +71,7 @@ def normalise(
 def resolve_classes(classes: Any) -> list[int]:
     """The sorted class ids (1–6) of ``classes``: ``None``/``"all"``, a name (``"diving"``) or an id
     (``1``, ``"1"``), or a list of them. Raises ``AQA7DataError`` listing the valid ones."""
-    if isinstance(classes, (ListConfig, DictConfig)):
-        classes = OmegaConf.to_container(classes, resolve=True)
+    classes = plain(classes)
     if classes is None or (isinstance(classes, str) and classes.strip().lower() == "all"):
         return list(range(1, len(AQA7_CLASSES) + 1))
     items = list(classes) if isinstance(classes, (list, tuple)) else [classes]
@@ -162,10 +160,8 @@ class AQA7DataModule(VideoDataModule):
         kwargs.setdefault("delta_cap", 100.0)
         super().__init__(root=root, **kwargs)
         self.class_ids = resolve_classes(classes)
-        if isinstance(score_ranges, DictConfig):
-            score_ranges = OmegaConf.to_container(score_ranges, resolve=True)
         self.score_ranges = {
-            name: _score_range(name, score_ranges)
+            name: _score_range(name, plain(score_ranges))
             for name in (AQA7_CLASSES[i - 1] for i in self.class_ids)
         }
         self.split_files = {
@@ -187,9 +183,7 @@ class AQA7DataModule(VideoDataModule):
         return {"option": "class", "values": list(self.table.group_names)}
 
     def raw_score_ranges(self) -> dict[str, list[float]]:
-        return {
-            name: [float(v) for v in self.score_ranges[name]] for name in self.table.group_names
-        }
+        return {name: list(self.score_ranges[name]) for name in self.table.group_names}
 
     def build_table(self) -> SampleTable:
         selected = [AQA7_CLASSES[i - 1] for i in self.class_ids]

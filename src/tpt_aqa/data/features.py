@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.atomic import atomic_write_text
 from tpt_aqa.cache import check_manifest
-from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
+from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable, plain
 from tpt_aqa.errors import UserError
 
 REQUIRED = ("id", "score", "split")
@@ -139,9 +138,7 @@ class FeaturesDataModule(AQADataModule):
         )
         self.feature_dim = feature_dim
         self._num_clips = num_clips
-        if isinstance(expect, DictConfig):
-            expect = OmegaConf.to_container(expect, resolve=True)
-        self.expect = dict(expect) if expect else None
+        self.expect = dict(plain(expect)) if expect else None
         self._features: list[torch.Tensor] = []
 
     @property
