@@ -176,7 +176,7 @@ class AQA7DataModule(VideoDataModule):
         self.frames_needed = self.sampler.frames_needed
         # per table row, set by build_table
         self.sample_no: np.ndarray | None = None
-        self._class_of_row: list[str] | None = None
+        self._class_of_row: tuple[str, ...] | None = None
 
     # ---- the table -----------------------------------------------------------------------------
     def group_option(self) -> dict[str, Any]:
@@ -188,7 +188,7 @@ class AQA7DataModule(VideoDataModule):
     def build_table(self) -> SampleTable:
         selected = [AQA7_CLASSES[i - 1] for i in self.class_ids]
         position = {cid: k for k, cid in enumerate(self.class_ids)}  # class id 1–6 → table class
-        ids, target, class_id, split, sample_no = [], [], [], [], []
+        found = []  # (id, target, class, split, sample number, class name) of each video
         seen: dict[str, str] = {}
         for name, (path, variable) in self.split_files.items():
             rows = read_split_list(self._split_path(path), variable, f"{name}_variable")
@@ -204,22 +204,19 @@ class AQA7DataModule(VideoDataModule):
                         f"{seen[vid]} list); fix the split files"
                     )
                 seen[vid] = name
-                ids.append(vid)
-                target.append(normalise(class_name, float(score), self.score_ranges))
-                class_id.append(position[cls])
-                split.append(name)
-                sample_no.append(no)
-        if not ids:
+                score = normalise(class_name, float(score), self.score_ranges)
+                found.append((vid, score, position[cls], name, no, class_name))
+        if not found:
             files = ", ".join(str(p) for p, _ in self.split_files.values())
             raise AQA7DataError(
                 f"the AQA-7 split files ({files}) list no video of the selected classes "
                 f"{selected}; check dataset.classes"
             )
+        ids, target, class_id, split, sample_no, self._class_of_row = zip(*found, strict=True)
         class_id = np.asarray(class_id, dtype=np.int64)
         self.sample_no = np.asarray(sample_no, dtype=np.int64)
-        self._class_of_row = [AQA7_CLASSES[self.class_ids[c] - 1] for c in class_id]
         return SampleTable(
-            ids=ids,
+            ids=list(ids),
             target=np.asarray(target, dtype=np.float64),
             scale=np.ones(len(ids)),
             group=class_id.copy(),  # exemplars come from the query's own class

@@ -13,7 +13,7 @@ import torch
 
 from tpt_aqa.data.base import SampleTable, check_choice, check_count
 from tpt_aqa.data.safe_pickle import load_keys, safe_load
-from tpt_aqa.data.samplers import difficulty_groups
+from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
@@ -52,11 +52,6 @@ def diving_table(
         class_names=["diving"],
         group_names=list(group_names),
     )
-
-
-def difficulty_option(group_names: list[str]) -> dict[str, Any]:
-    """``group_option`` of groups named ``dd<difficulty>``: the difficulty is what a user knows."""
-    return {"option": "difficulty", "values": [float(n[2:]) for n in group_names]}
 
 
 def diving_delta_cap(use_dd: bool, delta_cap: float | None) -> float:

@@ -25,7 +25,7 @@ import torch
 from tpt_aqa.atomic import atomic_write
 from tpt_aqa.data.base import AQADataModule, SampleTable
 from tpt_aqa.data.features import write_rows
-from tpt_aqa.data.samplers import difficulty_name
+from tpt_aqa.data.samplers import difficulty_name, difficulty_option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,9 +81,6 @@ class GeneratorSettings:
         noise = self.judge_noise * rng.standard_normal(len(qualities))
         raw = 10 * qualities @ weights / weights.sum() + noise
         return raw, rng.integers(0, len(self.difficulties), size=len(qualities))
-
-    def group_option(self) -> dict[str, Any]:  # a new video's group: its difficulty
-        return {"option": "difficulty", "values": [float(x) for x in self.difficulties]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,7 +192,7 @@ class SyntheticDataModule(AQADataModule):
         return self._features[row]
 
     def group_option(self) -> dict:
-        return self.settings.group_option()
+        return difficulty_option(self.table.group_names)
 
     def clip_labels(self, row: int) -> torch.Tensor:
         return self._phases[row]

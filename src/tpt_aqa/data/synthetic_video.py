@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tpt_aqa.data.base import SampleTable
-from tpt_aqa.data.synthetic import Generated, GeneratorSettings
+from tpt_aqa.data.synthetic import Generated, GeneratorSettings, SyntheticDataModule
 from tpt_aqa.data.video_base import VideoDataModule
 
 
@@ -93,8 +93,7 @@ class SyntheticVideoDataModule(VideoDataModule):
         self._clip_phases = torch.from_numpy(v.phases[:, index[:, index.shape[1] // 2]])
         return v.table("synthetic_video", 4)
 
-    def group_option(self) -> dict:
-        return self.settings.group_option()
+    group_option = SyntheticDataModule.group_option
 
     def clip_labels(self, row: int) -> torch.Tensor:
         return self._clip_phases[row]  # (T,)
