@@ -40,9 +40,8 @@ class FeatureDataError(UserError, ValueError):
 
 def _index(names: list[str]) -> tuple[list[str], np.ndarray]:
     """Sorted unique names and each entry's position among them."""
-    uniq = sorted(set(names))
-    pos = {n: i for i, n in enumerate(uniq)}
-    return uniq, np.array([pos[n] for n in names], dtype=np.int64)
+    uniq, pos = np.unique(names, return_inverse=True)
+    return uniq.tolist(), pos.astype(np.int64)
 
 
 def read_feature_file(
