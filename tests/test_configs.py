@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
 from tpt_aqa.data import AQADataModule
-from tpt_aqa.data.synthetic import export_features, generate
+from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
 from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT
 from tpt_aqa.report import ProgressBar, epoch_label
@@ -263,7 +263,9 @@ def test_temporal_conv_takes_t_from_the_data(tmp_path):
     )
     assert instantiate(video.model).parser.num_clips == 4
     root = tmp_path / "features"
-    export_features(generate(num_train=20, num_test=6, num_clips=10, feature_dim=8), root)
+    export_features(
+        generate(FeatureSettings(num_train=20, num_test=6, num_clips=10, feature_dim=8)), root
+    )
     cfg = compose_cfg(
         tmp_path,
         *TINY_MODEL,

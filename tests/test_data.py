@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from tpt_aqa.data import (
 from tpt_aqa.data.base import auto_workers
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.samplers import difficulty_groups, draw_exemplars
-from tpt_aqa.data.synthetic import export_features, generate
+from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
 
 GROUPS = np.array([0, 0, 0, 1, 1, 2, 0, 1, 3, 3])
 
@@ -93,9 +94,11 @@ def small_synthetic(**kwargs) -> SyntheticDataModule:
 
 
 def test_synthetic_is_deterministic_and_phases_are_ordered():
-    a, b = generate(num_train=20, num_test=5, seed=3), generate(num_train=20, num_test=5, seed=3)
-    assert np.array_equal(a.features, b.features) and np.array_equal(a.raw, b.raw)
-    assert not np.array_equal(a.features, generate(num_train=20, num_test=5, seed=4).features)
+    settings = FeatureSettings(num_train=20, num_test=5, seed=3)
+    a, b = generate(settings), generate(settings)
+    assert np.array_equal(a.videos, b.videos) and np.array_equal(a.raw, b.raw)
+    other = generate(replace(settings, seed=4))
+    assert not np.array_equal(a.videos, other.videos)
     assert (np.diff(a.phases, axis=1) >= 0).all()  # phases follow each other in time
     assert (a.phases[:, 0] == 0).all() and (a.phases[:, -1] == 4).all()
     assert ((a.phases[:, :, None] == np.arange(5)).sum(1) >= 2).all()  # min_phase_len

@@ -326,7 +326,7 @@ def test_predict_a_frame_folder_end_to_end(video_run, tmp_path):
     fig = predict_entry.figure(pred)
     assert len(fig.axes) >= 3 + pred.attn.shape[0]  # K top frames + one map per layer
     # the video's known phases, one per frame, taken at the frames its clips sampled
-    phases = np.asarray(dm.videos.frame_phases[row])  # (40,)
+    phases = np.asarray(dm.data.phases[row])  # (40,)
     pred = predictor.predict(folder, difficulty=float(dm.table.scale[row]), frame_labels=phases)
     sampled = phases[predictor.sampler.indices(len(phases), predictor.start_frame)].ravel()
     np.testing.assert_array_equal(pred.step_labels, sampled)  # (T·L,)

@@ -127,9 +127,9 @@ def test_fast_dev_run_is_a_smoke_test(tiny_cfg, monkeypatch):
 
 def test_without_test_videos_validation_is_labelled_as_such(tmp_path, caplog):
     """No test rows: the run says so, and results.json never presents validation as test."""
-    from tpt_aqa.data.synthetic import export_features, generate
+    from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
 
-    data = generate(num_train=40, num_test=0, num_clips=20, feature_dim=16, seed=0)
+    data = generate(FeatureSettings(num_train=40, num_test=0, num_clips=20, feature_dim=16))
     export_features(data, tmp_path / "features")
     cfg = compose_cfg(
         tmp_path,

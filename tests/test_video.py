@@ -132,7 +132,7 @@ def test_linspace_clips_too_short_and_repeats():
 
 
 def test_clip_sampler_checks_its_fields():
-    with pytest.raises(ValueError, match=r"scheme must be one of"):
+    with pytest.raises(ValueError, match=r"scheme='uniform': use one of strided, linspace"):
         ClipSampler("uniform")
     with pytest.raises(ValueError, match=r"clip_len must be a positive integer"):
         ClipSampler("strided", clip_len=0)
@@ -232,7 +232,7 @@ def test_repeat_last_fallback(tmp_path):
     last = read_frame_folder(tmp_path, [4])[0]
     assert torch.equal(got[1], last) and torch.equal(got[2], last) and torch.equal(got[3], last)
     assert not torch.equal(got[0], last)
-    with pytest.raises(ValueError, match=r"on_missing must be one of"):
+    with pytest.raises(ValueError, match=r"on_missing='zeros': use one of error, repeat_last"):
         read_frame_folder(tmp_path, [0], on_missing="zeros")
 
 

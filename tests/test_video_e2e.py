@@ -34,7 +34,7 @@ def test_synthetic_video_clips(tmp_path):
     draws = {dm.load_video(0, "train").float().sum().item() for _ in range(6)}
     assert len(draws) > 1  # random crop / flip per draw
     # clip t spans frames 8t..8t+7 and carries the phase of its middle frame
-    assert torch.equal(dm.clip_labels(0), torch.as_tensor(dm.videos.frame_phases[0, 4::8]))
+    assert torch.equal(dm.clip_labels(0), torch.as_tensor(dm.data.phases[0, 4::8]))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tpt_aqa.data.synthetic import export_features, generate
+from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> None:
         "--seed", type=int, default=0, help="the generator's seed (dataset.data_seed)"
     )
     args = parser.parse_args(argv)
-    data = generate(
+    settings = FeatureSettings(
         num_train=args.num_train,
         num_test=args.num_test,
         num_clips=args.num_clips,
         feature_dim=args.feature_dim,
         seed=args.seed,
     )
+    data = generate(settings)
     table = export_features(data, args.out_dir)
     print(
         f"wrote {len(data.raw)} videos ({args.num_train} train, {args.num_test} test) and {table}"

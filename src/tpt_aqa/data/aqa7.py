@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 import scipy.io
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tpt_aqa.data.base import SampleTable, check_count
+from tpt_aqa.data.base import SampleTable, check_count, plain
 from tpt_aqa.data.video import PREPARE_COMMAND, count_frames, list_frames
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
@@ -72,8 +71,7 @@ def normalise(
 def resolve_classes(classes: Any) -> list[int]:
     """The sorted class ids (1–6) of ``classes``: ``None``/``"all"``, a name (``"diving"``) or an id
     (``1``, ``"1"``), or a list of them. Raises ``AQA7DataError`` listing the valid ones."""
-    if isinstance(classes, (ListConfig, DictConfig)):
-        classes = OmegaConf.to_container(classes, resolve=True)
+    classes = plain(classes)
     if classes is None or (isinstance(classes, str) and classes.strip().lower() == "all"):
         return list(range(1, len(AQA7_CLASSES) + 1))
     items = list(classes) if isinstance(classes, (list, tuple)) else [classes]
@@ -162,10 +160,8 @@ class AQA7DataModule(VideoDataModule):
         kwargs.setdefault("delta_cap", 100.0)
         super().__init__(root=root, **kwargs)
         self.class_ids = resolve_classes(classes)
-        if isinstance(score_ranges, DictConfig):
-            score_ranges = OmegaConf.to_container(score_ranges, resolve=True)
         self.score_ranges = {
-            name: _score_range(name, score_ranges)
+            name: _score_range(name, plain(score_ranges))
             for name in (AQA7_CLASSES[i - 1] for i in self.class_ids)
         }
         self.split_files = {
@@ -180,21 +176,19 @@ class AQA7DataModule(VideoDataModule):
         self.frames_needed = self.sampler.frames_needed
         # per table row, set by build_table
         self.sample_no: np.ndarray | None = None
-        self._class_of_row: list[str] | None = None
+        self._class_of_row: tuple[str, ...] | None = None
 
     # ---- the table -----------------------------------------------------------------------------
     def group_option(self) -> dict[str, Any]:
         return {"option": "class", "values": list(self.table.group_names)}
 
     def raw_score_ranges(self) -> dict[str, list[float]]:
-        return {
-            name: [float(v) for v in self.score_ranges[name]] for name in self.table.group_names
-        }
+        return {name: list(self.score_ranges[name]) for name in self.table.group_names}
 
     def build_table(self) -> SampleTable:
         selected = [AQA7_CLASSES[i - 1] for i in self.class_ids]
         position = {cid: k for k, cid in enumerate(self.class_ids)}  # class id 1–6 → table class
-        ids, target, class_id, split, sample_no = [], [], [], [], []
+        found = []  # (id, target, class, split, sample number, class name) of each video
         seen: dict[str, str] = {}
         for name, (path, variable) in self.split_files.items():
             rows = read_split_list(self._split_path(path), variable, f"{name}_variable")
@@ -210,22 +204,19 @@ class AQA7DataModule(VideoDataModule):
                         f"{seen[vid]} list); fix the split files"
                     )
                 seen[vid] = name
-                ids.append(vid)
-                target.append(normalise(class_name, float(score), self.score_ranges))
-                class_id.append(position[cls])
-                split.append(name)
-                sample_no.append(no)
-        if not ids:
+                score = normalise(class_name, float(score), self.score_ranges)
+                found.append((vid, score, position[cls], name, no, class_name))
+        if not found:
             files = ", ".join(str(p) for p, _ in self.split_files.values())
             raise AQA7DataError(
                 f"the AQA-7 split files ({files}) list no video of the selected classes "
                 f"{selected}; check dataset.classes"
             )
+        ids, target, class_id, split, sample_no, self._class_of_row = zip(*found, strict=True)
         class_id = np.asarray(class_id, dtype=np.int64)
         self.sample_no = np.asarray(sample_no, dtype=np.int64)
-        self._class_of_row = [AQA7_CLASSES[self.class_ids[c] - 1] for c in class_id]
         return SampleTable(
-            ids=ids,
+            ids=list(ids),
             target=np.asarray(target, dtype=np.float64),
             scale=np.ones(len(ids)),
             group=class_id.copy(),  # exemplars come from the query's own class

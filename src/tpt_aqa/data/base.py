@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
@@ -72,16 +73,24 @@ def carve_validation(table: SampleTable, fraction: float, seed: int) -> None:
 
 
 class _Rows(Dataset):
-    """One video per item, from a list of table rows."""
+    """One video per item, from a list of table rows, seen as ``view`` sees them; with the fixed
+    ``exemplars`` rows ``(N, M)`` of evaluated videos, each with its exemplar rows and scores."""
 
-    def __init__(self, dm: AQADataModule, rows: np.ndarray, view: str) -> None:
-        self.dm, self.rows, self.view = dm, rows, view
+    def __init__(
+        self, dm: AQADataModule, rows: np.ndarray, view: str, exemplars: np.ndarray | None = None
+    ) -> None:
+        self.dm, self.rows, self.view, self.exemplars = dm, rows, view, exemplars
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.dm.sample(int(self.rows[i]), self.view)
+    def __getitem__(self, i: int) -> dict[str, Any] | tuple:  # (sample, rows (M,), scores (M,))
+        sample = self.dm.sample(int(self.rows[i]), self.view)
+        if self.exemplars is None:
+            return sample
+        ex = torch.as_tensor(self.exemplars[i])
+        targets = torch.as_tensor(self.dm.table.target, dtype=torch.float32)[ex.clamp_min(0)]
+        return sample, ex, targets * (ex >= 0)
 
 
 class _Pairs(Dataset):
@@ -98,25 +107,10 @@ class _Pairs(Dataset):
         return self.dm.sample(q, "train"), self.dm.sample(e, "train")
 
 
-class _Queries(Dataset):
-    """Evaluated videos with their fixed exemplar rows and scores."""
-
-    def __init__(self, dm: AQADataModule, rows: np.ndarray, exemplars: np.ndarray) -> None:
-        self.dm, self.rows, self.exemplars = dm, rows, exemplars
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-        ex = torch.as_tensor(self.exemplars[i])
-        targets = torch.as_tensor(self.dm.table.target, dtype=torch.float32)[ex.clamp_min(0)]
-        return self.dm.sample(int(self.rows[i]), "test"), ex, targets * (ex >= 0)
-
-
 def check_choice(key: str, value: Any, allowed: tuple, error: type = ConfigError) -> None:
-    """``dataset.<key>`` is one of ``allowed``, or ``error`` names the key and the choices."""
+    """``key``'s ``value`` is one of ``allowed``, or ``error`` names the key and the choices."""
     if value not in allowed:
-        raise error(f"dataset.{key}={value!r}: use one of {', '.join(allowed)}")
+        raise error(f"{key}={value!r}: use one of {', '.join(allowed)}")
 
 
 def check_count(key: str, value: Any) -> int:
@@ -124,6 +118,13 @@ def check_count(key: str, value: Any) -> int:
     if int(value) != value or value < 0:
         raise ConfigError(f"dataset.{key}={value!r}: must be a non-negative integer")
     return int(value)
+
+
+def plain(value: Any) -> Any:
+    """A Hydra ``DictConfig``/``ListConfig`` as plain dicts and lists; anything else as it is."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def available_cpus() -> int:
@@ -158,9 +159,7 @@ class AQADataModule(L.LightningDataModule):
         test_every_epoch: bool = False,
     ) -> None:
         super().__init__()
-        if num_workers != "auto" and (
-            not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0
-        ):
+        if num_workers != "auto" and (type(num_workers) is not int or num_workers < 0):
             raise ConfigError(
                 f"dataset.num_workers={num_workers!r}: must be an integer >= 0 (0 loads in the "
                 "main process) or auto (one per CPU core of the device, less one)"
@@ -368,8 +367,7 @@ class AQADataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
-        rows = self.table.rows(split)
-        ds = _Queries(self, rows, self.eval_exemplars[split])
+        ds = _Rows(self, self.table.rows(split), "test", self.eval_exemplars[split])
         return self._loader(ds, collate_eval, batch_size=self.eval_batch_size, shuffle=False)
 
     @property

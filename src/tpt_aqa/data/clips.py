@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from tpt_aqa.data.base import check_choice
+
 SCHEMES = ("strided", "linspace")
 
 
@@ -44,8 +46,7 @@ class ClipSampler:
     allow_repeats: bool = False
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        check_choice("scheme", self.scheme, SCHEMES)
         for name in ("num_clips", "clip_len", "stride"):
             value = getattr(self, name)
             if int(value) != value or value < 1:

@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.atomic import atomic_write_text
 from tpt_aqa.cache import check_manifest
-from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable
+from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable, plain
 from tpt_aqa.errors import UserError
 
 REQUIRED = ("id", "score", "split")
@@ -41,9 +40,8 @@ class FeatureDataError(UserError, ValueError):
 
 def _index(names: list[str]) -> tuple[list[str], np.ndarray]:
     """Sorted unique names and each entry's position among them."""
-    uniq = sorted(set(names))
-    pos = {n: i for i, n in enumerate(uniq)}
-    return uniq, np.array([pos[n] for n in names], dtype=np.int64)
+    uniq, pos = np.unique(names, return_inverse=True)
+    return uniq.tolist(), pos.astype(np.int64)
 
 
 def read_feature_file(
@@ -139,9 +137,7 @@ class FeaturesDataModule(AQADataModule):
         )
         self.feature_dim = feature_dim
         self._num_clips = num_clips
-        if isinstance(expect, DictConfig):
-            expect = OmegaConf.to_container(expect, resolve=True)
-        self.expect = dict(expect) if expect else None
+        self.expect = dict(plain(expect)) if expect else None
         self._features: list[torch.Tensor] = []
 
     @property

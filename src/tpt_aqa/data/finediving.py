@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from tpt_aqa.data.base import SampleTable, check_choice
-from tpt_aqa.data.mtl_aqa import difficulty_option, diving_delta_cap, diving_table
+from tpt_aqa.data.mtl_aqa import diving_delta_cap, diving_table
 from tpt_aqa.data.safe_pickle import load_keys, safe_load
-from tpt_aqa.data.samplers import difficulty_groups
+from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video import list_frames
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
@@ -280,7 +280,7 @@ class FineDivingDataModule(VideoDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
-        check_choice("exemplar_groups", exemplar_groups, EXEMPLAR_GROUPS)
+        check_choice("dataset.exemplar_groups", exemplar_groups, EXEMPLAR_GROUPS)
         if self.sampler.scheme != "linspace":
             raise ConfigError(
                 f"dataset.sampler.scheme={self.sampler.scheme!r}: FineDiving spreads its frames "

@@ -238,18 +238,18 @@ class JIGSAWSDataModule(VideoDataModule):
                 f"dataset.fold={fold!r} is out of range: JIGSAWS has {NUM_FOLDS} folds, "
                 f"use 0–{NUM_FOLDS - 1}"
             )
-        check_choice("annotation_format", annotation_format, ANNOTATION_FORMATS, JIGSAWSDataError)
-        check_choice("meta_folds", meta_folds, META_FOLD_RULES, JIGSAWSDataError)
-        check_choice("source", source, SOURCES, JIGSAWSDataError)
-        check_choice("on_missing", on_missing, ON_MISSING, JIGSAWSDataError)
+        check_choice(
+            "dataset.annotation_format", annotation_format, ANNOTATION_FORMATS, JIGSAWSDataError
+        )
+        check_choice("dataset.meta_folds", meta_folds, META_FOLD_RULES, JIGSAWSDataError)
+        check_choice("dataset.source", source, SOURCES, JIGSAWSDataError)
+        check_choice("dataset.on_missing", on_missing, ON_MISSING, JIGSAWSDataError)
         self.fold = int(fold)
         self.annotation_format = annotation_format
-        self.meta_template = meta_template
-        self.splits_file = splits_file
-        self.labels_file = labels_file
+        self.meta_path = self.root / meta_template.format(task=self.task)  # this task's meta file
+        self.pickle_paths = self.root / splits_file, self.root / labels_file
         self.meta_folds = meta_folds
         self.fold_seed = fold_seed
-        self.source_kind = source
         self.video_template = video_template
         self.frames_root = Path(frames_root) if frames_root else self.root / "frames"
         self.frames_template = frames_template
@@ -260,16 +260,6 @@ class JIGSAWSDataModule(VideoDataModule):
         self.format_used: str | None = None  # "meta" or "pickle", set by build_table
 
     # ---- annotations ---------------------------------------------------------------------------
-    @property
-    def meta_path(self) -> Path:
-        """This task's meta file."""
-        return self.root / self.meta_template.format(task=self.task)
-
-    @property
-    def pickle_paths(self) -> tuple[Path, Path]:
-        """``(splits.pkl, label.pkl)``."""
-        return self.root / self.splits_file, self.root / self.labels_file
-
     def _format(self) -> str:
         """The annotation form to read, checking that its files exist."""
         splits, labels = self.pickle_paths
@@ -284,18 +274,14 @@ class JIGSAWSDataModule(VideoDataModule):
                 "(the prepared form); fix dataset.root, or the file names with "
                 "dataset.meta_template / dataset.splits_file / dataset.labels_file"
             )
-        if self.annotation_format == "meta" and not self.meta_path.is_file():
-            raise JIGSAWSDataError(
-                f"meta file {self.meta_path} not found (dataset.annotation_format=meta): fix "
-                "dataset.root or dataset.meta_template, or use dataset.annotation_format=auto"
-            )
-        if self.annotation_format == "pickle":
-            for path, key in ((splits, "splits_file"), (labels, "labels_file")):
-                if not path.is_file():
-                    raise JIGSAWSDataError(
-                        f"{path} not found (dataset.annotation_format=pickle): fix dataset.root "
-                        f"or dataset.{key}, or use dataset.annotation_format=auto"
-                    )
+        files = {"meta": [(self.meta_path, "meta_template")]}
+        files["pickle"] = [(splits, "splits_file"), (labels, "labels_file")]
+        for path, key in files[self.annotation_format]:
+            if not path.is_file():
+                raise JIGSAWSDataError(
+                    f"{path} not found (dataset.annotation_format={self.annotation_format}): fix "
+                    f"dataset.root or dataset.{key}, or use dataset.annotation_format=auto"
+                )
         return self.annotation_format
 
     def read_folds(self) -> tuple[list[list[str]], dict[str, np.ndarray]]:
@@ -356,7 +342,7 @@ class JIGSAWSDataModule(VideoDataModule):
         if self.reads_files:
             frame_count = "decoded" if self.exact_frame_count else "container"
         return {
-            "source": self.source_kind,
+            "source": "video" if self.reads_files else "frames",
             "frame_count": frame_count,
             "on_missing": self.on_missing,
         }

@@ -13,7 +13,7 @@ import torch
 
 from tpt_aqa.data.base import SampleTable, check_choice, check_count
 from tpt_aqa.data.safe_pickle import load_keys, safe_load
-from tpt_aqa.data.samplers import difficulty_groups
+from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
@@ -52,11 +52,6 @@ def diving_table(
         class_names=["diving"],
         group_names=list(group_names),
     )
-
-
-def difficulty_option(group_names: list[str]) -> dict[str, Any]:
-    """``group_option`` of groups named ``dd<difficulty>``: the difficulty is what a user knows."""
-    return {"option": "difficulty", "values": [float(n[2:]) for n in group_names]}
 
 
 def diving_delta_cap(use_dd: bool, delta_cap: float | None) -> float:
@@ -129,17 +124,6 @@ def read_annotations(path: Path) -> dict[DiveKey, dict]:
     return out
 
 
-def read_split(path: Path, config_key: str) -> list[DiveKey]:
-    """The dives of one split file, in file order."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"MTL-AQA split file {path} not found (nor in {path.parent / 'info'}): set "
-            f"{config_key} to its name under dataset.root or dataset.root/info (the release "
-            "ships train_split_0.pkl and test_split_0.pkl)"
-        )
-    return load_keys(path, _as_key, "(video_no, clip_no) pairs")
-
-
 class MTLAQADataModule(VideoDataModule):
     """MTL-AQA dives through the shared clip sampler and transforms (``dataset=mtl_aqa``).
 
@@ -172,7 +156,7 @@ class MTLAQADataModule(VideoDataModule):
         **kwargs,
     ) -> None:
         super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
-        check_choice("frames_layout", frames_layout, LAYOUTS)
+        check_choice("dataset.frames_layout", frames_layout, LAYOUTS)
         self.annotation_file = annotation_file
         self.train_split = train_split
         self.test_split = test_split
@@ -198,36 +182,41 @@ class MTLAQADataModule(VideoDataModule):
         self.annotations: dict[DiveKey, dict] = {}
 
     # ---- files ---------------------------------------------------------------------------------
+    def locate(self, name: str) -> Path | None:
+        """An annotation or split file by name in ``ANNOTATION_FOLDERS`` (an absolute name replaces
+        root), or ``None``."""
+        paths = [self.root / folder / name for folder in ANNOTATION_FOLDERS]
+        return next((path for path in paths if path.is_file()), None)
+
+    def find(self, key: str, hint: str) -> Path:
+        """The file ``dataset.<key>`` names, or a ``FileNotFoundError`` ending in ``hint``."""
+        name = getattr(self, key)
+        path = self.locate(name)
+        if path is None:
+            raise FileNotFoundError(
+                f"MTL-AQA {key.replace('_', ' ')} {self.root / name} not found (nor in "
+                f"{self.root / 'info'}): set dataset.{key} to its name under dataset.root or "
+                f"dataset.root/info ({hint})"
+            )
+        return path
+
     def annotation_path(self) -> Path:
         """The annotation file: the configured one, else the first of ``ANNOTATION_FILES`` found."""
+        names = ", ".join(ANNOTATION_FILES)
         if self.annotation_file:
-            path = self.locate(self.annotation_file)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"MTL-AQA annotation file {path} not found (nor in {self.root / 'info'}): set "
-                    f"dataset.annotation_file to the annotation dict's name under "
-                    f"dataset.root={self.root} (or a path), or null to search "
-                    f"{', '.join(ANNOTATION_FILES)}"
-                )
-            return path
-        for name in ANNOTATION_FILES:
-            if self.locate(name).is_file():
-                return self.locate(name)
-        raise FileNotFoundError(
-            f"no MTL-AQA annotation file in {self.root} or {self.root / 'info'}: looked for "
-            f"{', '.join(ANNOTATION_FILES)}. Point dataset.root at the folder holding the "
-            "annotation and split pickles (or their info/ folder), or set dataset.annotation_file "
-            "to the annotation dict's name or path"
-        )
+            return self.find("annotation_file", f"or a path, or null to search {names}")
+        found = [path for path in map(self.locate, ANNOTATION_FILES) if path]
+        if not found:
+            raise FileNotFoundError(
+                f"no MTL-AQA annotation file in {self.root} or {self.root / 'info'}: looked for "
+                f"{names}; point dataset.root at their folder, or set dataset.annotation_file"
+            )
+        return found[0]
 
-    def locate(self, name: str) -> Path:
-        """An annotation or split file by name in ``ANNOTATION_FOLDERS`` (an absolute name is
-        itself); the ``root`` path when neither has it, for the error message."""
-        for folder in ANNOTATION_FOLDERS:
-            path = self.root / folder / name  # an absolute name replaces root
-            if path.is_file():
-                return path
-        return self.root / name
+    def read_split(self, key: str) -> list[DiveKey]:
+        """The dives of the split file ``dataset.<key>``, in file order."""
+        path = self.find(key, "the release ships train_split_0.pkl and test_split_0.pkl")
+        return load_keys(path, _as_key, "(video_no, clip_no) pairs")
 
     def source(self, row: int) -> Path:
         """The frame folder or video file a dive's frames are read from."""
@@ -251,8 +240,8 @@ class MTLAQADataModule(VideoDataModule):
         self.check_root()
         ann_path = self.annotation_path()
         annotations = read_annotations(ann_path)
-        train = read_split(self.locate(self.train_split), "dataset.train_split")
-        test = read_split(self.locate(self.test_split), "dataset.test_split")
+        train = self.read_split("train_split")
+        test = self.read_split("test_split")
         if not train:
             raise ConfigError(
                 f"{self.root / self.train_split} lists no dives; set dataset.train_split to the "

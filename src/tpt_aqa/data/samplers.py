@@ -4,6 +4,7 @@ exemplars per evaluated one, each from the sample's exemplar group."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
@@ -23,6 +24,11 @@ DIFFICULTY_DECIMALS = 1
 def difficulty_name(difficulty: float) -> str:
     """Name of the exemplar group of one difficulty: ``dd3.2``."""
     return f"dd{difficulty:g}"
+
+
+def difficulty_option(group_names: list[str]) -> dict[str, Any]:
+    """``group_option`` of groups named ``dd<difficulty>``: the difficulty is what a user knows."""
+    return {"option": "difficulty", "values": [float(n[2:]) for n in group_names]}
 
 
 def difficulty_groups(difficulty: np.ndarray) -> tuple[np.ndarray, list[str]]:

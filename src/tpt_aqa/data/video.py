@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tpt_aqa.data.base import check_choice
 from tpt_aqa.data.clips import unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
 from tpt_aqa.errors import UserError
@@ -139,18 +140,6 @@ def _fit_to_length(
     )
 
 
-def _check_options(decoder: str, on_missing: str) -> None:
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    if on_missing not in ON_MISSING:
-        raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
-    if decoder == "simplejpeg" and simplejpeg is None:
-        raise ImportError(
-            "decoder='simplejpeg' but simplejpeg is not installed: `pip install -e '.[fast]'` "
-            "(or simplejpeg==1.9.0), or use decoder='auto' to fall back to PIL"
-        )
-
-
 def _frame_buffer(
     out: np.ndarray | None, count: int, size: tuple[int, ...], frame: str, first: str
 ) -> np.ndarray:
@@ -232,7 +221,13 @@ def read_frame_folder(
             retrying what it rejects; PIL otherwise.
         on_missing: ``"error"``, or ``"repeat_last"`` (warned) for indices past the end.
     """
-    _check_options(decoder, on_missing)
+    check_choice("decoder", decoder, DECODERS)
+    check_choice("on_missing", on_missing, ON_MISSING)
+    if decoder == "simplejpeg" and simplejpeg is None:
+        raise ImportError(
+            "decoder='simplejpeg' but simplejpeg is not installed: `pip install -e '.[fast]'` "
+            "(or simplejpeg==1.9.0), or use decoder='auto' to fall back to PIL"
+        )
     folder = Path(folder)
     idx = _as_indices(indices)
     jpegs, names = _names(folder)
@@ -347,7 +342,7 @@ def read_video_file(
     """Frames ``indices`` ``(F,)`` of a video file (PyAV), uint8 ``(F, 3, H, W)``. Decoding stops
     after the last one and, with ``seek`` at a constant frame rate, starts at the keyframe before
     the first (else from the start); ``on_missing`` as ``read_frame_folder``."""
-    _check_options("auto", on_missing)
+    check_choice("on_missing", on_missing, ON_MISSING)
     path = Path(path)
     idx = _as_indices(indices)
     wanted, inverse = np.unique(idx, return_inverse=True)

@@ -11,10 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.cache import CacheMismatchError, check_manifest
-from tpt_aqa.data.base import VIEWS, AQADataModule
+from tpt_aqa.data.base import VIEWS, AQADataModule, plain
 from tpt_aqa.data.clips import ClipSampler, unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
 from tpt_aqa.data.video import PREPARE_COMMAND, VideoReadError, count_frames, read_frames
@@ -53,9 +52,7 @@ class VideoDataModule(AQADataModule):
         self.transforms["exemplar"] = test_transform
         self.root = None if root is None else Path(root)
         self.features_root = Path(features_root) if features_root else None
-        if isinstance(features_expect, DictConfig):
-            features_expect = OmegaConf.to_container(features_expect, resolve=True)
-        self.features_expect = dict(features_expect or {})
+        self.features_expect = dict(plain(features_expect) or {})
         self.reads_files = False  # sources are video files (True) or frame folders
         self.exact_frame_count = False  # count a video file's frames by decoding all of them
         self.prediction_start = 0  # first frame of a new video's clip window (tpt_aqa.predict)
