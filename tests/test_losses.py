@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tpt_aqa.losses import (
+    LossMeans,
     TPTCriterion,
     attention_centers,
     diversity_loss,
@@ -311,3 +312,16 @@ def test_criterion_rejects_unknown_variants():
         TPTCriterion(cls_loss="focal")
     with pytest.raises(ValueError):
         TPTCriterion(order_loss="spread")
+
+
+def test_loss_means_weight_each_step_by_its_pairs():
+    means = LossMeans()
+    means.update({"loss_cls": torch.tensor(1.0), "loss": torch.tensor(2.0)}, pairs=2)
+    means.update({"loss_cls": torch.tensor(4.0), "loss": torch.tensor(5.0)}, pairs=1)
+    got = means.compute()
+    # (2·1 + 1·4) / 3 = 2 and (2·2 + 1·5) / 3 = 3: pair-weighted, not the mean of step means (2.5, 3.5)
+    assert list(got) == ["loss_cls", "loss"]
+    assert got["loss_cls"].item() == pytest.approx(2.0) and got["loss"].item() == pytest.approx(3.0)
+    means.reset()
+    means.update({"loss": torch.tensor(7.0)}, pairs=3)
+    assert means.compute()["loss"].item() == pytest.approx(7.0)  # a new epoch starts from zero

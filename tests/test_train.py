@@ -73,6 +73,33 @@ def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):
     assert len(got["index"]) == len(test_rows) == len(set(got["index"].tolist()))
 
 
+def test_train_losses_are_logged_as_the_epochs_pair_weighted_means(tiny_cfg):
+    cfg = tiny_cfg()
+    L.seed_everything(0)
+    dm, module = build_datamodule(cfg), build_module(cfg)
+    steps: list[tuple[float, int]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            steps.append((outputs["loss"].item(), len(batch.query)))
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Record()],
+    )
+    trainer.fit(module, datamodule=dm)
+    expected = sum(loss * n for loss, n in steps) / sum(n for _, n in steps)
+    assert len(steps) == 4
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert {f"train/{k}" for k in module.criterion.weights} <= set(trainer.callback_metrics)
+
+
 def test_checkpoint_then_eval_reproduces_test_metrics(tmp_path, tiny_cfg):
     cfg = tiny_cfg()
     results = train_entry.run(cfg)

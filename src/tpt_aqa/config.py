@@ -36,10 +36,11 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarnin
 warnings.filterwarnings(
     "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
 )
-# Evaluation metrics are computed once from every rank's gathered predictions (lit_module), so all
-# ranks log the same value; Lightning's advice to reduce them again (sync_dist) does not apply.
+# Evaluation metrics are computed once from every rank's gathered predictions and the training
+# losses' epoch means from every rank's sums (lit_module), so all ranks log the same value;
+# Lightning's advice to reduce them again (sync_dist) does not apply.
 warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(val|test|test_every_epoch)/"
+    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test|test_every_epoch)/"
 )
 
 quiet_lightning_tips()

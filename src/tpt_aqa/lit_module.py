@@ -17,9 +17,9 @@ import torch
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric
 
-from tpt_aqa.data.batch import EvalBatch, PairBatch, Videos
+from tpt_aqa.data.batch import EvalBatch, PairBatch
 from tpt_aqa.faults import restore_rng_states, rng_states
-from tpt_aqa.losses import TPTCriterion
+from tpt_aqa.losses import LossMeans, TPTCriterion
 from tpt_aqa.metrics import evaluate
 from tpt_aqa.models.tpt import TPT
 from tpt_aqa.parsing import parsing_metrics
@@ -59,6 +59,7 @@ class AQAModule(L.LightningModule):
         # never synced
         self.val_srcc_best = MaxMetric(nan_strategy="ignore", sync_on_compute=False)
         self.records = torch.nn.ModuleDict({s: EvalRecords(s) for s in ("val", "test")})
+        self.train_losses = LossMeans()
         self.last_metrics: dict[str, dict[str, float]] = {}
         # each split's latest gathered records (EvalRecords), on the CPU: what plots and callbacks read
         self.last_records: dict[str, dict[str, torch.Tensor]] = {}
@@ -98,12 +99,13 @@ class AQAModule(L.LightningModule):
                 f"{bad} at epoch {self.current_epoch}, step {self.global_step}; lower the learning "
                 "rates (optim.lr) or check the input features"
             )
-        train = {f"train/{k}": v.detach() for k, v in losses.items()}
-        # epoch means over all ranks' batches (one reduction per epoch)
-        self.log_dict(
-            train, batch_size=len(batch.query), on_step=False, on_epoch=True, sync_dist=True
-        )
+        self.train_losses.update(losses, len(batch.query))
         return losses["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_losses.update_count:  # means over all ranks' pairs
+            self.log_dict({f"train/{k}": v for k, v in self.train_losses.compute().items()})
+        self.train_losses.reset()
 
     # ---- evaluation ------------------------------------------------------------------------
     def _eval_step(self, batch: EvalBatch, batch_idx: int, split: str) -> None:
@@ -111,16 +113,14 @@ class AQAModule(L.LightningModule):
             t = self.trainer  # a smoke test evaluates a few batches: only their exemplars
             first = int(t.fast_dev_run) * t.datamodule.eval_batch_size if t.fast_dev_run else None
             self._exemplars[split] = encode_exemplars(
-                self.model, t.datamodule, split, self.eval_exemplars, self._to_device,
+                self.model, t.datamodule, split, self.eval_exemplars,
+                lambda videos: self.transfer_batch_to_device(videos, self.device, 0),
                 shard=(t.global_rank, t.world_size, first),
             )  # fmt: skip
         q = batch.query
         parsed = self.model.encode(q.video)
         pred = self._exemplars[split].predict(self.model, self.score_groups, parsed.parts, q)
         self.records[split].update(q, pred, parsed.attn)
-
-    def _to_device(self, videos: Videos) -> Videos:
-        return self.transfer_batch_to_device(videos, self.device, 0)
 
     def _finish(self, split: str) -> dict[str, float]:
         self._exemplars.pop(split, None)
