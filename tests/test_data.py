@@ -19,6 +19,7 @@ from tpt_aqa.data import (
     choose_eval_exemplars,
 )
 from tpt_aqa.data.base import auto_workers
+from tpt_aqa.data.batch import collate_videos
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.samplers import difficulty_groups, draw_exemplars
 from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
@@ -321,3 +322,43 @@ def test_loader_settings_follow_the_config(monkeypatch):
 def test_difficulty_groups_round_to_one_decimal():
     group, names = difficulty_groups(np.array([3.2, 16 / 5, 2.0, 3.6, 3.24]))
     assert group.tolist() == [1, 1, 0, 2, 1] and names == ["dd2", "dd3.2", "dd3.6"]
+
+
+def _pair_batch(n: int = 3):
+    def videos(offset: int):
+        return collate_videos(
+            [
+                {
+                    "video": torch.full((4, 2), float(i + offset)),
+                    "target": i + 0.5,
+                    "scale": 1.0,
+                    "group": 0,
+                    "class_id": 0,
+                    "index": i + offset,
+                    "clip_labels": torch.full((4,), -1),
+                }
+                for i in range(n)
+            ]
+        )
+
+    return PairBatch(query=videos(0), exemplar=videos(10))
+
+
+def test_batches_are_pinned_and_moved_tensor_by_tensor(monkeypatch):
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    batch = _pair_batch()
+    pinned = []
+    # Pinning needs an accelerator: record which tensors the loader's pin_memory reaches instead.
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t) or t.clone())
+    out = pin_memory(batch)
+    assert isinstance(out, PairBatch) and len(pinned) == 14  # 7 fields × query and exemplar
+    assert (
+        torch.equal(out.exemplar.index, batch.exemplar.index)
+        and out.query.video is not batch.query.video
+    )
+    moved = move_data_to_device(batch, torch.device("cpu"))  # Lightning's transfer: one .to call
+    assert isinstance(moved, PairBatch) and torch.equal(moved.query.video, batch.query.video)
+    evaluation = EvalBatch(batch.query, torch.tensor([[1, -1]] * 3), torch.zeros(3, 2))
+    assert torch.equal(evaluation.to("cpu").exemplar_index, evaluation.exemplar_index)
