@@ -3,9 +3,10 @@
 Prints a table and writes JSON with:
 
 * feature mode at MTL-AQA scale (1,059 training pairs, T=20, C=1024, D=512, K=5, global batch 24;
-  353 test videos × 10 exemplars): one training epoch and one evaluation, through Lightning, then
-  the same training steps in a bare loop (the loop's own overhead is the difference), the epoch's
-  model FLOPs, TFLOP/s and MFU; at the defaults and with ``speed=fast`` (bf16 + fused Adam);
+  353 test videos × 10 exemplars): training epochs through Lightning alternating with the same
+  steps in a bare loop (the loop's own overhead is the difference; medians of 3), one evaluation,
+  the epoch's model FLOPs, TFLOP/s and MFU; at the defaults and with ``speed=fast`` (bf16 + fused
+  Adam);
 * end to end through I3D: training pairs/s in fp32 (contiguous) and with bf16 autocast +
   ``channels_last_3d``, and evaluation videos/s (encoding) in both;
 * frame loading: decode + center crop of 103 JPEG frames of 224², frames/s on one core, PIL and
@@ -135,38 +136,48 @@ def profile_table(fn, device: str, rows: int = 15) -> tuple[str, list[dict[str, 
 
 
 def feature_mode(
-    device: str, overrides: tuple[str, ...] = (), peaks: dict[str, float] | None = None
+    device: str,
+    overrides: tuple[str, ...] = (),
+    peaks: dict[str, float] | None = None,
+    repeats: int = 3,
 ) -> dict[str, Any]:
-    """One epoch + one evaluation on cached features at MTL-AQA scale, then the same epoch's steps
-    (forward, backward, Adam over the same batches) in a bare loop without the trainer, so that
-    ``epoch_s - bare_epoch_s`` is the training loop's own overhead (hooks, logging, checks).
+    """Training epochs and one evaluation on cached features at MTL-AQA scale, and the same epoch's
+    steps (forward, backward, Adam over the same batches) in a bare loop without the trainer, so
+    that ``epoch_s - bare_epoch_s`` is the training loop's own overhead (hooks, logging, checks).
+    Epochs through the trainer and bare epochs alternate ``repeats`` times; the medians are
+    reported, since one epoch varies by 10-20 % from run to run on a shared 2-core machine.
 
     Args:
         overrides: more config overrides (``speed=fast``, a switch).
         peaks: the device's peak TFLOP/s per precision (``device_peaks``), for the epoch's MFU.
+        repeats: epochs of each kind.
     """
-    dm, module, trainer = _feature_run(device, overrides)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    fit = time.perf_counter() - start
+    dm, module, new_trainer = _feature_run(device, overrides)
+    bf16 = str(new_trainer().precision).startswith("bf16")
+    step = _train_step(module, None, device, bf16)
+    fits, bares = [], []
+    for _ in range(repeats):
+        trainer = new_trainer()
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        fits.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for batch in dm.train_dataloader():
+            step(batch)
+        bares.append(time.perf_counter() - start)
     start = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
     evaluation = time.perf_counter() - start
-    bf16 = str(trainer.precision).startswith("bf16")
-    step = _train_step(module, None, device, bf16)
-    loader = dm.train_dataloader()
-    first = next(iter(loader))
+    first = next(iter(dm.train_dataloader()))
     flops_per_pair = count_flops(lambda: step(first)) / len(first.query)
-    start = time.perf_counter()
-    for batch in loader:
-        step(batch)
-    bare = time.perf_counter() - start
+    fit, bare = statistics.median(fits), statistics.median(bares)
     pairs, videos = len(dm.table.rows("train")), len(dm.table.rows("test"))
     achieved = flops_per_pair * pairs / fit / 1e12
     peak = (peaks or {}).get("bf16" if bf16 else ("tf32" if _tf32_on(device) else "fp32"))
     return {
         "train_pairs": pairs,
         "epoch_s": fit,
+        "epochs_s": fits,
         "train_pairs_per_s": pairs / fit,
         "eval_videos": videos,
         "eval_s": evaluation,
@@ -174,6 +185,7 @@ def feature_mode(
         "epoch_plus_eval_s": fit + evaluation,
         "precision": str(trainer.precision),
         "bare_epoch_s": bare,
+        "bare_epochs_s": bares,
         "loop_overhead": (fit - bare) / fit,
         "flops_per_pair": flops_per_pair,
         "achieved_tflops": achieved,
@@ -183,9 +195,9 @@ def feature_mode(
 
 
 def _feature_run(device: str, overrides: tuple[str, ...] = (), epochs: int = 1):
-    """Datamodule, module and trainer of the synthetic features at MTL-AQA scale (1,059 training
-    pairs' videos, 353 test videos, C = 1024, batch 24, no validation), at the configuration's
-    ``trainer.precision``."""
+    """Datamodule, module and a factory of fresh trainers (``epochs`` each, no validation, at the
+    configuration's ``trainer.precision``) of the synthetic features at MTL-AQA scale (1,059
+    training pairs' videos, 353 test videos, C = 1024, batch 24)."""
     cfg = _compose(
         "dataset.num_train=1059",
         "dataset.num_test=353",
@@ -197,10 +209,13 @@ def _feature_run(device: str, overrides: tuple[str, ...] = (), epochs: int = 1):
         *overrides,
     )
     L.seed_everything(0, verbose=False)
-    trainer = _quiet_trainer(
-        device, max_epochs=epochs, limit_val_batches=0, precision=cfg.trainer.precision
-    )
-    return build_datamodule(cfg), build_module(cfg), trainer
+
+    def new_trainer() -> L.Trainer:
+        return _quiet_trainer(
+            device, max_epochs=epochs, limit_val_batches=0, precision=cfg.trainer.precision
+        )
+
+    return build_datamodule(cfg), build_module(cfg), new_trainer
 
 
 def _quiet_trainer(device: str, **kwargs: Any) -> L.Trainer:
@@ -219,7 +234,8 @@ def _quiet_trainer(device: str, **kwargs: Any) -> L.Trainer:
 def exemplar_protocols(device: str, epochs: int, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Both evaluation protocols (``eval_exemplars``) on one model trained ``epochs`` epochs on the
     features at MTL-AQA scale: backbone passes per evaluation and test ρ / R-ℓ2 of each."""
-    dm, module, trainer = _feature_run(device, overrides=overrides, epochs=epochs)
+    dm, module, new_trainer = _feature_run(device, overrides=overrides, epochs=epochs)
+    trainer = new_trainer()
     trainer.fit(module, datamodule=dm)
     out: dict[str, Any] = {
         "epochs": epochs,
