@@ -65,14 +65,16 @@ def _compose(*overrides: str):
         return compose("train", overrides=["paths.output_dir=unused", *overrides])
 
 
-def _timed(fn, repeats: int) -> float:
+def _timed(fn, repeats: int, summary=statistics.median) -> float:
+    """Seconds of one call of ``fn`` after a warm-up call: the median of ``repeats`` (or another
+    ``summary`` of them)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return summary(times)
 
 
 # Dense peak TFLOP/s (no sparsity) of common GPUs, from the vendors' datasheets: bf16 tensor cores
@@ -97,11 +99,12 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
     return None
 
 
-def cpu_matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
-    """Measured TFLOP/s of an n×n matmul on this CPU with the current thread count."""
+def cpu_matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Measured TFLOP/s of an n×n matmul on this CPU with the current thread count: the fastest of
+    ``repeats`` (a peak; the median moved by 2× between two runs on a shared 2-core machine)."""
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
-    return 2 * n**3 / _timed(lambda: torch.mm(a, b), repeats) / 1e12
+    return 2 * n**3 / _timed(lambda: torch.mm(a, b), repeats, summary=min) / 1e12
 
 
 def count_flops(fn) -> int:
