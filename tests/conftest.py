@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -51,6 +52,20 @@ def compose_cfg(tmp_path: Path, *overrides: str, config: str = "train") -> DictC
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     return cfg
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU trainer that logs, checkpoints and prints nothing unless ``kwargs`` say so."""
+    return L.Trainer(
+        **{
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **kwargs,
+        }
+    )
 
 
 @pytest.fixture

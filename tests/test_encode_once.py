@@ -13,7 +13,7 @@ from tpt_aqa.errors import ConfigError
 from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
 from tpt_aqa.score_stage import exemplar_lists, group_exemplars
 
-from .conftest import TINY_MODEL, compose_cfg
+from .conftest import TINY_MODEL, compose_cfg, quiet_trainer
 
 VIDEO = [
     "experiment=synthetic_video_tpt",
@@ -22,17 +22,6 @@ VIDEO = [
     "dataset.val_fraction=0.25",
     "model.num_queries=3",
 ]
-
-
-def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 def _check_cached_equals_naive(module, dm, trainer: L.Trainer) -> None:
@@ -60,7 +49,7 @@ def test_encode_once_matches_naive_on_features(tiny_cfg):
     L.seed_everything(0)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)  # trained a little: non-trivial deltas
     _check_cached_equals_naive(module, dm, trainer)
     assert dm.eval_exemplars["test"].min() >= 0  # every query has its M = 10 exemplars
@@ -71,7 +60,7 @@ def test_encode_once_matches_naive_through_i3d(tmp_path):
     L.seed_everything(0)
     dm = build_datamodule(cfg)
     module = build_module(cfg)  # random-init I3D; trainer.test fits the score groups
-    _check_cached_equals_naive(module, dm, _trainer())
+    _check_cached_equals_naive(module, dm, quiet_trainer())
     # 9 training videos in 2 groups: fewer than M = 10 per group, so the lists are padded and the
     # mask decides the mean
     assert (dm.eval_exemplars["test"] < 0).any()
@@ -107,7 +96,7 @@ def test_per_group_exemplars_encode_each_group_exemplar_once(tiny_cfg):
     dm = build_datamodule(cfg)
     module = build_module(cfg)
     assert module.eval_exemplars == "per_group"
-    trainer = _trainer(max_epochs=1, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     fixed = group_exemplars(dm.table, dm.num_exemplars, dm.seed)  # (G, M) table rows
     test_rows = dm.table.rows("test")

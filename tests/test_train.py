@@ -21,7 +21,7 @@ from tpt_aqa.config import (
 )
 from tpt_aqa.runtime import apply_global_batch, split_batch
 
-from .conftest import TINY, TINY_MODEL, compose_cfg, run_module
+from .conftest import TINY, TINY_MODEL, compose_cfg, quiet_trainer, run_module
 
 
 def test_fast_dev_run(tiny_cfg):
@@ -42,14 +42,7 @@ def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):
     L.seed_everything(0)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm, verbose=False)
     got = module.last_records["test"]
@@ -83,15 +76,8 @@ def test_train_losses_are_logged_as_the_epochs_pair_weighted_means(tiny_cfg):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             steps.append((outputs["loss"].item(), len(batch.query)))
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[Record()],
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=4, limit_val_batches=0, callbacks=[Record()]
     )
     trainer.fit(module, datamodule=dm)
     expected = sum(loss * n for loss, n in steps) / sum(n for _, n in steps)

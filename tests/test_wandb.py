@@ -24,7 +24,7 @@ from tpt_aqa import wandb_logging
 from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
 from tpt_aqa.wandb_logging import WandbFigures, build_logger, run_identity
 
-from .conftest import TINY
+from .conftest import TINY, quiet_trainer
 
 
 @pytest.fixture
@@ -154,16 +154,12 @@ def _fit_one_epoch(cfg: DictConfig, logger, callback: WandbFigures):
     L.seed_everything(0)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=2,
         num_sanity_val_steps=2,
         logger=logger,
         callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=dm)
