@@ -1,4 +1,5 @@
-"""Distributed evaluation scores every video exactly once and matches a single process."""
+"""Distributed evaluation scores every video exactly once and matches a single process; the training
+losses' epoch means cover every rank's pairs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from tpt_aqa.config import build_datamodule, build_module
+from tpt_aqa.losses import LossMeans
 
 from .conftest import compose_cfg
 
@@ -47,3 +49,28 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     assert set(single) == set(double)
     for key, value in single.items():
         assert double[key] == pytest.approx(value, abs=1e-6), key
+
+
+def _rank_loss_means(rank: int, port: int, out) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    means = LossMeans()
+    # rank 0: 3 pairs at loss 1, then 1 pair at loss 5; rank 1: 2 pairs at loss 4
+    for loss, pairs in [(1.0, 3), (5.0, 1)] if rank == 0 else [(4.0, 2)]:
+        means.update({"loss": torch.tensor(loss)}, pairs)
+    out[rank] = means.compute()["loss"].item()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_loss_means_cover_every_ranks_pairs():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_rank_loss_means, args=(port, out), nprocs=2)
+    # (3·1 + 1·5 + 2·4) / 6 pairs = 16 / 6 on both ranks (a mean of the ranks' means: 2.0 and 4.0)
+    assert out[0] == pytest.approx(16 / 6) and out[1] == pytest.approx(16 / 6)
