@@ -7,7 +7,8 @@
 #    `tpt_aqa.benchmark --device cuda` with every speed switch alone (--switches: compile, Adam's
 #    update loops, BatchNorm folding at evaluation, cuDNN benchmark), training pairs/s with the
 #    MFU, evaluation videos/s, and the peak memory with activation checkpointing + bf16 (--memory);
-# 2. whether the GPU's bf16 conv3d weight gradient has the CPU's fault (models/i3d.py);
+# 2. whether the GPU's bf16 conv3d weight gradient has the CPU's fault (models/i3d.py), and whether
+#    the loader hands over pinned uint8 batches (data/batch.py);
 # 3. the default synthetic experiment trained on the GPU in bf16-mixed (time, metrics);
 # 4. the end-to-end video path (I3D) on the GPU in bf16-mixed (fast_dev_run);
 # 5. the DDP strategy with NCCL on one device (the code path multi-GPU jobs take);
@@ -50,6 +51,17 @@ for depth in (2, 4):
     F.conv3d(x.bfloat16().float(), w32, None, 1, 1).backward(g.bfloat16().float())
     err = ((w.grad - w32.grad).abs().max() / w32.grad.abs().max()).item()
     print(f"bf16 conv3d weight gradient, depth {depth}: relative error {err:.2g} (rounding: ~4e-3)")
+'
+step pinned_batches $PY -c '
+from hydra import compose, initialize_config_dir
+from tpt_aqa.config import CONF_DIR, build_datamodule
+with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    cfg = compose("train", overrides=["dataset=synthetic_video", "dataset.pin_memory=true",
+                                      "paths.output_dir=unused"])
+dm = build_datamodule(cfg)
+dm.setup("fit")
+b = next(iter(dm.train_dataloader()))
+print("train batch:", b.query.video.dtype, "pinned:", b.query.video.is_pinned(), b.exemplar.target.is_pinned())
 '
 step train_bf16-mixed $PY -m tpt_aqa.train trainer=gpu trainer.precision=bf16-mixed \
   paths.output_dir="$OUT_DIR/train_bf16-mixed"
