@@ -156,7 +156,7 @@ def feature_mode(
         repeats: epochs of each kind.
     """
     dm, module, new_trainer = _feature_run(device, overrides)
-    bf16 = str(new_trainer().precision).startswith("bf16")
+    bf16 = str(module.config["trainer"]["precision"]).startswith("bf16")
     step = _train_step(module, None, device, bf16)
     fits, bares = [], []
     for _ in range(repeats):
@@ -176,7 +176,7 @@ def feature_mode(
     fit, bare = statistics.median(fits), statistics.median(bares)
     pairs, videos = len(dm.table.rows("train")), len(dm.table.rows("test"))
     achieved = flops_per_pair * pairs / fit / 1e12
-    peak = (peaks or {}).get("bf16" if bf16 else ("tf32" if _tf32_on(device) else "fp32"))
+    peak = (peaks or {}).get(_arithmetic(device, bf16))
     return {
         "train_pairs": pairs,
         "epoch_s": fit,
@@ -318,7 +318,7 @@ def end_to_end(
             step()
             step_peak_mb = torch.cuda.max_memory_allocated() / 2**20
         flops = count_flops(step)
-        precision = "bf16" if bf16 else ("tf32" if _tf32_on(device) else "fp32")
+        precision = _arithmetic(device, bf16)
         peak = peak_tflops.get(precision) if peak_tflops else None
         if name == "bf16_channels_last":
             out["profile_table"], out["profile"] = profile_table(step, device)
@@ -447,6 +447,11 @@ def checkpointed_memory(device: str, pairs: int, clips: int, clip_len: int, size
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _arithmetic(device: str, bf16: bool) -> str:
+    """The peak-table key of a step's arithmetic: ``bf16``, ``tf32`` or ``fp32``."""
+    return "bf16" if bf16 else ("tf32" if _tf32_on(device) else "fp32")
 
 
 def _tf32_on(device: str) -> bool:
