@@ -448,19 +448,21 @@ def _transition_adaptivity(parses: list[VideoParse]) -> float:
     wrong side, the earliest on ties). A per-video matching, fitted to each video's truth, would
     make any parse with many runs look adaptive.
     """
-    split = _split_steps(parses)
+    steps = _split_steps(parses)[np.stack([p.assignment for p in parses])]  # (N, T) per clip
+    num_steps = np.array([len(p.step_centres) for p in parses])
+    frames_per_clip = np.array([p.frames_per_clip for p in parses])
     rs = []
-    for j in range(1, max(len(p.step_centres) for p in parses)):
-        has = [p for p in parses if j < len(p.step_centres)]
-        cuts = []
-        for p in has:
-            late = split[p.assignment] >= j  # (T,)
-            wrong = np.r_[0, np.cumsum(late)] + np.r_[np.cumsum((~late)[::-1])[::-1], 0]  # (T+1,)
-            cuts.append(int(np.argmin(wrong)) * p.frames_per_clip)
+    for j in range(1, num_steps.max()):
+        has = np.flatnonzero(j < num_steps)
+        late = steps[has] >= j  # (n, T)
+        zero = np.zeros((len(has), 1), dtype=np.int64)
+        before = np.hstack([zero, np.cumsum(late, axis=1)])  # late clips before each edge
+        after = np.hstack([np.cumsum(~late[:, ::-1], axis=1)[:, ::-1], zero])  # early ones after
+        cuts = np.argmin(before + after, axis=1) * frames_per_clip[has]  # (n,) the first best edge
         rs.append(
             pearson(
-                np.array([p.transitions[j - 1] for p in has]),
-                np.array(cuts),
+                np.array([parses[i].transitions[j - 1] for i in has]),
+                cuts,
                 (f"true transition into step {j + 1}", f"parse's cut into step {j + 1}"),
             )
         )
