@@ -320,6 +320,18 @@ def test_pair_stage_rejects_mismatched_parts():
         stage(torch.randn(B, K, D), torch.randn(B, K + 1, D))
 
 
+def test_pair_stage_forward_each_is_forward_on_the_broadcast_pairs():
+    stage = PairStage(in_dim=D, d_model=24).eval()
+    exemplars, queries = torch.randn(B, 4, K, D), torch.randn(B, 1, K, D)  # M = 4 per query
+    with torch.no_grad():
+        got = stage.forward_each(exemplars, queries)  # (B, 4, 24)
+        pairs = stage(exemplars.flatten(0, 1), queries.expand(-1, 4, -1, -1).flatten(0, 1))
+    assert got.shape == (B, 4, 24)
+    torch.testing.assert_close(got.flatten(0, 1), pairs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="width 32"):
+        stage.forward_each(exemplars[..., :-1], queries[..., :-1])
+
+
 def test_group_heads_shapes_and_ranges():
     heads = GroupHeads(in_dim=D, num_groups=G, hidden_dim=16)
     with torch.no_grad():
@@ -410,6 +422,28 @@ def test_tpt_pool_parts_pools_before_pairing(clips):
         expected, _ = model.heads(model.pair_stage(a.mean(1, keepdim=True), b.mean(1, True)))
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(shuffled, logits)
+
+
+@pytest.mark.parametrize("pool_parts", [False, True])
+def test_compare_each_scores_every_exemplar_as_compare_does(pool_parts):
+    """Evaluation's split first layer (``compare_each``) against ``compare`` on the expanded pairs:
+    equal to fp32 rounding, and within bf16 rounding under autocast (each half of the split
+    layer is rounded to bf16 before the sum)."""
+    model = make_tpt(pool_parts=pool_parts).eval()
+    torch.manual_seed(1)
+    exemplars, queries = torch.randn(B, 5, K, D), torch.randn(B, K, D)  # M = 5
+    flat_q = queries[:, None].expand(-1, 5, -1, -1).flatten(0, 1)
+    with torch.no_grad():
+        logits, offsets = model.compare_each(exemplars, queries)  # (B, M, G)
+        ref_logits, ref_offsets = model.compare(exemplars.flatten(0, 1), flat_q)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf_logits, bf_offsets = model.compare_each(exemplars, queries)
+    assert logits.shape == offsets.shape == (B, 5, G)
+    torch.testing.assert_close(logits.flatten(0, 1), ref_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(offsets.flatten(0, 1), ref_offsets, atol=1e-5, rtol=0)
+    scale = float(ref_logits.abs().max())
+    torch.testing.assert_close(bf_logits.float().flatten(0, 1), ref_logits, atol=0.03 * scale, rtol=0)
+    torch.testing.assert_close(bf_offsets.float().flatten(0, 1), ref_offsets, atol=0.01, rtol=0)
 
 
 def test_every_trainable_parameter_gets_a_gradient(clips):

@@ -283,9 +283,9 @@ def test_vote_is_the_mean_over_exemplars_then_the_scale():
 class _Differ:
     """A stand-in model whose pair stage reads out (sum of the second's parts − the first's)."""
 
-    def compare(self, first, second):
-        diff = (second - first).sum((1, 2))  # (N,)
-        return torch.zeros(len(diff), 2), diff[:, None].expand(-1, 2)
+    def compare_each(self, exemplars, queries):
+        diff = (queries[:, None] - exemplars).sum((2, 3))  # (B, M)
+        return torch.zeros(*diff.shape, 2), diff[..., None].expand(-1, -1, 2)
 
 
 class _Offset0:

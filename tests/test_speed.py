@@ -259,6 +259,17 @@ def test_compiled_tpt_trains_like_the_plain_one(monkeypatch):
     assert compiled.compare.active and compiled.parser.forward.active
     assert_same_steps(got, want, FP32)
     assert list(compiled.state_dict()) == list(plain.state_dict())
+    # evaluation's pair path (each query against its M exemplars) is compiled too
+    k, d = plain.num_queries, plain.parser.out_dim
+    exemplars, queries = torch.randn(2, 3, k, d), torch.randn(2, k, d)
+    with torch.no_grad():
+        for got_t, want_t in zip(
+            compiled.eval().compare_each(exemplars, queries),
+            plain.eval().compare_each(exemplars, queries),
+            strict=True,
+        ):
+            torch.testing.assert_close(got_t, want_t, **FP32)
+    assert compiled.compare_each.active
 
 
 @pytest.mark.parametrize("implementation", ["fused", "foreach"])

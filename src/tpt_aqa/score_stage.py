@@ -138,9 +138,8 @@ def relative_scores(
         Δ̂ ``(B,M)`` float32, on the training scale.
     """
     b, m = exemplar_parts.shape[:2]
-    query = query_parts.unsqueeze(1).expand(-1, m, -1, -1)  # (B, M, K, D)
-    logits, offsets = model.compare(exemplar_parts.flatten(0, 1), query.flatten(0, 1))
-    return score_groups.decode(logits.float(), offsets.float()).view(b, m)
+    logits, offsets = model.compare_each(exemplar_parts, query_parts)  # (B, M, G)
+    return score_groups.decode(logits.flatten(0, 1).float(), offsets.flatten(0, 1).float()).view(b, m)
 
 
 def vote(

@@ -70,7 +70,7 @@ class TPT(nn.Module):
         compile_encoder: run the encoder through ``torch.compile`` (eager again, with one warning,
             if compiling fails; ``models.speed``).
         compile_decoder: the same for the per-pair path after the encoder: parser, pair stage
-            and heads.
+            and heads (``compare`` in training, ``compare_each`` in evaluation).
     """
 
     def __init__(
@@ -100,6 +100,7 @@ class TPT(nn.Module):
             compile_with_fallback(self.parser, "model.compile_decoder")
             # an instance attribute: the parameters and state_dict keys stay where they are
             self.compare = compile_with_fallback(self.compare, "model.compile_decoder")
+            self.compare_each = compile_with_fallback(self.compare_each, "model.compile_decoder")
 
     def encode(self, videos: torch.Tensor) -> Parsed:
         """Encode and parse videos independently of each other.
@@ -128,6 +129,24 @@ class TPT(nn.Module):
         if self.pool_parts:
             first, second = first.mean(1, keepdim=True), second.mean(1, keepdim=True)  # (B, 1, D)
         return self.heads(self.pair_stage(first, second))
+
+    def compare_each(
+        self, exemplars: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``compare`` of every query with each of its exemplars, each video projected once
+        (``PairStage.forward_each``): what evaluation scores with.
+
+        Args:
+            exemplars: parts of each query's M exemplars ``(B,M,K,D)``.
+            queries: parts of the queries ``(B,K,D)``.
+
+        Returns:
+            Group logits ``(B,M,G)`` and offsets ``(B,M,G)``: s_query − s_exemplar per pair.
+        """
+        queries = queries.unsqueeze(1)  # (B, 1, K, D): broadcast over the M exemplars
+        if self.pool_parts:
+            exemplars, queries = exemplars.mean(-2, keepdim=True), queries.mean(-2, keepdim=True)
+        return self.heads(self.pair_stage.forward_each(exemplars, queries))
 
     def forward(self, query: torch.Tensor, exemplar: torch.Tensor) -> TPTOutput:
         """Score training pairs in both orders; query and exemplar pass the encoder together.
