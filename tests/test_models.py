@@ -442,7 +442,9 @@ def test_compare_each_scores_every_exemplar_as_compare_does(pool_parts):
     torch.testing.assert_close(logits.flatten(0, 1), ref_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(offsets.flatten(0, 1), ref_offsets, atol=1e-5, rtol=0)
     scale = float(ref_logits.abs().max())
-    torch.testing.assert_close(bf_logits.float().flatten(0, 1), ref_logits, atol=0.03 * scale, rtol=0)
+    torch.testing.assert_close(
+        bf_logits.float().flatten(0, 1), ref_logits, atol=0.03 * scale, rtol=0
+    )
     torch.testing.assert_close(bf_offsets.float().flatten(0, 1), ref_offsets, atol=0.01, rtol=0)
 
 

@@ -139,7 +139,8 @@ def relative_scores(
     """
     b, m = exemplar_parts.shape[:2]
     logits, offsets = model.compare_each(exemplar_parts, query_parts)  # (B, M, G)
-    return score_groups.decode(logits.flatten(0, 1).float(), offsets.flatten(0, 1).float()).view(b, m)
+    delta = score_groups.decode(logits.flatten(0, 1).float(), offsets.flatten(0, 1).float())
+    return delta.view(b, m)
 
 
 def vote(
