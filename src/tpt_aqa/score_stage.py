@@ -129,7 +129,7 @@ def relative_scores(
     """Δ̂ of every (exemplar, query) pair: f(exemplar, query) decoded by the score groups.
 
     Args:
-        model: the ``TPT`` model (its ``compare``).
+        model: the ``TPT`` model (its ``compare_each``).
         score_groups: fitted ``ScoreGroups``.
         query_parts: ``(B,K,D)``.
         exemplar_parts: ``(B,M,K,D)``.
