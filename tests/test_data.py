@@ -263,6 +263,22 @@ def test_synthetic_export_round_trip(tmp_path):
         assert torch.equal(dm.load_video(row, "test"), syn.load_video(row, "test"))
 
 
+def test_export_synthetic_command_writes_the_generated_benchmark(tmp_path, capsys):
+    from tpt_aqa import export_synthetic
+
+    args = ["--num-train", "6", "--num-test", "3", "--num-clips", "10", "--feature-dim", "5"]
+    export_synthetic.main([str(tmp_path), *args, "--seed", "2"])
+    assert "wrote 9 videos (6 train, 3 test)" in capsys.readouterr().out
+    want = generate(FeatureSettings(num_train=6, num_test=3, num_clips=10, feature_dim=5, seed=2))
+    dm = FeaturesDataModule(root=str(tmp_path), feature_dim=5, val_fraction=0.0)
+    dm.setup()
+    assert np.allclose(dm.table.target, want.table().target, atol=1e-5)
+    assert torch.equal(dm.load_video(8, "test"), torch.as_tensor(want.videos[8]))
+    with pytest.raises(SystemExit):  # 5 phases of ≥ 2 clips need 10 clips: a usage error
+        export_synthetic.main([str(tmp_path / "bad"), "--num-clips", "4"])
+    assert "5 phases of at least 2 clips do not fit in 4 clips" in capsys.readouterr().err
+
+
 def test_features_spreadsheet_csv_and_float64_files(tmp_path, caplog):
     """A CSV with a UTF-8 byte-order mark (what spreadsheet programs write) reads like any other;
     float64 arrays are cast to float32 with an info line."""

@@ -21,21 +21,24 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
-    parser.add_argument("--num-train", type=int, default=600)
-    parser.add_argument("--num-test", type=int, default=200)
-    parser.add_argument("--num-clips", type=int, default=20)
-    parser.add_argument("--feature-dim", type=int, default=64)
+    defaults = FeatureSettings()  # the one home of the defaults, shared with dataset=synthetic
+    for name in ("num_train", "num_test", "num_clips", "feature_dim"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(defaults, name))
     parser.add_argument(
-        "--seed", type=int, default=0, help="the generator's seed (dataset.data_seed)"
+        "--seed", type=int, default=defaults.seed, help="the generator's seed (dataset.data_seed)"
     )
     args = parser.parse_args(argv)
-    settings = FeatureSettings(
-        num_train=args.num_train,
-        num_test=args.num_test,
-        num_clips=args.num_clips,
-        feature_dim=args.feature_dim,
-        seed=args.seed,
-    )
+    try:
+        settings = FeatureSettings(
+            num_train=args.num_train,
+            num_test=args.num_test,
+            num_clips=args.num_clips,
+            feature_dim=args.feature_dim,
+            seed=args.seed,
+        )
+    except ValueError as exc:  # e.g. too few clips for the phases: a usage error, no traceback
+        parser.error(str(exc))
     data = generate(settings)
     table = export_features(data, args.out_dir)
     print(
