@@ -9,6 +9,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -136,6 +137,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.trainer.get("max_epochs") == -1:
         log.info("trainer.max_epochs=-1: training until stopped (Ctrl-C, or a SIGTERM)")
     L.seed_everything(cfg.seed, workers=True)
+    # fp32 CPU results repeat to the digit only at the same thread count (README, speed)
+    log.info("torch %s, %d CPU threads", torch.__version__, torch.get_num_threads())
     dm = build_datamodule(cfg)
     module = build_module(cfg)
     if resume_outline is not None:
