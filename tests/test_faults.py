@@ -1,4 +1,5 @@
-"""Interruptions: SIGTERM leaves a resumable checkpoint; checkpoint writes are atomic."""
+"""Interruptions: SIGTERM leaves a resumable checkpoint; checkpoint writes are atomic; broken
+(non-finite) weights stop training before anything validates or saves them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +21,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
-from tpt_aqa.faults import AtomicCheckpointIO, CheckpointOnSignal
+from tpt_aqa.faults import AtomicCheckpointIO, CheckpointOnSignal, FiniteWeights
 from tpt_aqa.runtime import build_trainer
 
 from .conftest import TINY
@@ -106,6 +108,48 @@ def test_a_restarted_run_resumes_from_its_sigterm_checkpoint(tiny_cfg):
     assert last["global_step"] == 2 * BATCHES  # one interrupted + one resumed epoch, not three
     assert not path.exists()  # consumed: a later start in this folder does not resume it again
     assert train_entry.interrupted_checkpoint(cfg) is None
+
+
+class NanGradientAt(L.Callback):
+    """Make the first head weight's gradient NaN before the optimizer step that ends at global step
+    ``step + 1``, as a faulty kernel would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            pl_module.model.heads.cls[0].weight.grad.fill_(float("nan"))
+
+
+def test_broken_weights_after_an_epochs_last_step_stop_before_validation_and_checkpoints(tiny_cfg):
+    cfg = tiny_cfg(*SHORT)
+    with pytest.raises(
+        FloatingPointError, match=r"after epoch 0, step 2: model\.heads\.cls\.0\.weight\."
+    ):
+        fit(cfg, extra_callbacks=[NanGradientAt(BATCHES - 1)])  # the epoch's last step
+    assert not list((Path(cfg.paths.output_dir) / "checkpoints").glob("*.ckpt"))
+
+
+def test_without_the_weight_check_broken_weights_are_validated_and_saved(tiny_cfg):
+    """What FiniteWeights prevents: the loss check sees the NaN weights only at the next forward
+    pass, after the epoch's validation and checkpoints have taken them. (NaN group logits even give
+    finite predictions: the arg-max of NaNs picks some group, so nothing else would notice.)"""
+    cfg = tiny_cfg(*SHORT, "callbacks.finite_weights=null")
+    with pytest.raises(FloatingPointError, match=r"at epoch 1, step 2"):  # training_step's check
+        fit(cfg, extra_callbacks=[NanGradientAt(BATCHES - 1)])
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["state_dict"]["model.heads.cls.0.weight"].isnan().all()
+
+
+def test_weight_check_names_what_is_broken_and_ignores_a_sum_that_overflows():
+    trainer = types.SimpleNamespace(current_epoch=3, global_step=70)
+    module = torch.nn.Module()
+    module.big = torch.nn.Parameter(torch.full((2,), 3e38))  # finite; their float32 sum is inf
+    FiniteWeights.check(trainer, module)
+    module.bad = torch.nn.Parameter(torch.tensor([1.0, float("inf")]))
+    with pytest.raises(FloatingPointError, match=r"after epoch 3, step 70: bad\. A non-finite"):
+        FiniteWeights.check(trainer, module)
 
 
 class FirstBatches(L.Callback):

@@ -1,4 +1,5 @@
-"""Surviving interruptions: a resumable checkpoint on SIGTERM, and checkpoint files written atomically.
+"""Surviving interruptions: a resumable checkpoint on SIGTERM, checkpoint files written atomically, and
+a stop as soon as the weights are no longer finite (``FiniteWeights``).
 
 SIGTERM is how schedulers stop a job (SLURM on preemption and at the time limit, ``scancel``,
 Kubernetes, ``kill``). Lightning 2.6 already turns it into a clean stop: its signal handler only sets
@@ -133,6 +134,45 @@ class CheckpointOnSignal(Callback):
             f"SIGTERM: saved epoch {trainer.current_epoch}, step {trainer.global_step} to {path}; "
             f"continue with ckpt_path={path}"
         )
+
+
+class FiniteWeights(Callback):
+    """Stop training with a ``FloatingPointError`` when a weight is NaN or infinite, before
+    validation, a checkpoint or the exemplar bank takes the broken weights.
+
+    A NaN or infinite gradient turns every weight it reaches NaN at the next Adam step. The loss
+    check in ``training_step`` catches that at the next forward pass, but the last step before a
+    validation or a checkpoint has none: its broken weights would be validated, saved as
+    ``last.ckpt`` and tested (a wrong bf16 convolution gradient did exactly this once,
+    docs/method.md §12). So the weights are checked before every validation during training and at
+    the end of every training epoch (Lightning runs the checkpoint callbacks after this one). A
+    check is one sum per parameter tensor and one device sync.
+    """
+
+    @staticmethod
+    def check(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Raise ``FloatingPointError`` naming the non-finite parameters, if there are any."""
+        params = [(n, p.detach()) for n, p in pl_module.named_parameters()]
+        total = torch.stack([p.float().sum() for _, p in params]).sum()  # NaN or inf if one is
+        if bool(torch.isfinite(total)):
+            return
+        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+        if not bad:  # finite weights whose float32 sum overflows: nothing is broken
+            return
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise FloatingPointError(
+            f"weights are NaN or infinite after epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}: {', '.join(bad[:3])}{more}. A non-finite gradient reached "
+            "them; lower the learning rates (optim.lr), train in full precision "
+            "(trainer.precision=32-true), or check the input features"
+        )
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer, pl_module)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
