@@ -136,6 +136,14 @@ class CheckpointOnSignal(Callback):
         )
 
 
+# What to change when the loss or the weights stop being finite (``FiniteWeights``, and the loss
+# check in ``AQAModule.training_step``).
+NONFINITE_ADVICE = (
+    "lower the learning rates (optim.lr), train in full precision (trainer.precision=32-true), "
+    "or check the input features"
+)
+
+
 class FiniteWeights(Callback):
     """Stop training with a ``FloatingPointError`` when a weight is NaN or infinite, before
     validation, a checkpoint or the exemplar bank takes the broken weights.
@@ -163,16 +171,24 @@ class FiniteWeights(Callback):
         raise FloatingPointError(
             f"weights are NaN or infinite after epoch {trainer.current_epoch}, step "
             f"{trainer.global_step}: {', '.join(bad[:3])}{more}. A non-finite gradient reached "
-            "them; lower the learning rates (optim.lr), train in full precision "
-            "(trainer.precision=32-true), or check the input features"
+            f"them; {NONFINITE_ADVICE}"
         )
+
+    def __init__(self) -> None:
+        self._checked_step = -1  # the weights of this optimizer step are known to be finite
+
+    def _check_once(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # an epoch-end validation is followed by the epoch's end at the same step: check once
+        if trainer.global_step != self._checked_step:
+            self.check(trainer, pl_module)
+            self._checked_step = trainer.global_step
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self.check(trainer, pl_module)
+            self._check_once(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.check(trainer, pl_module)
+        self._check_once(trainer, pl_module)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

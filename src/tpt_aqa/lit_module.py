@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric
 
 from tpt_aqa.data.batch import EvalBatch, PairBatch
-from tpt_aqa.faults import restore_rng_states, rng_states
+from tpt_aqa.faults import NONFINITE_ADVICE, restore_rng_states, rng_states
 from tpt_aqa.losses import LossMeans, TPTCriterion
 from tpt_aqa.metrics import evaluate
 from tpt_aqa.models.tpt import TPT
@@ -96,8 +96,7 @@ class AQAModule(L.LightningModule):
         if not torch.isfinite(losses["loss"]):  # one device sync a step: any bad term makes it bad
             bad = ", ".join(f"{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v))
             raise FloatingPointError(
-                f"{bad} at epoch {self.current_epoch}, step {self.global_step}; lower the learning "
-                "rates (optim.lr) or check the input features"
+                f"{bad} at epoch {self.current_epoch}, step {self.global_step}; {NONFINITE_ADVICE}"
             )
         self.train_losses.update(losses, len(batch.query))
         return losses["loss"]
