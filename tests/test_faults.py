@@ -110,6 +110,38 @@ def test_a_restarted_run_resumes_from_its_sigterm_checkpoint(tiny_cfg):
     assert train_entry.interrupted_checkpoint(cfg) is None
 
 
+class StartEpoch(L.Callback):
+    """Record the epoch at which ``fit`` starts training."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.epoch = trainer.current_epoch
+
+
+def test_last_ckpt_is_the_last_epoch_when_the_best_is_early_and_resumes_there(tiny_cfg):
+    """last.ckpt holds every finished epoch, not only the ones that saved a new best: ``monitor=
+    epoch mode=min`` makes epoch 0 the best for good (Lightning alone left last.ckpt there)."""
+    best_early = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    cfg = tiny_cfg(*SHORT, *best_early, "trainer.max_epochs=3")
+    trainer, _ = fit(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    assert best["epoch"] == 0  # the best epoch is the first
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 3 * BATCHES)  # the end of the third epoch
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob("last-v*.ckpt"))
+
+    start = StartEpoch()
+    trainer, _ = fit(
+        tiny_cfg(*SHORT, *best_early, "trainer.max_epochs=4"),
+        ckpt_path=str(folder / "last.ckpt"),
+        extra_callbacks=[start],
+    )
+    assert start.epoch == 3  # continues with the fourth epoch
+    assert trainer.global_step == 4 * BATCHES  # one more epoch, not three repeated ones
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (3, 4 * BATCHES)
+
+
 class NanGradientAt(L.Callback):
     """Make the first head weight's gradient NaN before the optimizer step that ends at global step
     ``step + 1``, as a faulty kernel would."""

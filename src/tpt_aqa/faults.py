@@ -1,5 +1,6 @@
-"""Surviving interruptions: a resumable checkpoint on SIGTERM, checkpoint files written atomically, and
-a stop as soon as the weights are no longer finite (``FiniteWeights``).
+"""Surviving interruptions: a resumable checkpoint on SIGTERM, checkpoint files written atomically,
+``last.ckpt`` at the end of every epoch (``LastEveryEpoch``), and a stop as soon as the weights are
+no longer finite (``FiniteWeights``).
 
 SIGTERM is how schedulers stop a job (SLURM on preemption and at the time limit, ``scancel``,
 Kubernetes, ``kill``). Lightning 2.6 already turns it into a clean stop: its signal handler only sets
@@ -142,6 +143,49 @@ NONFINITE_ADVICE = (
     "lower the learning rates (optim.lr), train in full precision (trainer.precision=32-true), "
     "or check the input features"
 )
+
+
+class LastEveryEpoch(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the end of the last finished epoch.
+
+    Lightning 2.6 writes ``last.ckpt`` only in the validation (or epoch end) at which a top-k
+    checkpoint is saved: with ``save_top_k=1`` and an early best epoch, ``last.ckpt`` stays at that
+    epoch while training goes on, and ``ckpt_path=…/last.ckpt`` (the README's way to continue a
+    run) restarts from it, repeating the later epochs. This callback writes ``last.ckpt`` wherever
+    Lightning would have saved a checkpoint but the monitored score did not improve. The write goes
+    through the trainer's checkpoint IO (``AtomicCheckpointIO``: a temporary file and a rename).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_step = -1  # the global step last.ckpt holds
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_step = trainer.global_step
+
+    def _write_last_if_missed(self, trainer: L.Trainer) -> None:
+        if (
+            not self.save_last
+            or trainer.fast_dev_run
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_written_step == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        epoch_end = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
+        if epoch_end and not self._should_save_on_train_epoch_end(trainer):
+            self._write_last_if_missed(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._write_last_if_missed(trainer)
 
 
 class FiniteWeights(Callback):
