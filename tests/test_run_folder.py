@@ -19,7 +19,7 @@ from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError
 from tpt_aqa.run_folder import LOCK, release_lock, take_lock
 
-from .conftest import TINY
+from .conftest import TINY, run_module
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_EPOCH = [
@@ -228,3 +228,103 @@ def test_cli_refuses_before_hydra_rewrites_the_folders_record(tmp_path, state):
     assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
     assert record.read_text() == "- seed=1\n"
     assert not (run_dir / "train.log").exists()
+
+
+# --- runs started at once, killed runs, folders that cannot be created ----------------------------
+
+
+def test_three_runs_started_at_once_in_one_folder_do_not_mix_their_records(tmp_path):
+    """The lock is taken (one atomic file creation) before Hydra writes .hydra/ and the log: one
+    run goes on, the others stop without writing in the folder."""
+    run_dir = tmp_path / "shared"
+    tiny = [o for o in TINY if not o.startswith(("trainer.max_epochs", "dataset.num_"))]
+    # each process imports the package, then waits until all three have: they reach Hydra together
+    start_together = (
+        "import pathlib, runpy, sys, time; import lightning, tpt_aqa.config, tpt_aqa.run_folder; "
+        "ready = pathlib.Path(sys.argv.pop(1)); ready.with_suffix(f'.{sys.argv[1]}').touch(); "
+        "[time.sleep(0.002) for _ in iter(lambda: len(list(ready.parent.glob('ready.*'))) < 3, False)]; "
+        "runpy.run_module('tpt_aqa.train', run_name='__main__')"
+    )
+    small = ["dataset.num_train=20", "dataset.num_test=10", "+trainer.limit_train_batches=1"]
+    args = [*tiny, "trainer.max_epochs=1", *small, f"hydra.run.dir={run_dir}"]
+    ready = str(tmp_path / "ready")
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-c", start_together, ready, f"seed={seed}", *args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2, 3)
+    }
+    errors = {seed: p.communicate(timeout=300)[1] for seed, p in procs.items()}
+    winners = [seed for seed, p in procs.items() if p.returncode == 0]
+    assert len(winners) == 1, errors
+    for seed, p in procs.items():
+        if seed in winners:
+            continue
+        lines = errors[seed].strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, errors[seed]
+        assert lines[0].startswith(f"config error: {run_dir} "), lines[0]
+        assert "is in use by another run" in lines[0] or "already holds a finished" in lines[0]
+    seed = winners[0]
+    assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml").count(f"seed={seed}") == 1
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == seed
+    log = (run_dir / "train.log").read_text()
+    assert "config error" not in log and log.count("Test metrics") == 1
+    assert json.loads((run_dir / "results.json").read_text())["checkpoint"]
+    assert not (run_dir / LOCK).exists()
+
+
+def unfinished_run(cfg, dead: bool) -> tuple[Path, Path]:
+    """A run of ``cfg`` left as a killed one leaves it: checkpoints, no results.json, and (when
+    ``dead``) the lock of a process that no longer runs."""
+    train_entry.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    (out / "results.json").unlink()
+    record = out / ".hydra" / "overrides.yaml"
+    record.parent.mkdir()
+    record.write_text("- seed=5\n- optim.lr=0.001\n")
+    if dead:
+        write_lock(out, dead_pid())
+    return out, out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("dead", [True, False], ids=["stale_lock", "no_lock"])
+def test_a_killed_run_is_not_restarted_from_scratch_beside_its_checkpoints(
+    tiny_cfg, monkeypatch, dead
+):
+    cfg = tiny_cfg(*ONE_EPOCH)
+    out, last = unfinished_run(cfg, dead)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with monkeypatch.context() as patch:
+        no_training(patch)
+        with pytest.raises(ConfigError) as err:
+            train_entry.run(tiny_cfg(*ONE_EPOCH))
+    message = str(err.value)
+    command = f"python -m tpt_aqa.train seed=5 optim.lr=0.001 hydra.run.dir={out} ckpt_path={last}"
+    assert message.startswith(f"{out} holds an unfinished run (")
+    assert f"its last checkpoint is {last}): continue it with `{command}`, or start" in message
+    assert ("was killed before it finished" in message) == dead
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    # what the message advises: continue from last.ckpt, in the same files
+    more = [o for o in ONE_EPOCH if "max_epochs" not in o]
+    results = train_entry.run(tiny_cfg(*more, "trainer.max_epochs=2", f"ckpt_path={last}"))
+    assert results["checkpoint"] and (out / "results.json").is_file()
+    assert not [p for p in (out / "checkpoints").iterdir() if "-v" in p.name]
+    assert not (out / LOCK).exists()
+
+
+@pytest.mark.parametrize("where", ["proc", "below_a_file"])
+def test_a_run_dir_that_cannot_be_created_is_one_clear_message(tmp_path, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    run_dir = "/proc/tpt_aqa_test/run" if where == "proc" else f"{blocker}/run"
+    proc = run_module("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"config error: hydra.run.dir={run_dir} cannot be created (")
+    assert lines[0].endswith("pass hydra.run.dir=<a folder you can write to>")
+    assert blocker.read_text() == "mine"

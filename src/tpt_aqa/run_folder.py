@@ -11,14 +11,19 @@ has it any more, the lock is taken over; a lock from another host is only given 
 since its process cannot be checked from here.
 
 A folder that already holds a finished run (``results.json``) is refused too, unless the run
-continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.faults``).
+continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.faults``). So is a
+folder with the checkpoints of a run that did not finish (a stale lock after SIGKILL, or an error),
+unless the run continues it: a run from scratch there would write ``-v1`` checkpoints beside the old
+ones; the message gives the command that resumes from its ``last.ckpt``.
 Only the global-zero process does any of this (the other DDP ranks write nothing here). From the
 command line, ``GuardRunFolder`` (a Hydra callback in ``conf/hydra/default.yaml``) makes the same
-two refusals before Hydra writes its ``.hydra/`` record into the folder.
+refusals and takes the lock before Hydra writes its ``.hydra/`` record into the folder, so runs
+started at the same moment cannot overwrite each other's records.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -132,6 +137,15 @@ def _stale(holder: dict[str, Any]) -> bool:
     )
 
 
+# locks GuardRunFolder took before Hydra wrote into the folder, for the run this process starts
+_TAKEN_BEFORE_HYDRA: set[Path] = set()
+
+
+def _ours(holder: dict[str, Any]) -> bool:
+    """Whether a lock was taken by this process."""
+    return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
 def _in_use(folder: Path, holder: dict[str, Any]) -> ConfigError:
     who = (
         f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
@@ -152,8 +166,63 @@ def check_not_in_use(folder: Path) -> None:
         ConfigError: naming the holder and the lock file.
     """
     path = folder / LOCK
-    if path.exists() and not _stale(holder := _holder(path)):
-        raise _in_use(folder, holder)
+    holder = _holder(path) if path.exists() else None
+    if holder is None or _stale(holder) or (_ours(holder) and path in _TAKEN_BEFORE_HYDRA):
+        return
+    raise _in_use(folder, holder)
+
+
+def check_not_unfinished(folder: Path, resume: str | None) -> None:
+    """Refuse to start a new run from scratch in a folder that holds the checkpoints of a run that
+    did not finish (killed with SIGKILL, a crashed node, an error): Lightning would write ``-v1``
+    checkpoints beside the old ones and the two runs would be mixed. ``ckpt_path=`` inside the
+    folder continues that run; the message gives the command.
+
+    Raises:
+        ConfigError: naming the folder, its last checkpoint and the command that resumes it.
+    """
+    if resume and Path(resume).resolve().is_relative_to(folder.resolve()):
+        return
+    last = next(iter(sorted(folder.glob("**/last.ckpt"))), None)
+    if last is None or (folder / RESULTS).is_file():
+        return
+    holder = _holder(folder / LOCK)
+    how = (
+        f"its run (pid {holder.get('pid')}, started {holder.get('started')}) was killed before "
+        f"it finished and left {folder / LOCK}"
+        if holder and _stale(holder)
+        else f"there is no {RESULTS}"
+    )
+    raise ConfigError(
+        f"{folder} holds an unfinished run ({how}; its last checkpoint is {last}): continue it "
+        f"with `{resume_command(folder, last)}`, or start this run in a new folder "
+        "(hydra.run.dir=…)"
+    )
+
+
+def resume_command(folder: Path, last: Path) -> str:
+    """The command that continues the run of ``folder`` from ``last``: its recorded overrides
+    (``.hydra/overrides.yaml``) with its folder and the checkpoint."""
+    import shlex
+
+    record = folder / ".hydra" / "overrides.yaml"
+    try:
+        overrides = [str(o) for o in OmegaConf.load(record)] if record.is_file() else None
+    except Exception:  # a damaged record: the user's own overrides
+        overrides = None
+    given = (
+        [shlex.quote(o) for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+        if overrides is not None
+        else ["<that run's overrides>"]
+    )
+    return " ".join(
+        [
+            "python -m tpt_aqa.train",
+            *given,
+            shlex.quote(f"hydra.run.dir={folder}"),
+            shlex.quote(f"ckpt_path={last}"),
+        ]
+    )
 
 
 def take_lock(folder: Path) -> Path:
@@ -170,6 +239,8 @@ def take_lock(folder: Path) -> Path:
         return _create_lock(path)
     except FileExistsError:
         holder = _holder(path)
+        if _ours(holder) and path in _TAKEN_BEFORE_HYDRA:  # GuardRunFolder took it for this run
+            return path
         if not (_stale(holder) and _remove_if_unchanged(path, holder)):
             raise _in_use(folder, holder) from None
     log.warning("%s: taking over the lock of pid %s, which no longer runs", folder, holder["pid"])
@@ -230,6 +301,8 @@ def hold_run_folder(cfg: DictConfig, resume: str | None) -> Iterator[None]:
         return
     out = Path(cfg.paths.output_dir)
     check_not_finished(out, resume)
+    check_not_in_use(out)
+    check_not_unfinished(out, resume)
     check_writable(output_locations(cfg))
     folders = [out]
     dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
@@ -246,17 +319,19 @@ def hold_run_folder(cfg: DictConfig, resume: str | None) -> Iterator[None]:
 
 
 class GuardRunFolder(Callback):
-    """Hydra callback: refuse a ``hydra.run.dir`` that holds a finished run or one in progress
-    before Hydra writes its ``.hydra/`` configuration and log into it (it does so before the task
-    starts, which would overwrite the record of the run already there).
+    """Hydra callback: check ``hydra.run.dir`` and take it for this run before Hydra writes its
+    ``.hydra/`` configuration and log into it (it does so before the task starts, which would
+    overwrite the record of the run already there).
 
-    The same checks as ``hold_run_folder``, for ``tpt_aqa.train`` in run mode; the interrupted
-    checkpoint is looked for where the default configuration writes it.
+    For ``tpt_aqa.train`` in run mode: the checks of ``hold_run_folder`` (the interrupted
+    checkpoint is looked for where the default configuration writes it), then the folder is
+    created and its lock taken with one atomic file creation, so of several runs started at once
+    with the same folder one goes on and the others stop before writing anything there. The lock
+    is given back when the run ends (``hold_run_folder``) or, at the latest, when the process
+    exits. A folder that cannot be created is reported for every command, naming the override.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("task_name") != "train":
-            return
         exit_on_user_error(self._check)(config)
 
     @staticmethod
@@ -264,9 +339,22 @@ class GuardRunFolder(Callback):
         from tpt_aqa.faults import CheckpointOnSignal
 
         folder = Path(str(config.hydra.run.dir))
-        resume = config.get("ckpt_path")
-        interrupted = folder / "checkpoints" / CheckpointOnSignal.FILENAME
-        if not resume and interrupted.is_file() and written_after_results(interrupted, folder):
-            resume = str(interrupted)
-        check_not_finished(folder, resume)
-        check_not_in_use(folder)
+        if config.get("task_name") == "train":
+            resume = config.get("ckpt_path")
+            interrupted = folder / "checkpoints" / CheckpointOnSignal.FILENAME
+            if not resume and interrupted.is_file() and written_after_results(interrupted, folder):
+                resume = str(interrupted)
+            check_not_finished(folder, resume)
+            check_not_in_use(folder)
+            check_not_unfinished(folder, resume)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"hydra.run.dir={folder} cannot be created ({err.strerror or err}: "
+                f"{err.filename or folder}): pass hydra.run.dir=<a folder you can write to>"
+            ) from None
+        if config.get("task_name") == "train":
+            lock = take_lock(folder)
+            _TAKEN_BEFORE_HYDRA.add(lock)
+            atexit.register(release_lock, lock)
