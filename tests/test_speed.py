@@ -358,3 +358,83 @@ def test_bf16_unit_gradients_match_fp32(depth, channels_last):
         grads.append(unit.conv3d.weight.grad.clone())
     assert torch.isfinite(grads[1]).all()
     assert_close_to_scale(grads[1], grads[0], 2e-2)
+
+
+# --- speed=fast and the CPU's bf16 (runtime.cpu_bf16, the one check of train and benchmark) -------
+
+
+def set_cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, precision",
+    [(False, False, "32-true"), (True, False, "bf16-mixed"), (False, True, "bf16-mixed")],
+)
+def test_speed_fast_trains_in_bf16_only_on_a_cpu_with_native_bf16(
+    tiny_cfg, monkeypatch, caplog, avx512_bf16, amx, precision
+):
+    """Where bf16 would be emulated, the run keeps fp32 with one warning; elsewhere bf16."""
+    from tpt_aqa import train as train_entry
+
+    set_cpu(monkeypatch, avx512_bf16, amx)
+    seen = {}
+
+    def stop(cfg, *args, **kwargs):
+        seen["precision"] = cfg.trainer.precision  # what the trainer is built with
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_entry, "build_trainer", stop)
+    cfg = tiny_cfg("speed=fast")
+    with caplog.at_level("WARNING", logger="tpt_aqa.runtime"), pytest.raises(KeyboardInterrupt):
+        train_entry.run(cfg)
+    assert seen["precision"] == precision
+    warned = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    if precision == "32-true":
+        assert warned == [
+            "trainer.precision=bf16-mixed (speed=fast) is not used: this CPU has no native bf16 "
+            "(AVX512-BF16 no, AMX no), so bf16 would be emulated, several times slower than fp32; "
+            "training in fp32 (trainer.precision=32-true). bf16 pays off on CPUs with AVX512-BF16 "
+            "or AMX and on GPUs"
+        ]
+    else:
+        assert warned == []
+
+
+def test_a_gpu_run_keeps_bf16_whatever_the_cpu(tiny_cfg, monkeypatch):
+    from tpt_aqa.runtime import fit_precision
+
+    set_cpu(monkeypatch, False, False)
+    cfg = tiny_cfg("speed=fast", "trainer=gpu")
+    fit_precision(cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_benchmark_prints_the_bf16_capability_train_acts_on(monkeypatch, native):
+    from tpt_aqa import benchmark
+    from tpt_aqa.runtime import cpu_bf16
+
+    set_cpu(monkeypatch, native, False)
+    found = cpu_bf16()
+    assert found == (native, f"AVX512-BF16 {'yes' if native else 'no'}, AMX no")
+    line = f"CPU bf16: {benchmark.bf16_words({'native': found[0], 'found': found[1]})}"
+    expected = (
+        "CPU bf16: native (AVX512-BF16 yes, AMX no): speed=fast trains in bf16"
+        if native
+        else "CPU bf16: emulated (AVX512-BF16 no, AMX no): speed=fast trains in fp32 here "
+        "(the bf16 rows below show the emulated speed)"
+    )
+    assert line == expected
+
+
+def test_without_the_instruction_queries_a_probe_decides(monkeypatch):
+    from tpt_aqa import runtime
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.setattr(runtime, "_bf16_matmul_slowdown", lambda: 47.0)
+    assert runtime.cpu_bf16() == (False, "a bf16 matmul takes 47.0× the fp32 time (probe)")
+    monkeypatch.setattr(runtime, "_bf16_matmul_slowdown", lambda: 0.3)
+    assert runtime.cpu_bf16()[0]

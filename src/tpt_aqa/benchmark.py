@@ -58,6 +58,7 @@ from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import Decoder, Source, read_frame_folder, write_frame_folder
 from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
 from tpt_aqa.report import stage
+from tpt_aqa.runtime import cpu_bf16
 
 
 def _compose(*overrides: str):
@@ -622,6 +623,16 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def bf16_words(cpu: dict[str, Any]) -> str:
+    """The CPU's bf16 capability and what ``tpt_aqa.train`` makes of ``speed=fast`` on it."""
+    if cpu["native"]:
+        return f"native ({cpu['found']}): speed=fast trains in bf16"
+    return (
+        f"emulated ({cpu['found']}): speed=fast trains in fp32 here (the bf16 rows below "
+        "show the emulated speed)"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     s = report["settings"]
     f, e, j = report["feature_mode"], report["end_to_end"], report["frame_loading"]
@@ -630,6 +641,7 @@ def render(report: dict[str, Any]) -> str:
     clip = f"{s['pairs']} pair(s) × {s['clips']} clips × {s['clip_len']}×{s['size']}²"
     lines = [
         f"tpt_aqa benchmark — {report['device']} — torch {report['torch']}, {report['threads']} threads",
+        *([f"CPU bf16: {bf16_words(report['cpu_bf16'])}"] if "cpu_bf16" in report else []),
         "",
         "feature mode, MTL-AQA scale (1,059 pairs, T=20, C=1024, D=512, K=5, batch 24; 353 × 10 eval)",
         "                     epoch   pairs/s   bare loop   overhead   eval   videos/s   "
@@ -795,6 +807,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "size": args.size,
         },
     }
+    if device == "cpu":  # the check tpt_aqa.train makes before it honours speed=fast
+        native, found = cpu_bf16()
+        report["cpu_bf16"] = {"native": native, "found": found}
+        print(f"CPU bf16: {bf16_words(report['cpu_bf16'])}", flush=True)
     stage("peak throughput of this device")
     peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
     stage("feature mode at MTL-AQA scale: epoch, evaluation and bare loop, default and speed=fast")

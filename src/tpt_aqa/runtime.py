@@ -135,6 +135,70 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
 
 # ------------------------------------------------------------------------------- speed switches
 
+
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and what was found, in words.
+
+    bf16 autocast on the CPU runs on oneDNN kernels that need AVX512-BF16 or AMX; without them
+    the products are emulated, several times slower than fp32 (README, speed). The check reads
+    the instruction sets PyTorch reports; on a torch without those queries, a short probe times a
+    bf16 against an fp32 matmul instead. ``tpt_aqa.train`` (``fit_precision``) and
+    ``tpt_aqa.benchmark`` both use this function.
+    """
+    flags = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+    )
+    if all(callable(f) for f in flags):
+        avx512_bf16, amx = (bool(f()) for f in flags)
+        found = f"AVX512-BF16 {'yes' if avx512_bf16 else 'no'}, AMX {'yes' if amx else 'no'}"
+        return avx512_bf16 or amx, found
+    ratio = _bf16_matmul_slowdown()
+    return ratio < 2.0, f"a bf16 matmul takes {ratio:.1f}× the fp32 time (probe)"
+
+
+def _bf16_matmul_slowdown(n: int = 256, repeats: int = 5) -> float:
+    """Time of a bf16 ``n``² matmul over the fp32 one on this CPU (best of ``repeats``)."""
+    import time
+
+    def best(dtype: torch.dtype) -> float:
+        a = torch.randn(n, n).to(dtype)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.bfloat16) / best(torch.float32)
+
+
+def runs_on_cpu(cfg: DictConfig) -> bool:
+    """Whether the configured trainer computes on the CPU (``cpu``, or ``auto`` without a GPU)."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def fit_precision(cfg: DictConfig) -> None:
+    """Keep fp32 where bf16 would be emulated: a bf16 ``trainer.precision`` (``speed=fast``) on a
+    CPU without AVX512-BF16 or AMX (``cpu_bf16``) becomes ``32-true``, with one warning that says
+    why. GPUs, and CPUs with native bf16, keep the configured precision."""
+    precision = str(cfg.trainer.get("precision"))
+    if not precision.startswith("bf16") or not runs_on_cpu(cfg):
+        return
+    native, found = cpu_bf16()
+    if native:
+        return
+    log.warning(
+        "trainer.precision=%s (speed=fast) is not used: this CPU has no native bf16 (%s), so bf16 "
+        "would be emulated, several times slower than fp32; training in fp32 "
+        "(trainer.precision=32-true). bf16 pays off on CPUs with AVX512-BF16 or AMX and on GPUs",
+        precision,
+        found,
+    )
+    cfg.trainer.precision = "32-true"
+
+
 ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
 

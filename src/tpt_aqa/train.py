@@ -28,7 +28,7 @@ from tpt_aqa.config import (
 from tpt_aqa.errors import ConfigError
 from tpt_aqa.report import format_results, json_text
 from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
-from tpt_aqa.runtime import apply_global_batch, build_trainer
+from tpt_aqa.runtime import apply_global_batch, build_trainer, fit_precision
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     validate_train_config(cfg)
     check_multirun_strategy(cfg)
+    fit_precision(cfg)  # before anything records the configuration
     resume_outline = None
     resume = cfg.get("ckpt_path")
     if resume:
