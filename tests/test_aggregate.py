@@ -71,3 +71,43 @@ def test_results_json_text_is_strict_json():
     text = json_text({"test/srcc": math.nan, "x": [1.0, math.inf, {"y": -math.inf}], "ok": 0.5})
     assert json.loads(text) == {"test/srcc": None, "x": [1.0, None, {"y": None}], "ok": 0.5}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_aggregate_names_and_counts_the_runs_it_leaves_out(tmp_path, capsys):
+    write_job(tmp_path, 0, ["sweep=seeds", "seed=1"], {"test/srcc": 0.9, "test/rl2": 0.3})
+    unfinished = tmp_path / "1" / ".hydra"
+    unfinished.mkdir(parents=True)
+    (unfinished / "overrides.yaml").write_text("- sweep=seeds\n- seed=2\n")
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| (defaults) | 1 | 0.9000 ± 0.0000 |" in out
+    assert out.rstrip().endswith(
+        "Left out 1 of 2 runs (not in the table):\n- 1 (seed=2): unfinished (no results.json)"
+    )
+    assert "- 1 (seed=2): unfinished" in (tmp_path / "results.md").read_text()
+
+
+def test_aggregate_refuses_smoke_tests_and_leaves_them_out_beside_real_runs(tmp_path, capsys):
+    smoke = {"test/srcc": 0.1, "test/rl2": 9.0, "smoke_test": True}
+    write_job(tmp_path, 0, ["debug=fast_dev_run", "seed=1"], smoke)
+    write_job(tmp_path, 1, ["debug=fast_dev_run", "seed=2"], smoke)
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path)])
+    assert str(err.value) == (
+        f"{tmp_path}: every finished run is a debug=fast_dev_run smoke test (0 (seed=1), "
+        "1 (seed=2)): their metrics come from one batch and mean nothing; aggregate a multirun "
+        "trained without debug=fast_dev_run"
+    )
+    assert not (tmp_path / "results.md").exists()
+    # a run of an earlier version, marked only in its config
+    write_job(tmp_path, 2, ["seed=3"], {"test/srcc": 0.8, "test/rl2": 0.4})
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text("trainer:\n  fast_dev_run: false\n")
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text("trainer:\n  fast_dev_run: true\n")
+    (tmp_path / "0" / "results.json").write_text(json.dumps({"test/srcc": 0.1}))
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| (defaults) | 1 | 0.8000 ± 0.0000 |" in out
+    assert (
+        "Left out 2 of 3 runs (not in the table):\n- 0 (seed=1): a debug=fast_dev_run smoke " in out
+    )
+    assert "- 1 (seed=2): a debug=fast_dev_run smoke test" in out

@@ -29,6 +29,9 @@ def test_fast_dev_run(tiny_cfg):
     results = train_entry.run(cfg)
     assert -1 <= results["test/srcc"] <= 1 and results["test/rl2"] > 0
     assert 0 <= results["test/parse_acc"] <= 1 and results["test/parse_boundary"] >= 0
+    # marked in results.json, so that tpt_aqa.aggregate leaves it out
+    saved = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert saved["smoke_test"] is True
 
 
 def test_fast_dev_run_baseline(tiny_cfg):

@@ -4,6 +4,8 @@ Each job folder holds ``results.json`` (written by ``tpt_aqa.train``) and ``.hyd
 Jobs that differ only in ``seed`` form one row, named by the overrides that differ between rows
 (the ones all jobs share are listed above the table); the table gives mean ± std (sample std) over
 seeds of every test metric, and is written as ``results.md`` and ``results.csv`` in the folder.
+Jobs without ``results.json`` (unfinished or failed) and ``debug=fast_dev_run`` smoke tests are
+left out, and listed below the table by folder and seed; a multirun of smoke tests only is refused.
 """
 
 from __future__ import annotations
@@ -33,28 +35,74 @@ METRICS = (
 )
 
 
+def smoke_test(job: Path, results: dict | None = None) -> bool:
+    """Whether the job was a ``debug=fast_dev_run`` smoke test (one batch per stage): marked in
+    its ``results.json``, or, for runs of earlier versions, in its ``.hydra/config.yaml``."""
+    if results is not None and results.get("smoke_test"):
+        return True
+    config = job / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return False
+    return bool(OmegaConf.select(OmegaConf.load(config), "trainer.fast_dev_run", default=False))
+
+
+def _job_label(job: Path, overrides: list[str]) -> str:
+    seed = next((o for o in overrides if o.startswith("seed=")), None)
+    return f"{job.name} ({seed})" if seed else job.name
+
+
 def collect(
     multirun: Path,
-) -> tuple[dict[str, list[dict[str, float]]], list[str], dict[str, list[str]]]:
-    """Results per setting over the seeds, and the overrides that every job shares."""
-    jobs = sorted(p.parent for p in multirun.glob("*/results.json"))
-    if not jobs:
-        raise SystemExit(
-            f"{multirun}: no */results.json; is it a multirun folder of tpt_aqa.train?"
+) -> tuple[dict[str, list[dict[str, float]]], list[str], dict[str, list[str]], list[str]]:
+    """Results per setting over the seeds, the overrides that every job shares, each setting's
+    overrides, and the jobs left out, each with the reason (no ``results.json``: unfinished or
+    failed; a ``debug=fast_dev_run`` smoke test, whose metrics mean nothing).
+
+    Raises:
+        SystemExit: when no job has results, or every one is a smoke test.
+    """
+    jobs = (
+        sorted(
+            p
+            for p in multirun.iterdir()
+            if (p / "results.json").is_file() or (p / ".hydra").is_dir()
         )
-    overrides = {}
+        if multirun.is_dir()
+        else []
+    )
+    finished = [job for job in jobs if (job / "results.json").is_file()]
+    if not finished:
+        unfinished = f" ({len(jobs)} job folders, none finished)" if jobs else ""
+        raise SystemExit(
+            f"{multirun}: no */results.json{unfinished}; is it a multirun folder of tpt_aqa.train?"
+        )
+    found, overrides = {}, {}
     for job in jobs:
         path = job / ".hydra" / "overrides.yaml"
-        found = list(OmegaConf.load(path)) if path.is_file() else []
-        overrides[job] = [o for o in found if not o.startswith("seed=")]
-    common = [o for o in overrides[jobs[0]] if all(o in v for v in overrides.values())]
+        found[job] = [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+        overrides[job] = [o for o in found[job] if not o.startswith("seed=")]
+    results = {job: json.loads((job / "results.json").read_text()) for job in finished}
+    smoke = [job for job in finished if smoke_test(job, results[job])]
+    left_out = [f"{_job_label(j, found[j])}: a debug=fast_dev_run smoke test" for j in smoke]
+    left_out += [
+        f"{_job_label(j, found[j])}: unfinished (no results.json)" for j in jobs if j not in results
+    ]
+    kept = [job for job in finished if job not in smoke]
+    if not kept:
+        raise SystemExit(
+            f"{multirun}: every finished run is a debug=fast_dev_run smoke test ("
+            + ", ".join(_job_label(j, found[j]) for j in smoke)
+            + "): their metrics come from one batch and mean nothing; aggregate a multirun "
+            "trained without debug=fast_dev_run"
+        )
+    common = [o for o in overrides[kept[0]] if all(o in overrides[j] for j in kept)]
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     full: dict[str, list[str]] = {}
-    for job in jobs:
+    for job in kept:
         setting = " ".join(o for o in overrides[job] if o not in common) or "(defaults)"
-        rows[setting].append(json.loads((job / "results.json").read_text()))
+        rows[setting].append(results[job])
         full[setting] = overrides[job]
-    return rows, common, full
+    return rows, common, full, left_out
 
 
 def summarise(values: list[float]) -> tuple[float, float]:
@@ -105,10 +153,15 @@ def main(argv: list[str] | None = None) -> None:
         "multirun", type=Path, help="a multirun folder (outputs/train/multiruns/<time>)"
     )
     args = parser.parse_args(argv)
-    rows, common, overrides = collect(args.multirun)
+    rows, common, overrides, left_out = collect(args.multirun)
     markdown, records = table(rows, overrides)
     if common:
         markdown = f"Common overrides: `{' '.join(common)}`\n\n{markdown}"
+    if left_out:
+        total = sum(len(r) for r in rows.values()) + len(left_out)
+        markdown += f"\n\nLeft out {len(left_out)} of {total} runs (not in the table):\n" + (
+            "\n".join(f"- {line}" for line in left_out)
+        )
     (args.multirun / "results.md").write_text(markdown + "\n")
     with open(args.multirun / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))

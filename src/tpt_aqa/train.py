@@ -185,6 +185,8 @@ def _fit_and_test(cfg: DictConfig, dm, module, resume: str | None) -> dict[str, 
         **results,
     }
     results.update(paper_style)
+    if trainer.fast_dev_run:  # one batch per stage: tpt_aqa.aggregate leaves it out
+        results["smoke_test"] = True
     if split:
         preds = module.last_records[split]  # of the final evaluation: the chosen checkpoint
         results["predictions"] = {
