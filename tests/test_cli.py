@@ -69,3 +69,56 @@ def test_multirun_checks_every_point_before_launching(tmp_path):
     assert "1 of 2 grid points are invalid; nothing was launched" in proc.stderr
     assert "job 0 (model.num_queries=0): model.num_queries=0" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_an_override_hydra_cannot_parse_is_named():
+    problem = check_command_line("train", ["seed=1", "dataset.num_train=$((3*"])
+    assert problem == (
+        "cannot parse the override 'dataset.num_train=$((3*' (Hydra: mismatched input '(' "
+        "expecting <EOF>): quote the value for the shell and for Hydra when it holds spaces, "
+        "brackets, $, *, or parentheses, e.g. 'dataset.num_train=\"…\"'"
+    )
+    # an unquoted $(date +%F %T) splits into words; the stray one is named, with where it came from
+    problem = check_command_line("train", ["hydra.run.dir=out/2026-12-08", "03:30:45"])
+    assert problem.startswith("cannot parse the override '03:30:45' (Hydra: ")
+    assert problem.endswith(
+        "it is not key=value: a value with spaces, or a shell expression, was split into words "
+        "after 'hydra.run.dir=out/2026-12-08'; quote the whole override, e.g. "
+        "'key=value with spaces'"
+    )
+
+
+def test_seed_and_devices_are_checked():
+    from tpt_aqa.train import validate_train_config
+
+    assert check_command_line("train", ["seed=abc"], validate_train_config) == (
+        "seed='abc': must be an integer from 0 to 4294967295 (e.g. seed=12); the same seed "
+        "repeats a run"
+    )
+    assert check_command_line("train", ["trainer.devices=0"], validate_train_config) == (
+        "trainer.devices=0: must be an integer >= 1 (how many), -1 (all), auto, or a list of "
+        "device indices such as [0,1] (e.g. trainer.devices=1)"
+    )
+    for fine in ("trainer.devices=1", "trainer.devices=-1", "trainer.devices=auto", "seed=0"):
+        assert check_command_line("train", [fine], validate_train_config) is None, fine
+    assert check_command_line("train", ["trainer.devices=[0,1]"], validate_train_config) is None
+
+
+def test_errors_before_work_leave_no_run_folder(tmp_path):
+    """A config error is found before Hydra creates the folder; a data error once the run has
+    started removes the folder it created (it held only Hydra's record, the log and the lock)."""
+    run_dir = tmp_path / "new" / "run"
+    for override, message in (
+        ("seed=abc", "config error: seed='abc': must be an integer"),
+        ("dataset.num_train=2", "config error: the validation split has 1 video"),
+    ):
+        proc = run_module("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", override)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+        assert not (tmp_path / "new").exists(), sorted(tmp_path.rglob("*"))
+    # a folder that existed keeps what it held
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("mine")
+    proc = run_module("train", f"hydra.run.dir={run_dir}", "dataset.num_train=2")
+    assert proc.returncode == 2 and (run_dir / "notes.txt").read_text() == "mine"

@@ -55,11 +55,18 @@ def check_command_line(
     overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
         return None
+    unparsed = unparsable_override(overrides)
+    if unparsed:
+        return unparsed
     try:
         points = grid_points(config_name, overrides) if multirun else [overrides]
         if len(points) == 1:
-            compose_point(config_name, points[0])
-            return None  # a single run validates itself, after logging is set up
+            cfg = compose_point(config_name, points[0])
+            if validate is not None:  # before Hydra creates the run folder: nothing is written
+                with open_dict(cfg):
+                    cfg.paths.output_dir = "."
+                validate(cfg)
+            return None
         bad = []
         swept = _swept_keys(points)
         for job, point in enumerate(points):
@@ -84,6 +91,33 @@ def check_command_line(
             f"{len(bad)} of {len(points)} grid points are invalid; nothing was launched:\n"
             + "\n".join(bad)
         )
+    return None
+
+
+def unparsable_override(overrides: list[str]) -> str | None:
+    """The message for the first override Hydra's grammar cannot parse, naming it (Hydra's own
+    message quotes only the offending character), or ``None``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for i, override in enumerate(overrides):
+        try:
+            parser.parse_override(override)
+        except HydraException as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "=" not in override:
+                after = f" after {overrides[i - 1]!r}" if i else ""
+                hint = (
+                    f"it is not key=value: a value with spaces, or a shell expression, was split "
+                    f"into words{after}; quote the whole override, e.g. 'key=value with spaces'"
+                )
+            else:
+                key = override.split("=", 1)[0]
+                hint = (
+                    "quote the value for the shell and for Hydra when it holds spaces, brackets, "
+                    f"$, *, or parentheses, e.g. '{key}=\"…\"'"
+                )
+            return f"cannot parse the override {override!r} (Hydra: {reason}): {hint}"
     return None
 
 

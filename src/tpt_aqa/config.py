@@ -78,10 +78,12 @@ def user_errors_exit() -> Iterator[None]:
         if err is None:
             raise
         from tpt_aqa.report import to_log_file
+        from tpt_aqa.run_folder import discard_new_run_folder
 
         label = "config error" if isinstance(err, ConfigError) else "error"
         print(f"{label}: {err}", file=sys.stderr)
         to_log_file(f"{label}: {err}")
+        discard_new_run_folder()  # a run folder created for nothing is removed again
         sys.exit(2)
 
 
@@ -186,6 +188,18 @@ def check_numbers(cfg: DictConfig) -> None:
                 f"{rate_key}={rate!r}: a learning rate must be a number > 0 (e.g. {rate_key}=1e-4); "
                 "a negative one trains by gradient ascent"
             )
+    seed = _get(cfg, "seed")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
+        raise ConfigError(
+            f"seed={seed!r}: must be an integer from 0 to {2**32 - 1} (e.g. seed=12); the same seed "
+            "repeats a run"
+        )
+    devices = _get(cfg, "trainer.devices")
+    if devices is not None and not _valid_devices(devices):
+        raise ConfigError(
+            f"trainer.devices={devices!r}: must be an integer >= 1 (how many), -1 (all), auto, or a "
+            "list of device indices such as [0,1] (e.g. trainer.devices=1)"
+        )
     epochs = _get(cfg, "trainer.max_epochs")
     if epochs is not None and (not _is_int(epochs) or not (epochs >= 1 or epochs == -1)):
         raise ConfigError(
@@ -199,6 +213,21 @@ def check_numbers(cfg: DictConfig) -> None:
                 continue
             if not kind(value) or not test(value):
                 raise ConfigError(f"{key}={value!r}: must be {requirement} (e.g. {key}={example})")
+
+
+def _valid_devices(devices: Any) -> bool:
+    """Lightning's ``devices``: a count >= 1, -1, ``auto``, or device indices (a list, or a string
+    such as ``"0,1"``)."""
+    if _is_int(devices):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, str):
+        if devices == "auto":
+            return True
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        return bool(parts) and all(p.lstrip("-").isdigit() for p in parts) and devices != "0"
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        return len(devices) > 0 and all(_is_int(d) and d >= 0 for d in devices)
+    return False
 
 
 def learning_rate_items(cfg: DictConfig) -> list[tuple[str, Any]]:

@@ -139,6 +139,57 @@ def _stale(holder: dict[str, Any]) -> bool:
 
 # locks GuardRunFolder took before Hydra wrote into the folder, for the run this process starts
 _TAKEN_BEFORE_HYDRA: set[Path] = set()
+# (run folder, topmost folder created for it) when GuardRunFolder created the run folder
+_CREATED: list[Path] = []
+# what Hydra and the lock put in a run folder before the task does anything
+_RECORD = {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", LOCK}
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The topmost folder of ``folder``'s path that does not exist yet (``None``: it exists)."""
+    top, path = None, folder.absolute()
+    while not path.exists() and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
+def discard_new_run_folder() -> None:
+    """After a user error (``config.user_errors_exit``): remove the run folder this process
+    created, when it holds nothing but Hydra's record (``.hydra/``), the log, this run's lock and
+    empty folders, so that a run stopped before any work leaves nothing behind. A folder that
+    existed before, or holds anything else (a checkpoint, a result, another run's lock), stays."""
+    if not _CREATED:
+        return
+    folder, top = _CREATED
+    _CREATED.clear()
+    if not folder.is_dir():
+        return
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    names = {p.relative_to(folder).as_posix() for p in files}
+    if any(n not in _RECORD and not (n.endswith(".log") and "/" not in n) for n in names):
+        return
+    if LOCK in names and not _ours(_holder(folder / LOCK)):
+        return
+    for handler in logging.getLogger().handlers:  # Hydra's <task>.log, open in the folder
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(
+            folder.absolute()
+        ):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    for path in files:
+        path.unlink(missing_ok=True)
+    folders = sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    path = folder.absolute()
+    try:
+        for sub in folders:
+            sub.rmdir()
+        while True:  # the folder, and the parents created for it
+            path.rmdir()
+            if path == top.absolute():
+                break
+            path = path.parent
+    except OSError:  # not empty (something else was written meanwhile): leave the rest
+        return
 
 
 def _ours(holder: dict[str, Any]) -> bool:
@@ -339,6 +390,7 @@ class GuardRunFolder(Callback):
         from tpt_aqa.faults import CheckpointOnSignal
 
         folder = Path(str(config.hydra.run.dir))
+        top = _first_missing(folder)
         if config.get("task_name") == "train":
             resume = config.get("ckpt_path")
             interrupted = folder / "checkpoints" / CheckpointOnSignal.FILENAME
@@ -358,3 +410,5 @@ class GuardRunFolder(Callback):
             lock = take_lock(folder)
             _TAKEN_BEFORE_HYDRA.add(lock)
             atexit.register(release_lock, lock)
+        if top is not None:  # created for this run: removed again if it stops on a user error
+            _CREATED[:] = [folder, top]
