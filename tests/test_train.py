@@ -100,6 +100,48 @@ def test_checkpoint_then_eval_reproduces_test_metrics(tmp_path, tiny_cfg):
     again = eval_entry.run(eval_cfg)
     for key in ("test/srcc", "test/rl2", "test/parse_acc", "test/parse_boundary"):
         assert again[key] == pytest.approx(results[key], abs=1e-6), key
+    written = json.loads((tmp_path / "eval" / "run" / "results.json").read_text())
+    assert written["eval_exemplars"] == "per_video"  # the protocol the run was trained with
+
+
+def test_eval_records_its_protocol_and_finds_data_that_moved(tmp_path):
+    """A checkpoint whose data root moved: the message gives one override, and it works (through
+    the command line); results.json says which exemplar protocol evaluated."""
+    from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
+
+    data = generate(FeatureSettings(num_train=40, num_test=10, num_clips=20, feature_dim=16))
+    export_features(data, tmp_path / "features")
+    cfg = compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        "experiment=features_tpt",
+        f"dataset.root={tmp_path / 'features'}",
+        "dataset.feature_dim=16",
+        "dataset.delta_cap=10",
+        "trainer.max_epochs=1",
+    )
+    ckpt = train_entry.run(cfg)["checkpoint"]
+    moved = tmp_path / "moved"
+    (tmp_path / "features").rename(moved)
+    eval_cfg = compose_cfg(tmp_path / "eval", f"ckpt_path={ckpt}", config="eval")
+    with pytest.raises(ConfigError) as err:
+        eval_entry.run(eval_cfg)
+    assert str(err.value) == (
+        f"dataset.root={tmp_path / 'features'} (as the checkpoint stores it) does not exist: if "
+        "the data has moved, pass +dataset.root=/new/location (eval adds dataset keys with a "
+        "leading +)"
+    )
+    # the key without its +: the same advice, not a key it imagines
+    assert check_command_line("eval", [f"ckpt_path={ckpt}", f"dataset.root={moved}"]) == (
+        f"dataset.root is not a key of the eval configuration, which adds dataset keys with a "
+        f"leading +: pass +dataset.root={moved}"
+    )
+    out = tmp_path / "eval_run"
+    args = [f"ckpt_path={ckpt}", f"+dataset.root={moved}", "eval_exemplars=per_group"]
+    proc = run_module("eval", *args, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["eval_exemplars"] == "per_group" and -1 <= saved["test/srcc"] <= 1
 
 
 def test_training_without_validation_uses_last_epoch(tiny_cfg):

@@ -180,6 +180,13 @@ def unknown_key_message(key: str, known: list[str], given: str, config_name: str
     """The message for an override of a key the configuration lacks, with the nearest key."""
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     value = given.split("=", 1)[1] if "=" in given else "..."
+    parent = key.rpartition(".")[0]
+    if parent and parent in known and (not near or near[0] == parent):
+        # a key below a group the configuration leaves open (eval's dataset: the checkpoint's)
+        return (
+            f"{key} is not a key of the {config_name} configuration, which adds {parent} keys "
+            f"with a leading +: pass +{given.lstrip('+')}"
+        )
     if near:
         return (
             f"{key} is not a key of the {config_name} configuration: did you mean "

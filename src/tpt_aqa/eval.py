@@ -80,6 +80,28 @@ def check_read_keys(cfg: DictConfig) -> None:
     )
 
 
+# dataset keys that name where the data lies (a checkpoint stores them as they were in training)
+DATA_LOCATIONS = ("root", "features_root", "frames_root")
+
+
+def check_data_locations(run_cfg: DictConfig, given: DictConfig | dict) -> None:
+    """Every data location of the checkpoint's dataset exists; a moved one is given with a
+    leading ``+`` (``conf/eval.yaml`` has no dataset keys of its own).
+
+    Raises:
+        ConfigError: naming the key, where its value came from, and the override that works.
+    """
+    for key in DATA_LOCATIONS:
+        value = run_cfg.dataset.get(key)
+        if value is None or Path(str(value)).exists():
+            continue
+        source = "as given" if key in given else "as the checkpoint stores it"
+        raise ConfigError(
+            f"dataset.{key}={value} ({source}) does not exist: if the data has moved, pass "
+            f"+dataset.{key}=/new/location (eval adds dataset keys with a leading +)"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Rebuild data and model from the checkpoint's config and test."""
     check_read_keys(cfg)
@@ -91,6 +113,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     run_cfg.logger = cfg.get("logger")
     if cfg.get("eval_exemplars"):  # else the protocol the run was trained with
         run_cfg.eval_exemplars = cfg.eval_exemplars
+    check_data_locations(run_cfg, cfg.get("dataset") or {})
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     dm = build_datamodule(run_cfg)
@@ -118,9 +141,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            out / "results.json", json_text({"checkpoint": str(cfg.ckpt_path), **test})
-        )
+        protocol = run_cfg.get("eval_exemplars") or "per_video"  # tpt_aqa.score_stage
+        record = {"checkpoint": str(cfg.ckpt_path), "eval_exemplars": protocol, **test}
+        atomic_write_text(out / "results.json", json_text(record))
         log.info(format_results(test, f"Test metrics — {cfg.ckpt_path}"))
     return test
 
