@@ -438,3 +438,24 @@ def test_without_the_instruction_queries_a_probe_decides(monkeypatch):
     assert runtime.cpu_bf16() == (False, "a bf16 matmul takes 47.0× the fp32 time (probe)")
     monkeypatch.setattr(runtime, "_bf16_matmul_slowdown", lambda: 0.3)
     assert runtime.cpu_bf16()[0]
+
+
+def test_the_first_compiled_call_says_it_is_compiling_and_how_long_that_takes(monkeypatch, caplog):
+    """With the progress bar off, compiling was minutes of silence: the first call of a key says
+    so once, however many parts of the model share the key, and how long it took."""
+    from tpt_aqa.models import speed
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    said: set[str] = set()
+    parts = [compile_with_fallback(torch.neg, "model.compile_decoder", said) for _ in (1, 2)]
+    with caplog.at_level("INFO", logger="tpt_aqa.models.speed"):
+        for _ in range(2):
+            for part in parts:
+                part(torch.ones(1))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == (
+        f"model.compile_decoder: compiling with torch.compile ({speed.COMPILE_TIME}) ..."
+    )
+    assert lines[1].startswith("model.compile_decoder: compiled (first call ")
+    assert len(lines) == 2
+    assert "1–3 minutes" in speed.COMPILE_TIME

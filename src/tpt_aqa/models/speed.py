@@ -13,12 +13,19 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+# how long the first compiled call takes, for the message: model.compile_decoder took 75 s (README,
+# speed) and 154 s (an issue report) on 2-core CPUs; a GPU machine's many cores compile faster
+COMPILE_TIME = "usually 1–3 minutes on a 2-core CPU, less on a many-core machine"
 
 
 def fold_batch_norm(
@@ -56,11 +63,21 @@ class CompiledWithFallback:
     Args:
         fn: the eager callable (e.g. a module's bound ``forward``).
         name: what is compiled, for the warning (e.g. ``"model.compile_encoder"``).
+        announced: the config keys whose compilation was already announced, shared by the
+            callables of one model (the first call of the first of them says it is compiling).
         **options: passed to ``torch.compile``.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str, **options: Any) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        announced: set[str] | None = None,
+        **options: Any,
+    ) -> None:
         self.eager = fn
+        self._first = True
+        self.announced = set() if announced is None else announced
         self.name = name
         self.compiled: Callable[..., Any] | None = None
         try:
@@ -82,10 +99,25 @@ class CompiledWithFallback:
         """Whether calls still go through the compiled function."""
         return self.compiled is not None
 
+    def _announce(self) -> float | None:
+        """Say, once per config key, that the first call compiles and how long that takes: no
+        progress is shown meanwhile (nor at all with ``callbacks.progress_bar=null``)."""
+        self._first = False
+        if self.name in self.announced:
+            return None
+        self.announced.add(self.name)
+        log.info("%s: compiling with torch.compile (%s) ...", self.name, COMPILE_TIME)
+        return time.perf_counter()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is not None:
+            started = self._announce() if self._first else None
             try:
-                return self.compiled(*args, **kwargs)
+                out = self.compiled(*args, **kwargs)
+                if started is not None:
+                    took = time.perf_counter() - started
+                    log.info("%s: compiled (first call %.0f s)", self.name, took)
+                return out
             except Exception as exc:  # whose fault it was is decided by the eager run
                 out = self.eager(*args, **kwargs)  # raises the input's own error, if it has one
                 self._give_up(exc)
@@ -93,7 +125,12 @@ class CompiledWithFallback:
         return self.eager(*args, **kwargs)
 
 
-def compile_with_fallback(target: nn.Module | Callable[..., Any], name: str, **options: Any):
+def compile_with_fallback(
+    target: nn.Module | Callable[..., Any],
+    name: str,
+    announced: set[str] | None = None,
+    **options: Any,
+):
     """Compile a module's ``forward`` in place, or wrap a callable, with the eager fallback.
 
     A module keeps its parameters, buffers, hooks and ``state_dict`` keys (``torch.compile(module)``
@@ -102,12 +139,13 @@ def compile_with_fallback(target: nn.Module | Callable[..., Any], name: str, **o
     Args:
         target: a module (its ``forward`` is compiled) or a callable.
         name: the config key that asked for it, named in the warning.
+        announced: shared by the compiled parts of one model (``CompiledWithFallback``).
         **options: passed to ``torch.compile``.
 
     Returns:
         The module itself, or the wrapped callable.
     """
     if isinstance(target, nn.Module):
-        target.forward = CompiledWithFallback(target.forward, name, **options)
+        target.forward = CompiledWithFallback(target.forward, name, announced, **options)
         return target
-    return CompiledWithFallback(target, name, **options)
+    return CompiledWithFallback(target, name, announced, **options)

@@ -94,13 +94,16 @@ class TPT(nn.Module):
         self.num_queries = num_queries
         self.num_groups = num_groups
         self.pool_parts = pool_parts
+        said: set[str] = set()  # the first compiled call of each key says it is compiling
         if compile_encoder:
-            compile_with_fallback(self.encoder, "model.compile_encoder")
+            compile_with_fallback(self.encoder, "model.compile_encoder", said)
         if compile_decoder:
-            compile_with_fallback(self.parser, "model.compile_decoder")
+            compile_with_fallback(self.parser, "model.compile_decoder", said)
             # an instance attribute: the parameters and state_dict keys stay where they are
-            self.compare = compile_with_fallback(self.compare, "model.compile_decoder")
-            self.compare_each = compile_with_fallback(self.compare_each, "model.compile_decoder")
+            self.compare = compile_with_fallback(self.compare, "model.compile_decoder", said)
+            self.compare_each = compile_with_fallback(
+                self.compare_each, "model.compile_decoder", said
+            )
 
     def encode(self, videos: torch.Tensor) -> Parsed:
         """Encode and parse videos independently of each other.
