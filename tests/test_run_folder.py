@@ -328,3 +328,39 @@ def test_a_run_dir_that_cannot_be_created_is_one_clear_message(tmp_path, where):
     assert lines[0].startswith(f"config error: hydra.run.dir={run_dir} cannot be created (")
     assert lines[0].endswith("pass hydra.run.dir=<a folder you can write to>")
     assert blocker.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_cli_a_run_killed_with_sigkill_is_resumed_with_the_command_given(tmp_path):
+    """The reported case: SIGKILL leaves a stale lock; the same command again is refused with the
+    command that resumes, and that command continues from last.ckpt (no -v1 files)."""
+    import shlex
+
+    run_dir = tmp_path / "killed"
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    cmd = ["-m", "tpt_aqa.train", *tiny, "trainer.max_epochs=12", f"hydra.run.dir={run_dir}"]
+    first = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    assert (run_dir / LOCK).is_file() and not (run_dir / "results.json").exists()
+
+    again = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 2
+    message = again.stderr.strip()
+    assert message.startswith(f"config error: {run_dir} holds an unfinished run (its run (pid "), (
+        message
+    )
+    command = message.split("continue it with `", 1)[1].split("`", 1)[0]
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "tpt_aqa.train"]
+    resumed = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "results.json").read_text())["checkpoint"]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if "-v" in p.name]
+    assert not (run_dir / LOCK).exists()
