@@ -364,3 +364,25 @@ def test_cli_a_run_killed_with_sigkill_is_resumed_with_the_command_given(tmp_pat
     assert json.loads((run_dir / "results.json").read_text())["checkpoint"]
     assert not [p for p in (run_dir / "checkpoints").iterdir() if "-v" in p.name]
     assert not (run_dir / LOCK).exists()
+
+
+def test_the_other_ranks_of_a_ddp_run_pass_the_folder_the_first_one_holds(tmp_path, monkeypatch):
+    """Lightning's ddp starts the command again for ranks >= 1 with the same hydra.run.dir: they
+    must not be refused by the lock of rank 0."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from tpt_aqa.run_folder import GuardRunFolder
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path, other.pid)
+        config = OmegaConf.create({"task_name": "train", "hydra": {"run": {"dir": str(tmp_path)}}})
+        monkeypatch.setattr(rank_zero_only, "rank", 1)
+        GuardRunFolder().on_run_start(config)  # no SystemExit
+        monkeypatch.setattr(rank_zero_only, "rank", 0)
+        with pytest.raises(SystemExit) as stop:
+            GuardRunFolder().on_run_start(config)
+        assert stop.value.code == 2
+    finally:
+        other.kill()
+        other.wait()

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.errors import ConfigError, UserError
+from tpt_aqa.errors import BEFORE_USER_ERROR_EXIT, ConfigError, UserError
 from tpt_aqa.pretrained import NAMED, named_setting, resolve_weights
 from tpt_aqa.report import quiet_lightning_tips
 from tpt_aqa.runtime import split_batch
@@ -78,12 +78,12 @@ def user_errors_exit() -> Iterator[None]:
         if err is None:
             raise
         from tpt_aqa.report import to_log_file
-        from tpt_aqa.run_folder import discard_new_run_folder
 
         label = "config error" if isinstance(err, ConfigError) else "error"
         print(f"{label}: {err}", file=sys.stderr)
         to_log_file(f"{label}: {err}")
-        discard_new_run_folder()  # a run folder created for nothing is removed again
+        for cleanup in BEFORE_USER_ERROR_EXIT:  # a run folder created for nothing is removed
+            cleanup()
         sys.exit(2)
 
 

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import tempfile
 import time
@@ -39,7 +40,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.config import exit_on_user_error
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.errors import BEFORE_USER_ERROR_EXIT, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +155,11 @@ def _first_missing(folder: Path) -> Path | None:
 
 
 def discard_new_run_folder() -> None:
-    """After a user error (``config.user_errors_exit``): remove the run folder this process
-    created, when it holds nothing but Hydra's record (``.hydra/``), the log, this run's lock and
-    empty folders, so that a run stopped before any work leaves nothing behind. A folder that
-    existed before, or holds anything else (a checkpoint, a result, another run's lock), stays."""
+    """After a user error (``config.user_errors_exit`` calls it: ``BEFORE_USER_ERROR_EXIT``):
+    remove the run folder this process created, when it holds nothing but Hydra's record
+    (``.hydra/``), the log, this run's lock and empty folders, so that a run stopped before any
+    work leaves nothing behind. A folder that existed before, or holds anything else (a
+    checkpoint, a result, another run's lock), stays."""
     if not _CREATED:
         return
     folder, top = _CREATED
@@ -190,6 +192,9 @@ def discard_new_run_folder() -> None:
             path = path.parent
     except OSError:  # not empty (something else was written meanwhile): leave the rest
         return
+
+
+BEFORE_USER_ERROR_EXIT.append(discard_new_run_folder)
 
 
 def _ours(holder: dict[str, Any]) -> bool:
@@ -254,8 +259,6 @@ def check_not_unfinished(folder: Path, resume: str | None) -> None:
 def resume_command(folder: Path, last: Path) -> str:
     """The command that continues the run of ``folder`` from ``last``: its recorded overrides
     (``.hydra/overrides.yaml``) with its folder and the checkpoint."""
-    import shlex
-
     record = folder / ".hydra" / "overrides.yaml"
     try:
         overrides = [str(o) for o in OmegaConf.load(record)] if record.is_file() else None
@@ -383,6 +386,12 @@ class GuardRunFolder(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        # Lightning's ddp re-runs the command for the other ranks, with the same hydra.run.dir:
+        # the global-zero process holds the folder for all of them (as in hold_run_folder)
+        if rank_zero_only.rank != 0:
+            return
         exit_on_user_error(self._check)(config)
 
     @staticmethod
