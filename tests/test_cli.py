@@ -117,8 +117,3 @@ def test_errors_before_work_leave_no_run_folder(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
         assert not (tmp_path / "new").exists(), sorted(tmp_path.rglob("*"))
-    # a folder that existed keeps what it held
-    run_dir.mkdir(parents=True)
-    (run_dir / "notes.txt").write_text("mine")
-    proc = run_module("train", f"hydra.run.dir={run_dir}", "dataset.num_train=2")
-    assert proc.returncode == 2 and (run_dir / "notes.txt").read_text() == "mine"

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError
-from tpt_aqa.run_folder import LOCK, release_lock, take_lock
+from tpt_aqa.run_folder import LOCK, check_not_unfinished, release_lock, take_lock
 
 from .conftest import TINY, run_module
 
@@ -291,23 +291,28 @@ def unfinished_run(cfg, dead: bool) -> tuple[Path, Path]:
     return out, out / "checkpoints" / "last.ckpt"
 
 
-@pytest.mark.parametrize("dead", [True, False], ids=["stale_lock", "no_lock"])
-def test_a_killed_run_is_not_restarted_from_scratch_beside_its_checkpoints(
-    tiny_cfg, monkeypatch, dead
-):
+def test_a_killed_run_is_not_restarted_from_scratch_beside_its_checkpoints(tiny_cfg, monkeypatch):
     cfg = tiny_cfg(*ONE_EPOCH)
-    out, last = unfinished_run(cfg, dead)
+    out, last = unfinished_run(cfg, dead=True)
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     with monkeypatch.context() as patch:
         no_training(patch)
         with pytest.raises(ConfigError) as err:
             train_entry.run(tiny_cfg(*ONE_EPOCH))
-    message = str(err.value)
     command = f"python -m tpt_aqa.train seed=5 optim.lr=0.001 hydra.run.dir={out} ckpt_path={last}"
-    assert message.startswith(f"{out} holds an unfinished run (")
-    assert f"its last checkpoint is {last}): continue it with `{command}`, or start" in message
-    assert ("was killed before it finished" in message) == dead
+    pid = json.loads((out / LOCK).read_text())["pid"]
+    assert str(err.value) == (
+        f"{out} holds an unfinished run (its run (pid {pid}, started 2024-01-01 00:00:00) was "
+        f"killed before it finished and left {out / LOCK}; its last checkpoint is {last}): "
+        f"continue it with `{command}`, or start this run in a new folder (hydra.run.dir=…)"
+    )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    # without a lock (a run stopped by an error): refused the same way
+    lock = (out / LOCK).read_text()
+    (out / LOCK).unlink()
+    with pytest.raises(ConfigError, match=r"holds an unfinished run \(there is no results.json; "):
+        check_not_unfinished(out, None)
+    (out / LOCK).write_text(lock)
     # what the message advises: continue from last.ckpt, in the same files
     more = [o for o in ONE_EPOCH if "max_epochs" not in o]
     results = train_entry.run(tiny_cfg(*more, "trainer.max_epochs=2", f"ckpt_path={last}"))
@@ -316,18 +321,44 @@ def test_a_killed_run_is_not_restarted_from_scratch_beside_its_checkpoints(
     assert not (out / LOCK).exists()
 
 
-@pytest.mark.parametrize("where", ["proc", "below_a_file"])
-def test_a_run_dir_that_cannot_be_created_is_one_clear_message(tmp_path, where):
+def test_a_run_dir_that_cannot_be_created_is_one_clear_message(tmp_path, capsys):
+    from tpt_aqa.run_folder import GuardRunFolder
+
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
-    run_dir = "/proc/tpt_aqa_test/run" if where == "proc" else f"{blocker}/run"
-    proc = run_module("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1")
+    proc = run_module("train", f"hydra.run.dir={blocker}/run", "trainer.max_epochs=1")
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"config error: hydra.run.dir={run_dir} cannot be created (")
-    assert lines[0].endswith("pass hydra.run.dir=<a folder you can write to>")
+    assert proc.stderr.strip() == (
+        f"config error: hydra.run.dir={blocker}/run cannot be created (Not a directory: "
+        f"{blocker}/run): pass hydra.run.dir=<a folder you can write to>"
+    )
     assert blocker.read_text() == "mine"
+    # under /proc, for any command (eval here)
+    config = OmegaConf.create({"task_name": "eval", "hydra": {"run": {"dir": "/proc/tpt/run"}}})
+    with pytest.raises(SystemExit) as stop:
+        GuardRunFolder().on_run_start(config)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "config error: hydra.run.dir=/proc/tpt/run cannot be created ("
+    )
+
+
+def test_a_folder_that_existed_or_holds_work_is_not_discarded(tmp_path):
+    from tpt_aqa import run_folder
+
+    folder = tmp_path / "new" / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("{}")
+    (folder / "train.log").write_text("config error: …")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_text("work")
+    run_folder._CREATED[:] = [folder, tmp_path / "new"]
+    run_folder.discard_new_run_folder()
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "train.log").is_file()
+    (folder / "checkpoints" / "last.ckpt").unlink()
+    run_folder._CREATED[:] = [folder, tmp_path / "new"]
+    run_folder.discard_new_run_folder()
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow
