@@ -117,3 +117,13 @@ def test_errors_before_work_leave_no_run_folder(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
         assert not (tmp_path / "new").exists(), sorted(tmp_path.rglob("*"))
+
+
+def test_a_missing_file_found_by_the_check_is_left_to_the_run(tmp_path, monkeypatch):
+    """Only configuration errors stop the command line check; a missing weights file is reported
+    by the run itself (as `error: …`), not as a traceback of the check."""
+    from tpt_aqa.train import validate_train_config
+
+    monkeypatch.setenv("TPT_AQA_CACHE", str(tmp_path / "empty_cache"))
+    args = ["model/encoder=i3d", "dataset=synthetic_video", "model.encoder.weights=kinetics400"]
+    assert check_command_line("train", args, validate_train_config) is None

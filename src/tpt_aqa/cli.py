@@ -65,7 +65,12 @@ def check_command_line(
             if validate is not None:  # before Hydra creates the run folder: nothing is written
                 with open_dict(cfg):
                     cfg.paths.output_dir = "."
-                validate(cfg)
+                try:
+                    validate(cfg)
+                except ConfigError:
+                    raise
+                except Exception:  # a missing file, …: the run reports it in its own words
+                    return None
             return None
         bad = []
         swept = _swept_keys(points)
