@@ -18,7 +18,6 @@ from torch import nn
 
 from tpt_aqa import convert
 from tpt_aqa import eval as eval_entry
-from tpt_aqa.bank import BankError, ExemplarBank
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
 from tpt_aqa.convert import (
     ReleaseCheckpoint,
@@ -28,7 +27,8 @@ from tpt_aqa.convert import (
     map_release_state,
 )
 from tpt_aqa.predict import Predictor
-from tpt_aqa.runtime import load_checkpoint
+from tpt_aqa.scoring.bank import BankError, ExemplarBank
+from tpt_aqa.training.runtime import load_checkpoint
 
 from .conftest import TINY, compose_cfg
 

@@ -70,7 +70,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert "tpt_aqa.config" in graph and "tpt_aqa.errors" in graph["tpt_aqa.config"]
+    assert "tpt_aqa.config" in graph and "tpt_aqa.core.errors" in graph["tpt_aqa.config"]
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
 
 

@@ -13,13 +13,13 @@ import torch
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import predict as predict_entry
 from tpt_aqa import train as train_entry
-from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
 from tpt_aqa.config import build_datamodule, build_module
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
-from tpt_aqa.runtime import load_checkpoint
-from tpt_aqa.score_stage import group_exemplars
+from tpt_aqa.scoring.bank import BankError, ExemplarBank, build_bank, score_parts
+from tpt_aqa.scoring.stage import group_exemplars
+from tpt_aqa.training.runtime import load_checkpoint
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 
@@ -200,7 +200,7 @@ def test_checkpoint_without_bank_explains_the_fix(trained, tmp_path):
 def test_eval_switches_to_the_banks_per_group_exemplars(trained, tmp_path, monkeypatch):
     """``tpt_aqa.eval eval_exemplars=per_group``: the test videos are scored against their group's
     fixed M, the bank's list, so evaluation encodes those exemplars and no other."""
-    from tpt_aqa import score_stage
+    from tpt_aqa.scoring import stage as score_stage
 
     results, ckpt, dm, *_ = trained
     encoded = []

@@ -23,7 +23,7 @@ Prints a table and writes JSON with:
 * with ``--eval-compare``: evaluation through a random-init I3D at MTL-AQA size (353 rendered test
   videos × 10 exemplars from 1,059 training videos, ``dataset=synthetic_video`` at
   ``--eval-size`` pixels), encode once (``AQAModule`` through ``trainer.test``) vs the reference's
-  pair by pair (``tpt_aqa.evaluation.naive_predictions``): backbone passes of each path (counted
+  pair by pair (``tpt_aqa.training.pairwise_eval.naive_predictions``): backbone passes of each path (counted
   with a hook on the encoder; they do not depend on the machine), wall-clock of each (one run,
   noisy on a shared CPU) and their ratios, and the largest prediction difference.
   ``--eval-naive-videos N`` times the naive path on the first N test videos only and scales its
@@ -53,11 +53,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
+from tpt_aqa.core.report import stage
 from tpt_aqa.data.batch import PairBatch, Videos
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import Decoder, Source, read_frame_folder, write_frame_folder
-from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
-from tpt_aqa.report import stage
+from tpt_aqa.training.pairwise_eval import count_encoder_passes, naive_predictions
 
 
 def _compose(*overrides: str):

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from tpt_aqa.config import CONF_DIR, REPLACED_KEYS, find_user_error, replaced_key_message
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 

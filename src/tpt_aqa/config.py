@@ -15,11 +15,11 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.errors import ConfigError, UserError
-from tpt_aqa.pretrained import NAMED, named_setting, resolve_weights
-from tpt_aqa.report import quiet_lightning_tips
-from tpt_aqa.runtime import split_batch
-from tpt_aqa.score_stage import check_protocol
+from tpt_aqa.core.errors import ConfigError, UserError
+from tpt_aqa.core.pretrained import NAMED, named_setting, resolve_weights
+from tpt_aqa.core.report import quiet_lightning_tips
+from tpt_aqa.scoring.stage import check_protocol
+from tpt_aqa.training.runtime import split_batch
 
 # The Hydra configs ship inside the package (package data), so an installed wheel finds them too;
 # the repository's top-level `conf` is a link to this folder.
@@ -55,7 +55,7 @@ KNOWN_ENCODERS = {
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's config or data, reported as one message without a traceback:
-    every :class:`~tpt_aqa.errors.UserError`, and a missing file."""
+    every :class:`~tpt_aqa.core.errors.UserError`, and a missing file."""
     return (UserError, FileNotFoundError)
 
 
@@ -77,7 +77,7 @@ def user_errors_exit() -> Iterator[None]:
         err = find_user_error(exc)
         if err is None:
             raise
-        from tpt_aqa.report import to_log_file
+        from tpt_aqa.core.report import to_log_file
 
         label = "config error" if isinstance(err, ConfigError) else "error"
         print(f"{label}: {err}", file=sys.stderr)
@@ -90,7 +90,7 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
 
     @functools.wraps(main)
     def wrapper(cfg: DictConfig) -> Any:
-        from tpt_aqa.report import log_to_run_files
+        from tpt_aqa.core.report import log_to_run_files
 
         log_to_run_files()
         with user_errors_exit():
@@ -391,8 +391,8 @@ def check_queries_fit(k: int, num_clips: int, source: str) -> None:
 
 def build_module(cfg: DictConfig):
     """Instantiate the LightningModule from the ``model``, ``criterion`` and ``optim`` groups."""
-    from tpt_aqa.lit_module import AQAModule
-    from tpt_aqa.scoring import ScoreGroups
+    from tpt_aqa.scoring.groups import ScoreGroups
+    from tpt_aqa.training.lit_module import AQAModule
 
     return AQAModule(
         model=instantiate(cfg.model),

@@ -8,7 +8,7 @@ The result loads in ``python -m tpt_aqa.eval ckpt_path=tpt.ckpt`` and
 modules (strictly: every weight of ours set, every weight of the file used, shapes equal), the
 score groups fitted on the training split (the release keeps no group edges in its files; it
 rebuilds them from the training data at every start, as we do, docs/method.md §5), the exemplar bank
-(``tpt_aqa.bank``) and the resolved configuration.
+(``tpt_aqa.scoring.bank``) and the resolved configuration.
 
 What the release file holds (source: github.com/baiyang4/aqa_tpt at commit 4f1506e, the one model
 variant the repository publishes, ``models_cluster_2layer_pairencode1_clsreg_decoder_1selfatt_
@@ -61,10 +61,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tpt_aqa.atomic import atomic_torch_save
-from tpt_aqa.checkpoints import compare_state, listing, load_torch_file
 from tpt_aqa.config import CONF_DIR, user_errors_exit
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.atomic import atomic_torch_save
+from tpt_aqa.core.checkpoints import compare_state, listing, load_torch_file
+from tpt_aqa.core.errors import ConfigError
 
 RELEASE_FORMAT = "baiyang4/aqa_tpt@4f1506e"
 
@@ -439,9 +439,9 @@ def convert(
     """
     import lightning as L
 
-    from tpt_aqa.bank import build_bank
     from tpt_aqa.config import build_datamodule, build_module, validate_config
-    from tpt_aqa.runtime import autocast
+    from tpt_aqa.scoring.bank import build_bank
+    from tpt_aqa.training.runtime import autocast
 
     out = Path(out_path).resolve()
     release = load_release(release_path)

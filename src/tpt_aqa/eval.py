@@ -7,7 +7,7 @@ The run's configuration is read from the checkpoint, so the exemplar lists and s
 exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
 ``+dataset.root=/new/location``, as can ``trainer`` and ``logger``, and ``eval_exemplars=per_group``
 evaluates with one fixed list of M exemplars per group instead of the run's protocol
-(``tpt_aqa.score_stage``); any other override (say ``+model.num_queries=3``) would be ignored, so
+(``tpt_aqa.scoring.stage``); any other override (say ``+model.num_queries=3``) would be ignored, so
 it is refused.
 """
 
@@ -20,9 +20,6 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.atomic import atomic_write_text
-from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import flatten
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
@@ -32,9 +29,12 @@ from tpt_aqa.config import (
     require_keys,
     validate_config,
 )
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import format_results, json_text
-from tpt_aqa.runtime import build_trainer, load_checkpoint, without_pretrained_file
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.cache import flatten
+from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.report import format_results, json_text
+from tpt_aqa.scoring.bank import attach_bank, build_bank
+from tpt_aqa.training.runtime import build_trainer, load_checkpoint, without_pretrained_file
 
 log = logging.getLogger(__name__)
 USAGE = (

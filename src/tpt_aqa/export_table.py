@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.features import write_annotations
-from tpt_aqa.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> Path:

@@ -6,7 +6,7 @@
 ``input`` is a video file, a folder of JPEG frames, a ``.npy`` feature file (checkpoints trained on
 cached features), or a folder of any of these (scored one after the other with a progress bar and a
 CSV of results). The video is read, sampled and cropped exactly as the benchmark's test videos were
-(the settings travel in the checkpoint's exemplar bank, ``tpt_aqa.bank``), encoded once, and
+(the settings travel in the checkpoint's exemplar bank, ``tpt_aqa.scoring.bank``), encoded once, and
 compared with the M fixed exemplars of its group (``exemplars=all``: every training video of the
 group). For each input the command prints the score in the benchmark's units (× difficulty, and
 de-normalised for benchmarks trained on a 0–100 scale), the spread over exemplars, the time it took,
@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tpt_aqa.atomic import atomic_write_text
-from tpt_aqa.bank import ExemplarBank, bank_from_checkpoint, score_parts
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, build_module, exit_on_user_error, require_keys
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.report import json_text, to_log_file
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import read_feature_file
 from tpt_aqa.data.transforms import VideoTransform
@@ -51,9 +52,8 @@ from tpt_aqa.data.video import (
     load_clips,
     without_dataset_hint,
 )
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import json_text, to_log_file
-from tpt_aqa.runtime import autocast, load_checkpoint, without_pretrained_file
+from tpt_aqa.scoring.bank import ExemplarBank, bank_from_checkpoint, score_parts
+from tpt_aqa.training.runtime import autocast, load_checkpoint, without_pretrained_file
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Prediction:
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary (attention included, frames left out)."""
-        from tpt_aqa.viz import top_clips
+        from tpt_aqa.reporting.viz import top_clips
 
         rec: dict[str, Any] = {
             "input": self.input,
@@ -372,7 +372,7 @@ def labels_at_frames(
 
 def figure(pred: Prediction):
     """Fig. 3 above Fig. 4 for video inputs; the attention map alone for feature inputs."""
-    from tpt_aqa import viz
+    from tpt_aqa.reporting import viz
 
     title = f"{Path(pred.input).name} ({pred.group})"
     if pred.attn is None:
@@ -495,7 +495,7 @@ def run(cfg: DictConfig) -> list[Prediction]:
     """Score ``cfg.input`` (one input or a folder of them) and write JSON, PNG and CSV."""
     from rich.progress import Progress
 
-    from tpt_aqa.viz import save_figure
+    from tpt_aqa.reporting.viz import save_figure
 
     predictor = Predictor(cfg.ckpt_path, device=cfg.device, exemplars=cfg.exemplars)
     options = {

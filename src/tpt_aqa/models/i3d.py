@@ -37,9 +37,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _triple
 from torch.utils.checkpoint import checkpoint
 
-from tpt_aqa.errors import UserError
+from tpt_aqa.core.errors import UserError
+from tpt_aqa.core.pretrained import resolve_weights
 from tpt_aqa.models.speed import fold_batch_norm
-from tpt_aqa.pretrained import resolve_weights
 
 KINETICS_CLASSES = 400
 

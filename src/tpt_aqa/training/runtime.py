@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.checkpoints import read_checkpoint
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.checkpoints import read_checkpoint
+from tpt_aqa.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # callbacks that write checkpoints, left out of a smoke test (debug=fast_dev_run)

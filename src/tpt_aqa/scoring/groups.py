@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

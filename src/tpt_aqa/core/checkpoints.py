@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from tpt_aqa.cache import flatten
-from tpt_aqa.errors import UserError
+from tpt_aqa.core.cache import flatten
+from tpt_aqa.core.errors import UserError
 
 
 class CheckpointError(UserError, ValueError):
@@ -34,7 +34,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         CheckpointError: when it cannot be read (truncated, not a checkpoint, unsafe to unpickle)
             or holds no model weights.
     """
-    from tpt_aqa.errors import ConfigError
+    from tpt_aqa.core.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():

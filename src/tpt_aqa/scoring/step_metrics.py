@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tpt_aqa.metrics import UndefinedMetricWarning, fisher_z_mean, undefined
+from tpt_aqa.scoring.metrics import UndefinedMetricWarning, fisher_z_mean, undefined
 
 AIOU_THRESHOLDS = {"parse_aiou50": 0.5, "parse_aiou75": 0.75}
 
