@@ -23,7 +23,13 @@ from tpt_aqa.config import (
     validate_train_config,
 )
 from tpt_aqa.core.atomic import atomic_write_text
-from tpt_aqa.core.checkpoints import check_state_fits, config_differences, outline, read_checkpoint
+from tpt_aqa.core.checkpoints import (
+    check_state_fits,
+    config_differences,
+    outline,
+    read_checkpoint,
+    stored_config,
+)
 from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.core.report import format_results, json_text
 from tpt_aqa.scoring.bank import attach_bank, build_bank
@@ -95,7 +101,7 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     if not written_after_results(path, Path(cfg.paths.output_dir)):
         log.warning("not resuming from %s: the run's %s was written after it", path, RESULTS)
         return None
-    saved = (read_checkpoint(path).get("tpt_aqa") or {}).get("config") or {}
+    saved = stored_config(read_checkpoint(path)) or {}
     differ = config_differences(
         saved, OmegaConf.to_container(cfg, resolve=True), ignore=RUN_LOCAL_KEYS
     )
