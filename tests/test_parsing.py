@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tpt_aqa.data.labels import step_runs
 from tpt_aqa.scoring.metrics import UndefinedMetricWarning
 from tpt_aqa.scoring.step_metrics import (
     METRICS,
@@ -18,7 +19,6 @@ from tpt_aqa.scoring.step_metrics import (
     pair_transitions,
     parse_video,
     parsing_metrics,
-    step_runs,
 )
 
 

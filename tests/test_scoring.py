@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tpt_aqa.core.errors import ConfigError
-from tpt_aqa.scoring.groups import ScoreGroups, check_cap, pair_deltas, positive_edges
+from tpt_aqa.data.labels import pair_deltas
+from tpt_aqa.scoring.groups import ScoreGroups, check_cap, positive_edges
 from tpt_aqa.scoring.stage import relative_scores, vote
 
 # Δ list of n = 9 (already sorted): ⌊i/8·(n − 1)⌋ = i, so the positive edges are sorted[0..8],

@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 
 from tpt_aqa.core.atomic import atomic_write
+from tpt_aqa.data.labels import step_runs
 from tpt_aqa.scoring.metrics import relative_l2, spearman
-from tpt_aqa.scoring.step_metrics import step_runs
 
 ATTENTION_CMAP = "viridis"
 PHASE_CMAP = "tab10"
