@@ -15,8 +15,9 @@ import torch
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import predict as predict_entry
 from tpt_aqa import train as train_entry
-from tpt_aqa.config import ConfigError, build_module, exit_on_user_error
+from tpt_aqa.config import ConfigError, build_module
 from tpt_aqa.core.checkpoints import CheckpointError
+from tpt_aqa.core.errors import exit_on_user_error
 
 from .conftest import compose_cfg
 

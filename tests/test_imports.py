@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tpt_aqa"
@@ -110,3 +112,29 @@ def test_entry_points_never_import_each_other():
     for name in ENTRY_POINTS:
         others = {f"tpt_aqa.{e}" for e in ENTRY_POINTS | TOOLS} - {f"tpt_aqa.{name}"}
         assert not graph[f"tpt_aqa.{name}"] & others, name
+
+
+def test_library_imports_change_nothing_until_setup():
+    """Importing the library (no command) registers no resolver and adds no warning filter;
+    ``core.startup.setup`` does both, once however often it is called."""
+    code = """
+import importlib, pkgutil, warnings
+from omegaconf import OmegaConf
+import tpt_aqa
+commands = set(COMMANDS)
+for m in pkgutil.walk_packages(tpt_aqa.__path__, "tpt_aqa."):
+    if m.name.removeprefix("tpt_aqa.") not in commands:
+        importlib.import_module(m.name)
+from tpt_aqa.core.startup import QUIET_WARNINGS, setup
+def quieted():
+    patterns = {f[1].pattern for f in warnings.filters if f[0] == "ignore" and f[1] is not None}
+    return [m for m, _ in QUIET_WARNINGS if m in patterns]
+assert not OmegaConf.has_resolver("tpt_aqa.weights_setting")
+assert quieted() == []
+setup(); after = list(warnings.filters); setup()
+assert OmegaConf.has_resolver("tpt_aqa.weights_setting")
+assert len(quieted()) == len(QUIET_WARNINGS) and len(warnings.filters) == len(after)
+print("ok")
+""".replace("COMMANDS", repr(sorted(ENTRY_POINTS | TOOLS)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "ok", proc.stderr

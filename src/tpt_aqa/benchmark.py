@@ -54,10 +54,13 @@ from hydra import compose, initialize_config_dir
 
 from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
 from tpt_aqa.core.report import stage
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.batch import PairBatch, Videos
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import Decoder, Source, read_frame_folder, write_frame_folder
 from tpt_aqa.training.pairwise_eval import count_encoder_passes, naive_predictions
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 
 def _compose(*overrides: str):

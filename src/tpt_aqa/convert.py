@@ -61,10 +61,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tpt_aqa.config import CONF_DIR, user_errors_exit
+from tpt_aqa.config import CONF_DIR
 from tpt_aqa.core.atomic import atomic_torch_save
 from tpt_aqa.core.checkpoints import compare_state, listing, load_torch_file
-from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, user_errors_exit
+from tpt_aqa.core.startup import setup
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 RELEASE_FORMAT = "baiyang4/aqa_tpt@4f1506e"
 

@@ -21,20 +21,16 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import (
-    CONF_DIR,
-    build_datamodule,
-    build_module,
-    exit_on_user_error,
-    require_keys,
-    validate_config,
-)
+from tpt_aqa.config import CONF_DIR, build_datamodule, build_module, require_keys, validate_config
 from tpt_aqa.core.atomic import atomic_write_text
 from tpt_aqa.core.cache import flatten
-from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.report import format_results, json_text
+from tpt_aqa.core.startup import setup
 from tpt_aqa.scoring.bank import attach_bank, build_bank
 from tpt_aqa.training.runtime import build_trainer, load_checkpoint, without_pretrained_file
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 log = logging.getLogger(__name__)
 USAGE = (

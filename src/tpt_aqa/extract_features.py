@@ -22,12 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.config import CONF_DIR
 from tpt_aqa.core.atomic import atomic_write, atomic_write_text
 from tpt_aqa.core.cache import FORMAT, MANIFEST, file_sha256, flatten, read_manifest
-from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.pretrained import resolve_weights
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.features import write_annotations
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 # Settings that change speed or training, not the features.
 ENCODER_KEYS_IGNORED = (

@@ -38,10 +38,11 @@ import torch
 from omegaconf import DictConfig
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, build_module, exit_on_user_error, require_keys
+from tpt_aqa.config import CONF_DIR, build_module, require_keys
 from tpt_aqa.core.atomic import atomic_write_text
-from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.report import json_text, to_log_file
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import read_feature_file
 from tpt_aqa.data.transforms import VideoTransform
@@ -54,6 +55,8 @@ from tpt_aqa.data.video import (
 )
 from tpt_aqa.scoring.bank import ExemplarBank, bank_from_checkpoint, score_parts
 from tpt_aqa.training.runtime import autocast, load_checkpoint, without_pretrained_file
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import (
-    CONF_DIR,
-    build_datamodule,
-    build_module,
-    exit_on_user_error,
-    validate_train_config,
-)
+from tpt_aqa.config import CONF_DIR, build_datamodule, build_module, validate_train_config
 from tpt_aqa.core.atomic import atomic_write_text
 from tpt_aqa.core.checkpoints import (
     check_state_fits,
@@ -30,11 +24,14 @@ from tpt_aqa.core.checkpoints import (
     read_checkpoint,
     stored_config,
 )
-from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.report import format_results, json_text
+from tpt_aqa.core.startup import setup
 from tpt_aqa.scoring.bank import attach_bank, build_bank
 from tpt_aqa.training.run_folder import RESULTS, hold_run_folder, written_after_results
 from tpt_aqa.training.runtime import apply_global_batch, build_trainer
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 log = logging.getLogger(__name__)
 

@@ -372,7 +372,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> tuple[Path, str]:
     """Command line: ``python -m tpt_aqa.weights kinetics400 [--out PATH] [--from FILE]``."""
-    from tpt_aqa.config import user_errors_exit
+    from tpt_aqa.core.errors import user_errors_exit
 
     parser = argparse.ArgumentParser(
         prog="python -m tpt_aqa.weights",

@@ -33,8 +33,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import exit_on_user_error
-from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
