@@ -26,7 +26,7 @@ from tpt_aqa.convert import (
     load_release,
     map_release_state,
 )
-from tpt_aqa.predict import Predictor
+from tpt_aqa.predictor import Predictor
 from tpt_aqa.scoring.bank import BankError, ExemplarBank
 from tpt_aqa.training.runtime import load_checkpoint
 

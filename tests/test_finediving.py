@@ -25,7 +25,7 @@ from tpt_aqa.data import finediving as fd
 from tpt_aqa.data.labels import step_runs
 from tpt_aqa.data.safe_pickle import UnsafePickleError
 from tpt_aqa.data.video_base import MissingSourceError
-from tpt_aqa.predict import Predictor
+from tpt_aqa.predictor import Predictor
 from tpt_aqa.scoring.step_metrics import parse_video, parsing_metrics
 
 from .conftest import TINY_MODEL, compose_cfg
