@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 
 from tpt_aqa import extract_features
 from tpt_aqa import train as train_entry
-from tpt_aqa.benchmark import textured_frames
+from tpt_aqa.benchmarks.frames import textured_frames
 from tpt_aqa.core.cache import CacheMismatchError
 from tpt_aqa.data.jigsaws import (
     JIGSAWSDataError,
