@@ -486,5 +486,5 @@ def test_steps_are_refused_for_feature_inputs(trained, tmp_path):
 def test_the_command_re_exports_the_api():
     """``from tpt_aqa.predict import Predictor`` (code written before ``tpt_aqa.predictor``) gets
     the API's own objects."""
-    for name in ("Prediction", "Predictor", "figure", "read_step_labels", "labels_at_frames"):
+    for name in ("Prediction", "Predictor", "figure"):
         assert getattr(predict_entry, name) is getattr(predictor_api, name), name

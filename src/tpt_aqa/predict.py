@@ -41,15 +41,9 @@ from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.report import json_text, to_log_file
 from tpt_aqa.core.startup import setup
 from tpt_aqa.data.video import JPEG_SUFFIXES, VideoReadError
-from tpt_aqa.predictor import (  # noqa: F401 (re-exported: the README's and notebooks' import)
-    FEATURE_SUFFIX,
-    STEPS_FORMAT,
-    Prediction,
-    Predictor,
-    figure,
-    labels_at_frames,
-    read_step_labels,
-)
+
+# the Python API; code written before tpt_aqa.predictor imports Predictor from here
+from tpt_aqa.predictor import FEATURE_SUFFIX, Prediction, Predictor, figure
 
 setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
