@@ -153,7 +153,6 @@ def test_a_resumed_run_may_change_speed_switches_but_not_settings():
     """An interrupted run resumes with other speed switches (same function) or with a checkpoint
     written before a switch existed; any other setting still blocks the resume."""
     from tpt_aqa.core.checkpoints import config_differences
-    from tpt_aqa.train import RUN_LOCAL_KEYS
 
     saved = {"model": {"num_queries": 5, "encoder": {}}, "optim": {"optimizer": {"lr": 1e-4}}}
     now = {
@@ -161,6 +160,8 @@ def test_a_resumed_run_may_change_speed_switches_but_not_settings():
         "optim": {"optimizer": {"lr": 1e-4, "implementation": "fused"}},
         "trainer": {"benchmark": True},
     }
-    assert config_differences(saved, now, ignore=RUN_LOCAL_KEYS) == []
+    assert config_differences(saved, now, ignore=train_entry.RUN_LOCAL_KEYS) == []
     now["model"]["num_queries"] = 4
-    assert config_differences(saved, now, ignore=RUN_LOCAL_KEYS) == [("model.num_queries", 5, 4)]
+    assert config_differences(saved, now, ignore=train_entry.RUN_LOCAL_KEYS) == [
+        ("model.num_queries", 5, 4)
+    ]

@@ -376,8 +376,7 @@ def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
     not with the private mode of a temporary file."""
     import numpy as np
 
-    from tpt_aqa.core.atomic import atomic_torch_save, atomic_write_text
-    from tpt_aqa.extract_features import save_array
+    from tpt_aqa.core.atomic import atomic_save_array, atomic_torch_save, atomic_write_text
     from tpt_aqa.reporting import viz
 
     written = [
@@ -389,7 +388,7 @@ def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
     ]
     atomic_torch_save(state(1.0), written[1])
     atomic_write_text(written[2], "{}")
-    save_array(written[3], np.zeros(3))
+    atomic_save_array(written[3], np.zeros(3))
     AtomicCheckpointIO().save_checkpoint(state(1.0), written[4])
     for path in written:
         assert path.stat().st_mode & 0o777 == umask_027, path.name
