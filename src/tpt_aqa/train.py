@@ -59,9 +59,7 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
         )
 
 
-# Keys that name where a run writes or what it resumes, not what it computes: a run may continue
-# an interrupted one whatever their values.
-# Keys a resumed run may change: where it writes, and speed switches that compute the same function
+# Speed switches: settings that compute the same function faster, so a resumed run may change them.
 SPEED_KEYS = (
     "model.compile_encoder",
     "model.compile_decoder",
@@ -69,6 +67,8 @@ SPEED_KEYS = (
     "optim.optimizer.implementation",
     "trainer.benchmark",
 )
+# Keys that name where a run writes or what it resumes, not what it computes, and the speed
+# switches: a run may continue an interrupted one whatever their values.
 RUN_LOCAL_KEYS = (
     "ckpt_path", "paths", "logger", "callbacks", "trainer.default_root_dir", *SPEED_KEYS
 )  # fmt: skip

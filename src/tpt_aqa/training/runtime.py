@@ -1,8 +1,8 @@
-"""What the entry points share, so that none imports another: the trainer and its batch rule,
-reading a trained checkpoint with its configuration, and the autocast of a run's precision.
+"""The trainer and what the commands share around it: the batch rule, reading a trained checkpoint
+with its configuration, the autocast of a run's precision and the Adam of ``optim.optimizer``.
 
-``train``, ``eval``, ``predict``, ``convert``, … sit on one floor above this module
-(``tests/test_imports.py`` checks that they never import each other).
+The commands (``train``, ``eval``, ``predict``, ``convert``, …) build on this module rather than on
+each other (``tests/test_imports.py`` checks that they never import each other).
 """
 
 from __future__ import annotations
