@@ -89,7 +89,7 @@ def test_an_override_hydra_cannot_parse_is_named():
 
 
 def test_seed_and_devices_are_checked():
-    from tpt_aqa.train import validate_train_config
+    from tpt_aqa.config import validate_train_config
 
     assert check_command_line("train", ["seed=abc"], validate_train_config) == (
         "seed='abc': must be an integer from 0 to 4294967295 (e.g. seed=12); the same seed "
@@ -122,7 +122,7 @@ def test_errors_before_work_leave_no_run_folder(tmp_path):
 def test_a_missing_file_found_by_the_check_is_left_to_the_run(tmp_path, monkeypatch):
     """Only configuration errors stop the command line check; a missing weights file is reported
     by the run itself (as `error: …`), not as a traceback of the check."""
-    from tpt_aqa.train import validate_train_config
+    from tpt_aqa.config import validate_train_config
 
     monkeypatch.setenv("TPT_AQA_CACHE", str(tmp_path / "empty_cache"))
     args = ["model/encoder=i3d", "dataset=synthetic_video", "model.encoder.weights=kinetics400"]

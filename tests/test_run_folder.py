@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError
-from tpt_aqa.run_folder import LOCK, check_not_unfinished, release_lock, take_lock
+from tpt_aqa.training.run_folder import LOCK, check_not_unfinished, release_lock, take_lock
 
 from .conftest import TINY, run_module
 
@@ -240,7 +240,7 @@ def test_three_runs_started_at_once_in_one_folder_do_not_mix_their_records(tmp_p
     tiny = [o for o in TINY if not o.startswith(("trainer.max_epochs", "dataset.num_"))]
     # each process imports the package, then waits until all three have: they reach Hydra together
     start_together = (
-        "import pathlib, runpy, sys, time; import lightning, tpt_aqa.config, tpt_aqa.run_folder; "
+        "import pathlib, runpy, sys, time; import lightning, tpt_aqa.config, tpt_aqa.training.run_folder; "
         "ready = pathlib.Path(sys.argv.pop(1)); ready.with_suffix(f'.{sys.argv[1]}').touch(); "
         "[time.sleep(0.002) for _ in iter(lambda: len(list(ready.parent.glob('ready.*'))) < 3, False)]; "
         "runpy.run_module('tpt_aqa.train', run_name='__main__')"
@@ -322,7 +322,7 @@ def test_a_killed_run_is_not_restarted_from_scratch_beside_its_checkpoints(tiny_
 
 
 def test_a_run_dir_that_cannot_be_created_is_one_clear_message(tmp_path, capsys):
-    from tpt_aqa.run_folder import GuardRunFolder
+    from tpt_aqa.training.run_folder import GuardRunFolder
 
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
@@ -344,7 +344,7 @@ def test_a_run_dir_that_cannot_be_created_is_one_clear_message(tmp_path, capsys)
 
 
 def test_a_folder_that_existed_or_holds_work_is_not_discarded(tmp_path):
-    from tpt_aqa import run_folder
+    from tpt_aqa.training import run_folder
 
     folder = tmp_path / "new" / "run"
     (folder / ".hydra").mkdir(parents=True)
@@ -402,7 +402,7 @@ def test_the_other_ranks_of_a_ddp_run_pass_the_folder_the_first_one_holds(tmp_pa
     must not be refused by the lock of rank 0."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from tpt_aqa.run_folder import GuardRunFolder
+    from tpt_aqa.training.run_folder import GuardRunFolder
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.losses import TPTCriterion
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.models import TPT, GroupHeads, PairStage, PrecomputedEncoder, TemporalParsingDecoder
 from tpt_aqa.models.i3d import I3DEncoder, Unit3D
 from tpt_aqa.models.speed import CompiledWithFallback, compile_with_fallback, fold_batch_norm
-from tpt_aqa.runtime import adam
+from tpt_aqa.scoring.losses import TPTCriterion
+from tpt_aqa.training.runtime import adam
 
 from .test_i3d import model_rgb_state
 
@@ -388,7 +388,10 @@ def test_speed_fast_trains_in_bf16_only_on_a_cpu_with_native_bf16(
 
     monkeypatch.setattr(train_entry, "build_trainer", stop)
     cfg = tiny_cfg("speed=fast")
-    with caplog.at_level("WARNING", logger="tpt_aqa.runtime"), pytest.raises(KeyboardInterrupt):
+    with (
+        caplog.at_level("WARNING", logger="tpt_aqa.training.runtime"),
+        pytest.raises(KeyboardInterrupt),
+    ):
         train_entry.run(cfg)
     assert seen["precision"] == precision
     warned = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
@@ -404,7 +407,7 @@ def test_speed_fast_trains_in_bf16_only_on_a_cpu_with_native_bf16(
 
 
 def test_a_gpu_run_keeps_bf16_whatever_the_cpu(tiny_cfg, monkeypatch):
-    from tpt_aqa.runtime import fit_precision
+    from tpt_aqa.training.runtime import fit_precision
 
     set_cpu(monkeypatch, False, False)
     cfg = tiny_cfg("speed=fast", "trainer=gpu")
@@ -414,13 +417,13 @@ def test_a_gpu_run_keeps_bf16_whatever_the_cpu(tiny_cfg, monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_benchmark_prints_the_bf16_capability_train_acts_on(monkeypatch, native):
-    from tpt_aqa import benchmark
-    from tpt_aqa.runtime import cpu_bf16
+    from tpt_aqa.benchmarks import table
+    from tpt_aqa.training.runtime import cpu_bf16
 
     set_cpu(monkeypatch, native, False)
     found = cpu_bf16()
     assert found == (native, f"AVX512-BF16 {'yes' if native else 'no'}, AMX no")
-    line = f"CPU bf16: {benchmark.bf16_words({'native': found[0], 'found': found[1]})}"
+    line = f"CPU bf16: {table.bf16_words({'native': found[0], 'found': found[1]})}"
     expected = (
         "CPU bf16: native (AVX512-BF16 yes, AMX no): speed=fast trains in bf16"
         if native
@@ -431,7 +434,7 @@ def test_benchmark_prints_the_bf16_capability_train_acts_on(monkeypatch, native)
 
 
 def test_without_the_instruction_queries_a_probe_decides(monkeypatch):
-    from tpt_aqa import runtime
+    from tpt_aqa.training import runtime
 
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.setattr(runtime, "_bf16_matmul_slowdown", lambda: 47.0)

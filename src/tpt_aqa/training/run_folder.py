@@ -11,7 +11,7 @@ has it any more, the lock is taken over; a lock from another host is only given 
 since its process cannot be checked from here.
 
 A folder that already holds a finished run (``results.json``) is refused too, unless the run
-continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.faults``). So is a
+continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.training.faults``). So is a
 folder with the checkpoints of a run that did not finish (a stale lock after SIGKILL, or an error),
 unless the run continues it: a run from scratch there would write ``-v1`` checkpoints beside the old
 ones; the message gives the command that resumes from its ``last.ckpt``.
@@ -39,8 +39,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import exit_on_user_error
-from tpt_aqa.errors import BEFORE_USER_ERROR_EXIT, ConfigError
+from tpt_aqa.core.errors import BEFORE_USER_ERROR_EXIT, ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def _first_missing(folder: Path) -> Path | None:
 
 
 def discard_new_run_folder() -> None:
-    """After a user error (``config.user_errors_exit`` calls it: ``BEFORE_USER_ERROR_EXIT``):
+    """After a user error (``core.errors.user_errors_exit`` calls it: ``BEFORE_USER_ERROR_EXIT``):
     remove the run folder this process created, when it holds nothing but Hydra's record
     (``.hydra/``), the log, this run's lock and empty folders, so that a run stopped before any
     work leaves nothing behind. A folder that existed before, or holds anything else (a
@@ -396,7 +395,7 @@ class GuardRunFolder(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        from tpt_aqa.faults import CheckpointOnSignal
+        from tpt_aqa.training.faults import CheckpointOnSignal
 
         folder = Path(str(config.hydra.run.dir))
         top = _first_missing(folder)
