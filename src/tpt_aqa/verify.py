@@ -2,7 +2,8 @@
 ``python -m tpt_aqa.verify dataset=<benchmark> dataset.root=PATH``.
 
 Every sample of every split is checked (frames or video present, enough frames for the clip
-sampler, first and last needed frames readable); problems are printed with their path and fix,
+sampler; in a frame folder every frame a view may read decoded, in a video file the first and last
+needed frames); problems are printed with their path and fix,
 followed by a summary per split. Exit status 1 when anything is wrong, so scripts can gate on it.
 """
 
@@ -17,13 +18,19 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.config import CONF_DIR, check_dataset_root, check_missing_keys, exit_on_user_error
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> list[str]:
-    """All problems found, one line each (empty when the dataset is ready)."""
+    """All problems found, one line each (empty when the dataset is ready).
+
+    Raises:
+        ConfigError: ``dataset.root`` (or another required key) not set, or not there.
+    """
+    check_missing_keys(cfg)
+    check_dataset_root(cfg)
     dm = instantiate(cfg.dataset)
     if not isinstance(dm, VideoDataModule):
         raise ConfigError(

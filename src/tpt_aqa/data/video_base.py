@@ -233,21 +233,48 @@ class VideoDataModule(AQADataModule):
                 f"{self.fix()}; list every problem with {self.verify_command()}"
             )
 
+    # frames decoded per read when ``check_sample`` decodes a whole span (bounded memory)
+    CHECK_CHUNK: ClassVar[int] = 32
+
     def check_sample(self, row: int) -> list[str]:
-        """Problems of one sample on disk, each naming the path and the fix: the source exists, has
-        the frames every view needs, and its first and last needed frames decode (only those two,
-        to stay fast)."""
+        """Problems of one sample on disk, each naming the path and the fix: the source exists and
+        has the frames every view needs, and those frames decode. A frame folder has every frame
+        any view may read decoded, as training would (a file that is not a JPEG is found here, not
+        mid-training); a video file its first and last needed frames (decoding a whole video per
+        sample would cost what an epoch does)."""
         name = self.sample_name(row)
         try:
             spans = [self._view_span(row, view) for view in VIEWS]
         except VideoReadError as err:
             return [f"{name}: {err}"]
-        problems = []
-        for frame in sorted({min(s[0] for s in spans), max(s[1] for s in spans) - 1}):
+        first, stop = min(s[0] for s in spans), max(s[1] for s in spans)
+        if self.reads_files:
+            chunks = [np.array([frame]) for frame in sorted({first, stop - 1})]
+        else:
+            frames = np.arange(first, stop)
+            chunks = [
+                frames[i : i + self.CHECK_CHUNK] for i in range(0, len(frames), self.CHECK_CHUNK)
+            ]
+        bad: list[tuple[int, VideoReadError]] = []
+        for chunk in chunks:
             try:
-                self.read(row, np.array([frame]))
+                self.read(row, chunk)
             except VideoReadError as err:
-                problems.append(f"{name}: frame {frame} cannot be read: {err}{self.read_advice()}")
+                if len(chunk) == 1:
+                    bad.append((int(chunk[0]), err))
+                    continue
+                for frame in chunk:  # name each frame that fails, not the chunk
+                    try:
+                        self.read(row, np.array([frame]))
+                    except VideoReadError as one:
+                        bad.append((int(frame), one))
+        problems = [
+            f"{name}: frame {frame} cannot be read: {err}{self.read_advice()}"
+            for frame, err in bad[:3]
+        ]
+        if len(bad) > 3:
+            more = ", ".join(str(frame) for frame, _ in bad[3:8])
+            problems.append(f"{name}: {len(bad) - 3} more frames cannot be read ({more} …)")
         return problems
 
     def read_advice(self) -> str:  # added to a frame that cannot be read in ``check_sample``
