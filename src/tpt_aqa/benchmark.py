@@ -52,12 +52,15 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from tpt_aqa.cli import at_least
 from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
 from tpt_aqa.data.batch import PairBatch, Videos
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import Decoder, Source, read_frame_folder, write_frame_folder
+from tpt_aqa.errors import ConfigError
 from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
 from tpt_aqa.report import stage
+from tpt_aqa.runtime import resolve_device
 
 
 def _compose(*overrides: str):
@@ -65,15 +68,69 @@ def _compose(*overrides: str):
         return compose("train", overrides=["paths.output_dir=unused", *overrides])
 
 
-def _timed(fn, repeats: int, summary=statistics.median) -> float:
+# Long work is never silent: a stage's progress is printed at least this often (the stage lines
+# come from ``report.stage``; these indented lines say how far it got).
+PROGRESS_EVERY_S = 10.0
+
+
+def note(text: str) -> None:
+    """One indented progress line under the current stage."""
+    print(f"    {text}", flush=True)
+
+
+class Ticker:
+    """Counts units of long work (steps, calls) and prints how far it got, at most every
+    ``PROGRESS_EVERY_S`` seconds, so a stage longer than that is visibly moving."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.start = self.last = time.perf_counter()
+
+    def tick(self, count: int = 1) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            of = f" of {self.total}" if self.total else ""
+            note(f"{self.what}: {self.done}{of} after {now - self.start:.0f} s")
+
+
+class _Ticks(L.Callback):
+    """Progress of a quiet trainer's fits and tests (its bar is off: it would be timed too)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.num_training_batches
+        self.ticker = Ticker(f"epoch {trainer.current_epoch + 1}, steps", int(total))
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.ticker.tick()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs and trainer.max_epochs > 1:  # one-epoch fits are noted by the caller
+            note(
+                f"epoch {trainer.current_epoch + 1} of {trainer.max_epochs}: "
+                f"{time.perf_counter() - self.ticker.start:.1f} s"
+            )
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ticker = Ticker("evaluation, batches", int(sum(trainer.num_test_batches)))
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.ticker.tick()
+
+
+def _timed(fn, repeats: int, summary=statistics.median, what: str = "timed calls") -> float:
     """Seconds of one call of ``fn`` after a warm-up call: the median of ``repeats`` (or another
-    ``summary`` of them)."""
+    ``summary`` of them); progress is printed when the calls are slow."""
+    ticker = Ticker(what, repeats + 1)
     fn()  # warm-up
+    ticker.tick()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        ticker.tick()
     return summary(times)
 
 
@@ -99,12 +156,31 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
     return None
 
 
-def cpu_matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Measured TFLOP/s of an n×n matmul on this CPU with the current thread count: the fastest of
-    ``repeats`` (a peak; the median moved by 2× between two runs on a shared 2-core machine)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    return 2 * n**3 / _timed(lambda: torch.mm(a, b), repeats, summary=min) / 1e12
+def cpu_matmul_tflops(
+    dtype: torch.dtype, n: int = 2048, repeats: int = 5, budget_s: float = 5.0
+) -> tuple[float, int]:
+    """Measured TFLOP/s of a square matmul on this CPU with the current thread count: the fastest
+    of ``repeats`` (a peak; the median moved by 2× between two runs on a shared 2-core machine).
+
+    The side grows from 256 by doubling up to ``n`` while the timed calls of the next size would
+    take under ``budget_s``: where a dtype is emulated (bf16 without AVX512-BF16 or AMX runs at
+    about 1/50 of fp32) a 2048² product takes over a minute, and six of them were minutes of
+    silence.
+
+    Returns:
+        The TFLOP/s and the side measured.
+    """
+    side = 256
+    while True:
+        a, b = torch.randn(side, side).to(dtype), torch.randn(side, side).to(dtype)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        one = time.perf_counter() - start
+        if side >= n or 8 * one * (repeats + 1) > budget_s:  # the next side costs 8×
+            break
+        side *= 2
+    rate = 2 * side**3 / _timed(lambda: torch.mm(a, b), repeats, summary=min) / 1e12
+    return rate, side
 
 
 def count_flops(fn) -> int:
@@ -159,18 +235,24 @@ def feature_mode(
     bf16 = str(module.config["trainer"]["precision"]).startswith("bf16")
     step = _train_step(module, None, device, bf16)
     fits, bares = [], []
-    for _ in range(repeats):
+    label = " ".join(overrides) or "default"
+    for i in range(repeats):
         trainer = new_trainer()
         start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         fits.append(time.perf_counter() - start)
+        loader = dm.train_dataloader()
+        ticker = Ticker("bare epoch, steps", len(loader))
         start = time.perf_counter()
-        for batch in dm.train_dataloader():
+        for batch in loader:
             step(batch)
+            ticker.tick()
         bares.append(time.perf_counter() - start)
+        note(f"{label}, epoch {i + 1} of {repeats}: {fits[-1]:.1f} s, bare loop {bares[-1]:.1f} s")
     start = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
     evaluation = time.perf_counter() - start
+    note(f"{label}, evaluation: {evaluation:.1f} s")
     first = next(iter(dm.train_dataloader()))
     flops_per_pair = count_flops(lambda: step(first)) / len(first.query)
     fit, bare = statistics.median(fits), statistics.median(bares)
@@ -230,6 +312,7 @@ def _quiet_trainer(device: str, **kwargs: Any) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[_Ticks()],
         **kwargs,
     )
 
@@ -239,7 +322,8 @@ def exemplar_protocols(device: str, epochs: int, overrides: tuple[str, ...] = ()
     features at MTL-AQA scale: backbone passes per evaluation and test ρ / R-ℓ2 of each."""
     dm, module, new_trainer = _feature_run(device, overrides=overrides, epochs=epochs)
     trainer = new_trainer()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm)  # _Ticks prints the steps of long epochs
+    note(f"trained {epochs} epochs; evaluating with both protocols")
     out: dict[str, Any] = {
         "epochs": epochs,
         "test_videos": len(dm.table.rows("test")),
@@ -312,7 +396,8 @@ def end_to_end(
         module = _e2e_module(device, clips, f"model.encoder.channels_last={str(bf16).lower()}")
         autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
         step = _train_step(module, batch, device, bf16)
-        step_s = _timed(step, repeats)
+        step_s = _timed(step, repeats, what=f"{name} training steps")
+        note(f"{name}: training step {step_s:.2f} s")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             step()
@@ -331,7 +416,8 @@ def end_to_end(
             if device == "cuda":
                 torch.cuda.synchronize()
 
-        encode_s = _timed(encode, repeats)
+        encode_s = _timed(encode, repeats, what=f"{name} encodings")
+        note(f"{name}: encoding {encode_s:.2f} s")
         achieved = flops / step_s / 1e12
         out[name] = {
             "train_step_s": step_s,
@@ -403,7 +489,7 @@ def switch_study(
     for name, overrides in SWITCHES.items():
         torch.backends.cudnn.benchmark = name == "cudnn_benchmark"
         module = _e2e_module(device, clips, "model.encoder.channels_last=true", *overrides)
-        step_s = _timed(_train_step(module, batch, device), repeats)
+        step_s = _timed(_train_step(module, batch, device), repeats, what=f"{name} steps")
         module.eval()
 
         @torch.no_grad()
@@ -414,8 +500,9 @@ def switch_study(
 
         out[name] = {
             "train_pairs_per_s": pairs / step_s,
-            "eval_videos_per_s": pairs / _timed(encode, repeats),
+            "eval_videos_per_s": pairs / _timed(encode, repeats, what=f"{name} encodings"),
         }
+        note(f"switch {name}: {out[name]['train_pairs_per_s']:.3f} training pairs/s")
     torch.backends.cudnn.benchmark = False
     return out
 
@@ -469,11 +556,12 @@ def device_peaks(device: str, override: float | None) -> tuple[dict[str, float] 
         if peaks["fp32"] is None:
             return None, f"{name} is not in the peak table: pass --peak-tflops"
         return peaks, f"{name} datasheet (dense)"
-    peaks = {
-        "bf16": cpu_matmul_tflops(torch.bfloat16),
-        "fp32": cpu_matmul_tflops(torch.float32),
-    }
-    return peaks, "measured 2048² matmul on this CPU"
+    peaks, sides = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[name], sides[name] = cpu_matmul_tflops(dtype)
+        note(f"{name} {sides[name]}² matmul: {peaks[name]:.3f} TFLOP/s")
+    measured = ", ".join(f"{name} {side}²" for name, side in sides.items())
+    return peaks, f"measured matmul on this CPU ({measured})"
 
 
 def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, Any]:
@@ -500,12 +588,14 @@ def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, 
         trainer.test(module, datamodule=dm, verbose=False)  # fits the score groups in setup
         _sync(device)
         cached_s = time.perf_counter() - start
+    note(f"encode once: {cached_s:.1f} s; now pair by pair on {naive_videos or 'all'} videos")
     want = module.last_records["test"]
     n = len(test_rows) if naive_videos is None else min(naive_videos, len(test_rows))
     module.to(device)  # Lightning's teardown moved it back to the CPU
     with count_encoder_passes(module) as naive:
         start = time.perf_counter()
-        got = naive_predictions(module, dm, "test", limit=n)
+        ticker = Ticker("pair by pair, videos", n)
+        got = naive_predictions(module, dm, "test", limit=n, progress=ticker.tick)
         _sync(device)
         naive_s = time.perf_counter() - start
     same = torch.searchsorted(want["index"], got["index"])  # both sorted by table row
@@ -611,6 +701,7 @@ def frame_loading(repeats: int) -> dict[str, float | None]:
                 result[decoder] = benchmark_frame_loading(
                     folder, num_frames=103, decoder=decoder, repeats=repeats
                 )
+                note(f"{decoder}: {result[decoder]:,.0f} frames/s")
             except ImportError:
                 result[decoder] = None  # simplejpeg not installed: pip install -e '.[fast]'
     return result
@@ -726,14 +817,15 @@ def _render_eval_compare(c: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--pairs", type=int, default=2, help="training pairs per end-to-end step")
-    parser.add_argument("--clips", type=int, default=4, help="clips per video end to end (T)")
-    parser.add_argument("--clip-len", type=int, default=8, help="frames per clip (L)")
-    parser.add_argument("--size", type=int, default=160, help="frame size end to end (pixels)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    count = at_least(1)  # every size and count: an integer >= 1, else a usage error naming it
+    parser.add_argument("--pairs", type=count, default=2, help="training pairs per end-to-end step")
+    parser.add_argument("--clips", type=count, default=4, help="clips per video end to end (T)")
+    parser.add_argument("--clip-len", type=count, default=8, help="frames per clip (L)")
+    parser.add_argument("--size", type=count, default=160, help="frame size end to end (pixels)")
+    parser.add_argument("--repeats", type=count, default=5, help="timed repeats (median)")
     parser.add_argument(
         "--peak-tflops",
-        type=float,
+        type=at_least(1e-6, float),
         default=None,
         help="the device's peak TFLOP/s for the MFU (default: the GPU table; measured on a CPU)",
     )
@@ -743,11 +835,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also compare encode-once evaluation with the reference's pair by pair, through I3D",
     )
     parser.add_argument(
-        "--eval-size", type=int, default=16, help="frame size (pixels) of --eval-compare"
+        "--eval-size", type=count, default=16, help="frame size (pixels) of --eval-compare"
     )
     parser.add_argument(
         "--eval-naive-videos",
-        type=int,
+        type=count,
         default=None,
         help="time the naive path on this many test videos and scale (default: all 353)",
     )
@@ -758,7 +850,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--memory",
-        type=int,
+        type=count,
         nargs=4,
         metavar=("PAIRS", "CLIPS", "LEN", "SIZE"),
         default=None,
@@ -767,7 +859,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--protocols",
-        type=int,
+        type=count,
         default=None,
         metavar="EPOCHS",
         help="also train EPOCHS epochs on the features at MTL-AQA scale and evaluate with both "
@@ -777,11 +869,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--out", type=Path, default=None, help="JSON path (default outputs/benchmark/<time>.json)"
     )
     args = parser.parse_args(argv)
-    if args.eval_naive_videos is not None and args.eval_naive_videos < 1:
-        parser.error(f"--eval-naive-videos must be >= 1, got {args.eval_naive_videos}")
-    device = (
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    try:
+        device = resolve_device(args.device, "--device").type
+    except ConfigError as err:
+        parser.error(str(err))
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name()
         if device == "cuda"

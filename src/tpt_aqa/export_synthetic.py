@@ -14,26 +14,12 @@ import argparse
 from pathlib import Path
 
 from tpt_aqa.atomic import check_output
+from tpt_aqa.cli import at_least
 from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
 from tpt_aqa.errors import ConfigError
 
 # the fewest of each that make a benchmark: a training video, and no test split at all
 MINIMUM = {"num_train": 1, "num_test": 0, "num_clips": 1, "feature_dim": 1}
-
-
-def count(least: int):
-    """An argparse type: an integer >= ``least`` (argparse names the flag in its error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     defaults = FeatureSettings()  # the one home of the defaults, shared with dataset=synthetic
     for name in ("num_train", "num_test", "num_clips", "feature_dim"):
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=count(MINIMUM[name]), default=getattr(defaults, name))
+        parser.add_argument(flag, type=at_least(MINIMUM[name]), default=getattr(defaults, name))
     parser.add_argument(
         "--seed", type=int, default=defaults.seed, help="the generator's seed (dataset.data_seed)"
     )
