@@ -443,6 +443,10 @@ def test_verify_decodes_every_frame_training_reads(tmp_path):
     bad.write_bytes(b"GIF89a not a jpeg")
     problems = verify.run(compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", config="verify"))
     assert len(problems) == 1 and f"{bad} is not a readable JPEG" in problems[0]
+    assert "frame 10 cannot be read" in problems[0]  # position 10 of the folder from 00500
+    # decode=ends (the quick check) reads the first and last frames only: it misses this one
+    quick = compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", "decode=ends", config="verify")
+    assert verify.run(quick) == []
 
 
 def test_frames_root_keeps_the_frames_apart(tmp_path):

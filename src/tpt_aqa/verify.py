@@ -2,8 +2,8 @@
 ``python -m tpt_aqa.verify dataset=<benchmark> dataset.root=PATH``.
 
 Every sample of every split is checked (frames or video present, enough frames for the clip
-sampler; in a frame folder every frame a view may read decoded, in a video file the first and last
-needed frames); problems are printed with their path and fix,
+sampler; in a frame folder every frame a view may read decoded, as training reads them, unless
+``decode=ends``; in a video file the first and last needed frames); problems are printed with their path and fix,
 followed by a summary per split. Exit status 1 when anything is wrong, so scripts can gate on it.
 """
 
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> list[str]:
     with Progress(transient=True) as progress:
         task = progress.add_task("verifying", total=len(table))
         for row, vid in enumerate(table.ids):
-            found = dm.check_sample(row)
+            found = dm.check_sample(row, cfg.get("decode", "all"))
             if found:
                 bad_per_split[dm.source_split[row]] += 1
                 problems += [f"{vid}: {p}" for p in found]

@@ -559,9 +559,9 @@ class FineDivingDataModule(VideoDataModule):
     def clip_settings(self) -> dict[str, Any]:
         return {"frames": "linspace(first, last) of the file numbers"}
 
-    def check_sample(self, row: int) -> list[str]:
+    def check_sample(self, row: int, decode: str = "all") -> list[str]:
         """``VideoDataModule.check_sample``, and the labels cover the sampled frames."""
-        problems = super().check_sample(row)
+        problems = super().check_sample(row, decode)
         if not problems:
             try:
                 self.clip_labels(row)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tpt_aqa.cache import CacheMismatchError, check_manifest
-from tpt_aqa.data.base import VIEWS, AQADataModule, plain
+from tpt_aqa.data.base import VIEWS, AQADataModule, check_choice, plain
 from tpt_aqa.data.clips import ClipSampler, unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
 from tpt_aqa.data.video import PREPARE_COMMAND, VideoReadError, count_frames, read_frames
@@ -236,19 +236,20 @@ class VideoDataModule(AQADataModule):
     # frames decoded per read when ``check_sample`` decodes a whole span (bounded memory)
     CHECK_CHUNK: ClassVar[int] = 32
 
-    def check_sample(self, row: int) -> list[str]:
+    def check_sample(self, row: int, decode: str = "all") -> list[str]:
         """Problems of one sample on disk, each naming the path and the fix: the source exists and
-        has the frames every view needs, and those frames decode. A frame folder has every frame
-        any view may read decoded, as training would (a file that is not a JPEG is found here, not
-        mid-training); a video file its first and last needed frames (decoding a whole video per
-        sample would cost what an epoch does)."""
+        has the frames every view needs, and those frames decode. With ``decode="all"`` a frame
+        folder has every frame any view may read decoded, as training would (a file that is not a
+        JPEG is found here, not mid-training); with ``"ends"``, and always for a video file (whose
+        whole decoding would cost what an epoch does), the first and last needed frames."""
+        check_choice("decode", decode, ("all", "ends"))
         name = self.sample_name(row)
         try:
             spans = [self._view_span(row, view) for view in VIEWS]
         except VideoReadError as err:
             return [f"{name}: {err}"]
         first, stop = min(s[0] for s in spans), max(s[1] for s in spans)
-        if self.reads_files:
+        if self.reads_files or decode == "ends":
             chunks = [np.array([frame]) for frame in sorted({first, stop - 1})]
         else:
             frames = np.arange(first, stop)
