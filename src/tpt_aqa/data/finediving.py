@@ -399,8 +399,10 @@ class FineDivingDataModule(VideoDataModule):
         self.keys: list[DiveKey] = []
         self.dives: dict[DiveKey, Dive] = {}
         self.inconsistent: dict[DiveKey, str] = {}  # dives whose transitions disagree, and why
-        self._built: SampleTable | None = None  # the table being set up (group_fix reads it)
+        # the split files' train/test of every row and their sizes, as read (group_fix tries the
+        # other groupings on them)
         self._built_split: np.ndarray | None = None
+        self._split_sizes: dict[str, int] | None = None
         self._spans: dict[DiveKey, tuple[int, int]] | None = None  # coarse start/end, when read
 
     # ---- the table -----------------------------------------------------------------------------
@@ -442,8 +444,7 @@ class FineDivingDataModule(VideoDataModule):
         split = np.array(["train"] * len(train) + ["test"] * len(test))
         ids = [dive_id(k) for k in keys]
         self._built_split = split.copy()  # as the files say, before the validation carve
-        self._built = diving_table(ids, final, difficulty, self.use_dd, group, group_names, split)
-        return self._built
+        return diving_table(ids, final, difficulty, self.use_dd, group, group_names, split)
 
     def _groups_of(self, grouping: str) -> np.ndarray:
         """Every table row's exemplar group under ``grouping`` ``(N,)``."""
@@ -466,7 +467,7 @@ class FineDivingDataModule(VideoDataModule):
         split a test dive of difficulty 1.5 has no training dive of that difficulty), and the
         release's split files only when others are in use."""
         others = [g for g in EXEMPLAR_GROUPS if g != self.exemplar_groups]
-        if self._built is not None and self.keys:
+        if self._built_split is not None:
             others = [g for g in others if self._grouping_works(g)]
         fixes = []
         if others:
@@ -475,7 +476,7 @@ class FineDivingDataModule(VideoDataModule):
                 if self.exemplar_groups == "dive_number"
                 else f"use dataset.exemplar_groups={' or '.join(others)}"
             )
-        sizes = getattr(self, "_split_sizes", None)
+        sizes = self._split_sizes
         if sizes is not None and sizes != RELEASE_SPLIT:
             fixes.append(
                 f"use the release's split files ({RELEASE_SPLIT['train']:,} training and "
