@@ -180,6 +180,17 @@ def test_device_cuda_without_cuda_is_a_usage_error(monkeypatch, capsys):
     assert "--device=cuda: " in capsys.readouterr().err
 
 
+def test_a_stage_is_never_silent_even_in_one_long_call(capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr(benchmark, "PROGRESS_EVERY_S", 0.2)
+    with benchmark.timed_stage("one long call"):
+        time.sleep(0.9)  # e.g. one training step or one FLOP count, which cannot tick
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("one long call …")
+    assert 2 <= sum("still running, " in line for line in lines) <= 5
+
+
 def test_slow_matmuls_are_measured_smaller_and_timing_shows_progress(capsys, monkeypatch):
     """An emulated dtype must not spend minutes on 2048² products: the side stops growing when
     the next one would overrun the budget (here at once)."""

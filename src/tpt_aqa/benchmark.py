@@ -41,8 +41,10 @@ import platform
 import resource
 import statistics
 import tempfile
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,9 +75,35 @@ def _compose(*overrides: str):
 PROGRESS_EVERY_S = 10.0
 
 
+_last_line = [time.perf_counter()]  # when the last progress line was printed
+
+
 def note(text: str) -> None:
     """One indented progress line under the current stage."""
     print(f"    {text}", flush=True)
+    _last_line[0] = time.perf_counter()
+
+
+@contextmanager
+def timed_stage(text: str) -> Iterator[None]:
+    """A stage line, then, while the stage runs, a line whenever ``PROGRESS_EVERY_S`` pass without
+    one (a single long call, such as one training step or one FLOP count, cannot tick itself)."""
+    stage(text)
+    _last_line[0] = start = time.perf_counter()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(min(1.0, PROGRESS_EVERY_S)):
+            if time.perf_counter() - _last_line[0] >= PROGRESS_EVERY_S:
+                note(f"still running, {time.perf_counter() - start:.0f} s into this stage")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 class Ticker:
@@ -886,31 +914,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "size": args.size,
         },
     }
-    stage("peak throughput of this device")
-    peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
-    stage("feature mode at MTL-AQA scale: epoch, evaluation and bare loop, default and speed=fast")
-    report["feature_mode"] = feature_mode(device, peaks=peaks)
-    report["feature_mode_fast"] = feature_mode(device, ("speed=fast",), peaks=peaks)
-    stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile")
-    e2e = end_to_end(device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks)
+    with timed_stage("peak throughput of this device"):
+        peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
+    with timed_stage(
+        "feature mode at MTL-AQA scale: epoch, evaluation and bare loop, default and speed=fast"
+    ):
+        report["feature_mode"] = feature_mode(device, peaks=peaks)
+        report["feature_mode_fast"] = feature_mode(device, ("speed=fast",), peaks=peaks)
+    with timed_stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile"):
+        e2e = end_to_end(
+            device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks
+        )
     profile_text = e2e.pop("profile_table")
     report["end_to_end"] = e2e
-    stage("frame loading")
-    report["frame_loading"] = frame_loading(max(args.repeats, 3))
+    with timed_stage("frame loading"):
+        report["frame_loading"] = frame_loading(max(args.repeats, 3))
     if args.eval_compare:
-        stage("evaluation through I3D: encode once vs pair by pair")
-        report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
+        with timed_stage("evaluation through I3D: encode once vs pair by pair"):
+            report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
     if args.switches:
-        stage("speed switches one at a time, end to end")
-        report["switches"] = switch_study(
-            device, args.pairs, args.clips, args.clip_len, args.size, args.repeats
-        )
+        with timed_stage("speed switches one at a time, end to end"):
+            report["switches"] = switch_study(
+                device, args.pairs, args.clips, args.clip_len, args.size, args.repeats
+            )
     if args.memory:
-        stage("peak memory with activation checkpointing + bf16")
-        report["checkpointed_memory"] = checkpointed_memory(device, *args.memory)
+        with timed_stage("peak memory with activation checkpointing + bf16"):
+            report["checkpointed_memory"] = checkpointed_memory(device, *args.memory)
     if args.protocols:
-        stage("evaluation protocols: per-video vs per-group exemplar lists")
-        report["exemplar_protocols"] = exemplar_protocols(device, args.protocols)
+        with timed_stage("evaluation protocols: per-video vs per-group exemplar lists"):
+            report["exemplar_protocols"] = exemplar_protocols(device, args.protocols)
     report["peak_memory_mb"] = peak_memory_mb(device)
     print(render(report))
     out = args.out or Path("outputs/benchmark") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
