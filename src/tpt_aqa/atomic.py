@@ -2,7 +2,8 @@
 
 ``atomic_write`` is the one way this package writes a file that readers may open while it is being
 written (features, checkpoints, figures, results); ``atomic_write_text`` and ``atomic_torch_save``
-are its text and ``torch.save`` forms.
+are its text and ``torch.save`` forms. ``check_output`` refuses, before a command does any work, an
+output that would replace the user's files unasked or cannot be written.
 """
 
 from __future__ import annotations
