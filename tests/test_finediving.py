@@ -232,6 +232,15 @@ def test_no_group_with_two_training_dives_is_refused_clearly(tmp_path, complete)
     assert len(datamodule(tmp_path, complete, "dataset.val_fraction=0").train_deltas()) > 0
 
 
+def unchecked(tmp_path, root, *overrides) -> fd.FineDivingDataModule:
+    """``datamodule`` without setup's in-depth file checks, as verify sets one up."""
+    cfg = compose_cfg(tmp_path, *MODEL, *SMALL, f"dataset.root={root}", *overrides)
+    dm = instantiate(cfg.dataset)
+    dm.setup_checks = False
+    dm.setup()
+    return dm
+
+
 def row_of(dm, key) -> int:
     return dm.table.ids.index(fd.dive_id(key))
 
@@ -408,7 +417,15 @@ def test_a_folder_must_hold_exactly_the_labelled_frames(tmp_path):
     late = CASES["recurring"]  # frames 00500–00523: the last 6 (its Entry) gone
     for number in range(518, 524):
         (fd.frame_folder(root, late) / f"{number:05d}.jpg").unlink()
-    dm = datamodule(tmp_path, root)
+    with pytest.raises(ConfigError) as err:  # training stops at setup, naming both
+        datamodule(tmp_path, root)
+    text = str(err.value)
+    assert text.startswith("2 of 7 FineDiving dives have frame folders that do not match")
+    assert "at the start: 00995–01002" in text and "at the end: 00518–00523" in text
+    assert text.endswith(
+        f"list every problem with python -m tpt_aqa.verify dataset=finediving dataset.root={root}"
+    )
+    dm = unchecked(tmp_path, root)  # as verify sets it up; or a folder changed after setup
     start, end = dm.check_sample(row_of(dm, key)), dm.check_sample(row_of(dm, late))
     assert len(start) == 1 and (
         f"frame folder {folder} holds 12 frames (01003–01014), but "
@@ -425,14 +442,14 @@ def test_a_folder_must_hold_exactly_the_labelled_frames(tmp_path):
     assert len(problems) == 2 and "at the start" in problems[0] and "at the end" in problems[1]
     # without the coarse annotation the count is still checked; where is not known
     (root / fd.COARSE_FILE).unlink()
-    (problem,) = datamodule(tmp_path, root).check_sample(row_of(dm, key))
+    (problem,) = unchecked(tmp_path, root).check_sample(row_of(dm, key))
     assert "8 frames are missing at its start or its end" in problem
     # more frames than labels: 134 frames from 7 against 20 labels
     for path in folder.iterdir():
         path.unlink()
     for number in range(7, 7 + 134):
         Image.new("RGB", (8, 8)).save(folder / f"{number:05d}.jpg")
-    (problem,) = datamodule(tmp_path, root).check_sample(row_of(dm, key))
+    (problem,) = unchecked(tmp_path, root).check_sample(row_of(dm, key))
     assert "holds 134 frames (00007–00140), but" in problem and "114 frames too many" in problem
 
 

@@ -37,6 +37,9 @@ def run(cfg: DictConfig) -> list[str]:
             f"dataset {cfg.dataset._target_} reads no video files to verify: it takes clip "
             "features, checked when training reads them"
         )
+    dm.setup_checks = (
+        False  # setup's in-depth checks stop at the first problem; here all are listed
+    )
     dm.setup("fit")
     table = dm.table
     problems: list[str] = []

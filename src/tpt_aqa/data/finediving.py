@@ -514,6 +514,31 @@ class FineDivingDataModule(VideoDataModule):
         )
         return f"{super().verify_command()}{frames}"
 
+    def check_files(self) -> None:
+        """``VideoDataModule.check_files``, and every dive's folder holds exactly its labelled
+        frames (a listing per folder, no decoding), so that a short folder stops the run at
+        setup rather than when an epoch reaches it.
+
+        Raises:
+            ConfigError: how many dives are wrong, the first few problems and the verify command.
+        """
+        super().check_files()
+        if not self.setup_checks:
+            return
+        problems = []
+        for row in range(len(self.table)):
+            try:
+                self.dive_numbers(row)
+            except (FileNotFoundError, ConfigError) as err:
+                problems.append(str(err))
+        if problems:
+            shown = " | ".join(problems[:3])
+            raise ConfigError(
+                f"{len(problems)} of {len(self.table)} FineDiving dives have frame folders that do "
+                f"not match their labels: {shown}{' | …' if len(problems) > 3 else ''}; list every "
+                f"problem with {self.verify_command()}"
+            )
+
     def dive_numbers(self, row: int) -> np.ndarray:
         """A dive's frame numbers, checked against its labels (``check_dive_frames``).
 

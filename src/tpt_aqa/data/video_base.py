@@ -56,6 +56,9 @@ class VideoDataModule(AQADataModule):
         self.reads_files = False  # sources are video files (True) or frame folders
         self.exact_frame_count = False  # count a video file's frames by decoding all of them
         self.prediction_start = 0  # first frame of a new video's clip window (tpt_aqa.predict)
+        # check every sample's files in depth at setup (training); tpt_aqa.verify turns it off
+        # and lists each sample's problems itself
+        self.setup_checks = True
         self._frame_counts: dict[Path, int] = {}
 
     # ---- what a benchmark declares -------------------------------------------------------------
