@@ -647,3 +647,15 @@ def test_verify_without_root_is_one_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err == "config error: dataset.root is not set: pass dataset.root=/path/to/data\n"
+
+
+def test_verify_lists_a_missing_dive_folder_among_the_others(tmp_path):
+    import shutil
+
+    root = broken_root(tmp_path)
+    gone = fd.frame_folder(root, CASES["recurring"])
+    shutil.rmtree(gone)
+    with pytest.raises(MissingSourceError, match="1 of 7 FineDiving dives have no frame folder"):
+        datamodule(tmp_path, root)  # training stops at setup
+    problems = verify.run(compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", config="verify"))
+    assert len(problems) == 1 and f"frame folder {gone} is missing" in problems[0]
