@@ -647,6 +647,10 @@ def test_verify_without_root_is_one_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err == "config error: dataset.root is not set: pass dataset.root=/path/to/data\n"
+    cfg = compose_cfg(tmp_path, "dataset=finediving", "decode=every", config="verify")
+    cfg.dataset.root = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"decode='every'.*all.*ends"):
+        verify.run(cfg)
 
 
 def test_verify_lists_a_missing_dive_folder_among_the_others(tmp_path):

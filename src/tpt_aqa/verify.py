@@ -19,6 +19,7 @@ from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
 from tpt_aqa.config import CONF_DIR, check_dataset_root, check_missing_keys, exit_on_user_error
+from tpt_aqa.data.base import check_choice
 from tpt_aqa.data.video_base import VideoDataModule
 from tpt_aqa.errors import ConfigError
 
@@ -31,6 +32,8 @@ def run(cfg: DictConfig) -> list[str]:
     """
     check_missing_keys(cfg)
     check_dataset_root(cfg)
+    decode = cfg.get("decode", "all")
+    check_choice("decode", decode, VideoDataModule.DECODE_CHOICES)
     dm = instantiate(cfg.dataset)
     if not isinstance(dm, VideoDataModule):
         raise ConfigError(
@@ -47,7 +50,7 @@ def run(cfg: DictConfig) -> list[str]:
     with Progress(transient=True) as progress:
         task = progress.add_task("verifying", total=len(table))
         for row, vid in enumerate(table.ids):
-            found = dm.check_sample(row, cfg.get("decode", "all"))
+            found = dm.check_sample(row, decode)
             if found:
                 bad_per_split[dm.source_split[row]] += 1
                 problems += [f"{vid}: {p}" for p in found]

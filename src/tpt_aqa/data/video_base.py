@@ -238,6 +238,7 @@ class VideoDataModule(AQADataModule):
 
     # frames decoded per read when ``check_sample`` decodes a whole span (bounded memory)
     CHECK_CHUNK: ClassVar[int] = 32
+    DECODE_CHOICES: ClassVar[tuple[str, ...]] = ("all", "ends")  # check_sample's decode=
 
     def check_sample(self, row: int, decode: str = "all") -> list[str]:
         """Problems of one sample on disk, each naming the path and the fix: the source exists and
@@ -245,7 +246,7 @@ class VideoDataModule(AQADataModule):
         folder has every frame any view may read decoded, as training would (a file that is not a
         JPEG is found here, not mid-training); with ``"ends"``, and always for a video file (whose
         whole decoding would cost what an epoch does), the first and last needed frames."""
-        check_choice("decode", decode, ("all", "ends"))
+        check_choice("decode", decode, self.DECODE_CHOICES)
         name = self.sample_name(row)
         try:
             spans = [self._view_span(row, view) for view in VIEWS]
