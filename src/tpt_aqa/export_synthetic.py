@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tpt_aqa.atomic import check_output
 from tpt_aqa.cli import at_least
+from tpt_aqa.core.atomic import check_output
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
-from tpt_aqa.errors import ConfigError
 
 # the fewest of each that make a benchmark: a training video, and no test split at all
 MINIMUM = {"num_train": 1, "num_test": 0, "num_clips": 1, "feature_dim": 1}

@@ -102,7 +102,7 @@ def check_output(
     Raises:
         ConfigError: naming ``flag``, the path, why, and what to pass instead.
     """
-    from tpt_aqa.errors import ConfigError
+    from tpt_aqa.core.errors import ConfigError
 
     path = Path(path)
     folder = path if kind == "folder" else path.parent
@@ -142,3 +142,11 @@ def check_output(
             f"{fix or f'pass a {flag} you can write to'}"
         ) from None
     return path
+
+
+def atomic_save_array(path: str | Path, array: Any) -> None:
+    """``numpy.save`` of one ``.npy`` atomically (``atomic_write``): a feature cache never holds a
+    partial array."""
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, array))
