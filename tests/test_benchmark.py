@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpt_aqa.benchmarks import end_to_end, features, table
+from tpt_aqa import benchmark
+from tpt_aqa.benchmarks import end_to_end, features, measure, table
 from tpt_aqa.benchmarks.measure import count_flops, device_peaks, gpu_peak_tflops, profile_table
 
 
@@ -129,9 +130,14 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
     assert "3 pairs × 20 clips × 8×224²: peak 20,480 MiB" in text
 
 
-def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch():
+def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch(capsys, monkeypatch):
+    monkeypatch.setattr(measure, "PROGRESS_EVERY_S", 0.0)  # every step shows, as a long one would
     tiny = ("dataset.num_train=30", "dataset.num_test=9", "dataset.feature_dim=16")
     r = features.feature_mode("cpu", tiny, peaks={"fp32": 0.5, "bf16": 1.0})
+    printed = capsys.readouterr().out  # the stage is never silent: steps, epochs, evaluation
+    assert "epoch 1, steps: 1 of " in printed and "bare epoch, steps: 1 of " in printed
+    assert "evaluation, batches: 1 of " in printed
+    assert "epoch 3 of 3: " in printed and ", evaluation: " in printed
     assert (r["train_pairs"], r["eval_videos"], r["precision"]) == (30, 9, "32-true")
     assert r["epoch_s"] == sorted(r["epochs_s"])[1] and len(r["bare_epochs_s"]) == 3  # medians
     assert r["bare_epoch_s"] > 0 and r["loop_overhead"] == pytest.approx(
@@ -144,6 +150,56 @@ def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch():
         "cpu", (*tiny, "speed=fast"), peaks={"fp32": 0.5, "bf16": 1.0}, repeats=1
     )
     assert fast["precision"] == "bf16-mixed" and fast["peak_tflops"] == 1.0  # the bf16 peak
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--protocols", "0"], "argument --protocols: must be >= 1, got 0"),
+        (["--memory", "3", "-1", "8", "224"], "argument --memory: must be >= 1, got -1"),
+        (["--pairs", "-2"], "argument --pairs: must be >= 1, got -2"),
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--size", "x"], "argument --size: expected an integer, got 'x'"),
+        (["--peak-tflops", "-1"], "argument --peak-tflops: must be >= 1e-06, got -1"),
+    ],
+)
+def test_flags_are_checked_before_any_stage(argv, message, monkeypatch, capsys):
+    def started(*args, **kwargs):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(benchmark, "device_peaks", started)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_device_cuda_without_cuda_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--device", "cuda"])
+    assert "--device=cuda: " in capsys.readouterr().err
+
+
+def test_a_stage_is_never_silent_even_in_one_long_call(capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr(measure, "PROGRESS_EVERY_S", 0.2)
+    with measure.timed_stage("one long call"):
+        time.sleep(0.9)  # e.g. one training step or one FLOP count, which cannot tick
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("one long call …")
+    assert 2 <= sum("still running, " in line for line in lines) <= 5
+
+
+def test_slow_matmuls_are_measured_smaller_and_timing_shows_progress(capsys, monkeypatch):
+    """An emulated dtype must not spend minutes on 2048² products: the side stops growing when
+    the next one would overrun the budget (here at once)."""
+    rate, side = measure.cpu_matmul_tflops(torch.float32, budget_s=0.0, repeats=1)
+    assert side == 256 and rate > 0
+    monkeypatch.setattr(measure, "PROGRESS_EVERY_S", 0.0)
+    measure.timed(lambda: None, 2, what="steps")
+    assert capsys.readouterr().out.count("    steps: ") == 3  # warm-up and two timed calls
 
 
 def test_exemplar_protocols_count_passes_and_render():

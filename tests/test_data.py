@@ -279,6 +279,40 @@ def test_export_synthetic_command_writes_the_generated_benchmark(tmp_path, capsy
     assert "5 phases of at least 2 clips do not fit in 4 clips" in capsys.readouterr().err
 
 
+def test_export_synthetic_refuses_to_overwrite_or_misuse_its_target(tmp_path, capsys):
+    from tpt_aqa import export_synthetic
+
+    small = ["--num-train", "4", "--num-test", "2", "--num-clips", "10", "--feature-dim", "3"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "annotations.csv").write_text("my own table\n")
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            export_synthetic.main(list(argv))
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    err = refused(str(mine), *small)
+    assert f"OUT_DIR {mine} is not empty (annotations.csv): pass --force" in err
+    assert (mine / "annotations.csv").read_text() == "my own table\n"  # untouched
+    assert sorted(p.name for p in mine.iterdir()) == ["annotations.csv"]
+    export_synthetic.main([str(mine), *small, "--force"])  # asked for: written into
+    assert len(list(mine.glob("*.npy"))) == 6
+    assert (mine / "annotations.csv").read_text().startswith("id,score,split")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert f"OUT_DIR {afile} is a file" in refused(str(afile), *small)
+    assert f"is below {afile}, which is a file" in refused(str(afile / "out"), *small)
+    assert "argument --num-train: must be >= 1, got -5" in refused(
+        str(tmp_path / "n"), "--num-train", "-5"
+    )
+    assert "argument --feature-dim: expected an integer, got 'x'" in refused(
+        str(tmp_path / "n"), "--feature-dim", "x"
+    )
+    assert not (tmp_path / "n").exists()  # nothing written for a refused command
+
+
 def test_features_spreadsheet_csv_and_float64_files(tmp_path, caplog):
     """A CSV with a UTF-8 byte-order mark (what spreadsheet programs write) reads like any other;
     float64 arrays are cast to float32 with an info line."""

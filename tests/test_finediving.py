@@ -24,6 +24,7 @@ from tpt_aqa.data import ClipSampler
 from tpt_aqa.data import finediving as fd
 from tpt_aqa.data.labels import step_runs
 from tpt_aqa.data.safe_pickle import UnsafePickleError
+from tpt_aqa.data.video import VideoReadError
 from tpt_aqa.data.video_base import MissingSourceError
 from tpt_aqa.predictor import Predictor
 from tpt_aqa.scoring.step_metrics import parse_video, parsing_metrics
@@ -232,6 +233,15 @@ def test_no_group_with_two_training_dives_is_refused_clearly(tmp_path, complete)
     assert len(datamodule(tmp_path, complete, "dataset.val_fraction=0").train_deltas()) > 0
 
 
+def unchecked(tmp_path, root, *overrides) -> fd.FineDivingDataModule:
+    """``datamodule`` without setup's in-depth file checks, as verify sets one up."""
+    cfg = compose_cfg(tmp_path, *MODEL, *SMALL, f"dataset.root={root}", *overrides)
+    dm = instantiate(cfg.dataset)
+    dm.setup_checks = False
+    dm.setup()
+    return dm
+
+
 def row_of(dm, key) -> int:
     return dm.table.ids.index(fd.dive_id(key))
 
@@ -297,13 +307,43 @@ def test_a_test_dive_without_exemplars_is_refused(tmp_path, root, grouping):
     with pytest.raises(ConfigError) as err:
         datamodule(tmp_path, root, f"dataset.exemplar_groups={grouping}")
     group = "107b" if grouping == "dive_number" else "dd3"
+    # the advice is tried on these splits: difficulty would refuse 107b too, so only none is
+    # offered; the fixture's split files are not the release's, so those are offered as well
+    pool = "pool dive numbers with" if grouping == "dive_number" else "use"
     assert str(err.value) == (
         f"1 evaluated sample ({VIDEO}_7) is in exemplar groups ({group}) that no training sample "
-        "has, so they have no exemplars; pool dive numbers with dataset.exemplar_groups=difficulty "
-        "or none, or use the release's split files"
+        f"has, so they have no exemplars; {pool} dataset.exemplar_groups=none, or use the "
+        "release's split files (2,251 training and 749 test dives; these list 5 and 3)"
     )
     dm = datamodule(tmp_path, root, "dataset.exemplar_groups=none")  # every training dive serves
     assert (dm.eval_exemplars["test"] >= 0).sum(1).tolist() == [3, 3, 3]  # 5 train less 2 val
+
+
+def test_group_advice_offers_only_what_these_splits_accept(tmp_path, root, monkeypatch):
+    """Split files of the release's sizes are not advised again, and a grouping is advised only
+    when it gives every evaluated dive exemplars (the release's test dive 07_7, difficulty 1.5,
+    has no training dive of that difficulty)."""
+    monkeypatch.setattr(fd, "RELEASE_SPLIT", {"train": 5, "test": 3})  # as if these were its files
+    for grouping in ("dive_number", "difficulty"):
+        with pytest.raises(ConfigError) as err:
+            datamodule(tmp_path, root, f"dataset.exemplar_groups={grouping}")
+        assert str(err.value).endswith(
+            "no exemplars; "
+            + (
+                "pool dive numbers with dataset.exemplar_groups=none"
+                if grouping == "dive_number"
+                else "use dataset.exemplar_groups=none"
+            )
+        )
+        assert "split files" not in str(err.value) and "=difficulty" not in str(err.value)
+    # a difficulty every test dive shares with a training dive: difficulty is advised again
+    shared = tmp_path / "shared"
+    write_finediving(shared)
+    annotations = fd.safe_load(shared / fd.ANNOTATION_FILE)
+    annotations[ORPHAN][2] = np.float64(3.2)  # 107b at 3.2, as the 407c training dives
+    legacy_pickle(annotations, shared / fd.ANNOTATION_FILE)
+    with pytest.raises(ConfigError, match=r"exemplar_groups=difficulty or none$"):
+        datamodule(tmp_path, shared)
 
 
 def test_inconsistent_transitions_warn_once_with_the_count(tmp_path, root, caplog):
@@ -348,16 +388,111 @@ def test_sampling_follows_the_file_numbers(tmp_path):
         path.unlink()
     for number in range(7, 7 + 134):
         Image.new("RGB", (8, 8)).save(folder / f"{number:05d}.jpg")
+    annotations = fd.safe_load(root / fd.ANNOTATION_FILE)  # 134 labels for the 134 frames
+    annotations[CASES["crossing_1000"]][4] = np.repeat(np.array([3, 11, 20]), [40, 40, 54])
+    legacy_pickle(annotations, root / fd.ANNOTATION_FILE)
     dm = datamodule(tmp_path, root, "dataset.exemplar_groups=none")
     row = row_of(dm, CASES["crossing_1000"])
     assert dm.clip_index(row).ravel()[45] == 63
     assert dm.sampler.indices(134).ravel()[45] == 62  # the shared sampler, as predict reads a video
-    # its 134 frames outrun the dive's 20 labels: verify says so, naming the annotation file
-    (problem,) = dm.check_sample(row)
-    assert (
-        "spans 134 frames from 7, but Annotations/fine-grained_annotation_aqa.pkl labels 20"
-        in problem
+    assert dm.check_sample(row) == []
+
+
+def broken_root(tmp_path, name="fd"):
+    """The fixture without its orphan test dive (so that setup passes)."""
+    root = write_finediving(tmp_path / name)
+    test = [k for k, v in DIVES.items() if v[-1] == "test" and k != ORPHAN]
+    legacy_pickle(test, root / fd.SPLIT_FILES["test"])
+    return root
+
+
+def test_a_folder_must_hold_exactly_the_labelled_frames(tmp_path):
+    """A folder short at its start would shift every step label (first 8 of 20 frames gone:
+    labels of frames 8… read as frames 0…), one short at its end drop the Entry; both are named
+    in verify and stop the dataset, saying where the frames are missing."""
+    root = broken_root(tmp_path)
+    key = CASES["crossing_1000"]  # frames 00995–01014, labels 3 ×6, 11 ×6, 20 ×8
+    folder = fd.frame_folder(root, key)
+    for number in range(995, 1003):
+        (folder / f"{number:05d}.jpg").unlink()
+    late = CASES["recurring"]  # frames 00500–00523: the last 6 (its Entry) gone
+    for number in range(518, 524):
+        (fd.frame_folder(root, late) / f"{number:05d}.jpg").unlink()
+    with pytest.raises(ConfigError) as err:  # training stops at setup, naming both
+        datamodule(tmp_path, root)
+    text = str(err.value)
+    assert text.startswith("2 of 7 FineDiving dives have frame folders that do not match")
+    assert "at the start: 00995–01002" in text and "at the end: 00518–00523" in text
+    assert text.endswith(
+        f"list every problem with python -m tpt_aqa.verify dataset=finediving dataset.root={root}"
     )
+    dm = unchecked(tmp_path, root)  # as verify sets it up; or a folder changed after setup
+    start, end = dm.check_sample(row_of(dm, key)), dm.check_sample(row_of(dm, late))
+    assert len(start) == 1 and (
+        f"frame folder {folder} holds 12 frames (01003–01014), but "
+        f"{fd.ANNOTATION_FILE} labels 20 for dive {fd.dive_id(key)}: 8 missing (at the start: "
+        "00995–01002;" in start[0]
+    )
+    assert len(end) == 1 and "6 missing (at the end: 00518–00523;" in end[0]
+    assert "re-extract the dive's frames" in start[0]
+    with pytest.raises(VideoReadError, match=r"at the start: 00995–01002"):
+        dm.load_video(row_of(dm, key), "test")
+    with pytest.raises(VideoReadError, match=r"at the end: 00518–00523"):
+        dm.sample(row_of(dm, late), "train")
+    problems = verify.run(compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", config="verify"))
+    assert len(problems) == 2 and "at the start" in problems[0] and "at the end" in problems[1]
+    # without the coarse annotation the count is still checked; where is not known
+    (root / fd.COARSE_FILE).unlink()
+    (problem,) = unchecked(tmp_path, root).check_sample(row_of(dm, key))
+    assert "8 frames are missing at its start or its end" in problem
+    # more frames than labels: 134 frames from 7 against 20 labels
+    for path in folder.iterdir():
+        path.unlink()
+    for number in range(7, 7 + 134):
+        Image.new("RGB", (8, 8)).save(folder / f"{number:05d}.jpg")
+    (problem,) = unchecked(tmp_path, root).check_sample(row_of(dm, key))
+    assert "holds 134 frames (00007–00140), but" in problem and "114 frames too many" in problem
+
+
+def test_verify_decodes_every_frame_training_reads(tmp_path):
+    """A frame that is not a JPEG, in the middle of a dive, fails verify (training would stop)."""
+    root = broken_root(tmp_path)
+    bad = fd.frame_folder(root, CASES["recurring"]) / "00510.jpg"
+    bad.write_bytes(b"GIF89a not a jpeg")
+    problems = verify.run(compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", config="verify"))
+    assert len(problems) == 1 and f"{bad} is not a readable JPEG" in problems[0]
+    assert "frame 10 cannot be read" in problems[0]  # position 10 of the folder from 00500
+    # decode=ends (the quick check) reads the first and last frames only: it misses this one
+    quick = compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", "decode=ends", config="verify")
+    assert verify.run(quick) == []
+
+
+def test_frames_root_keeps_the_frames_apart(tmp_path):
+    root = broken_root(tmp_path)
+    frames = tmp_path / "frames_elsewhere"
+    (root / fd.FRAMES_DIR).rename(frames)
+    with pytest.raises(MissingSourceError, match=r"set dataset\.frames_root"):
+        datamodule(tmp_path, root)
+    dm = datamodule(tmp_path, root, f"dataset.frames_root={frames}")
+    row = row_of(dm, CASES["crossing_1000"])
+    assert dm.source(row) == frames / VIDEO / "0"
+    assert dm.load_video(row, "test").shape == (12, 3, 8, 8, 8)
+    args = [*SMALL, f"dataset.root={root}", f"dataset.frames_root={frames}"]
+    assert verify.run(compose_cfg(tmp_path, *args, config="verify")) == []
+
+
+def test_unreadable_annotation_pickles_say_what_is_expected(tmp_path):
+    root = broken_root(tmp_path)
+    (root / fd.ANNOTATION_FILE).write_bytes(b"<html>404</html>")
+    with pytest.raises(UnsafePickleError) as err:
+        fd.read_annotations(root)
+    text = str(err.value)
+    assert f"{root / fd.ANNOTATION_FILE}: not a readable pickle" in text
+    assert "expected Annotations/fine-grained_annotation_aqa.pkl of the FineDiving release" in text
+    data = (tmp_path / "fd" / fd.SPLIT_FILES["train"]).read_bytes()
+    (root / fd.SPLIT_FILES["train"]).write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(UnsafePickleError, match=r"expected Annotations/train_split\.pkl of the"):
+        fd.read_split(root, "train", {})
 
 
 def test_samples_carry_the_step_labels_of_their_frames(tmp_path, complete):
@@ -502,3 +637,30 @@ def test_train_end_to_end_reports_the_parsing_metrics_and_predicts(tmp_path, com
     assert pred.attn.shape[-2:] == (12, 3)
     expected = labels_of(key)[predictor.sampler.indices(20).ravel()]  # 96 of its 20 frames
     np.testing.assert_array_equal(pred.step_labels, expected)
+
+
+def test_verify_without_root_is_one_clear_error(tmp_path, capsys):
+    from tpt_aqa.core.errors import exit_on_user_error
+
+    cfg = compose_cfg(tmp_path, "dataset=finediving", config="verify")
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(verify.run)(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "config error: dataset.root is not set: pass dataset.root=/path/to/data\n"
+    cfg = compose_cfg(tmp_path, "dataset=finediving", "decode=every", config="verify")
+    cfg.dataset.root = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"decode='every'.*all.*ends"):
+        verify.run(cfg)
+
+
+def test_verify_lists_a_missing_dive_folder_among_the_others(tmp_path):
+    import shutil
+
+    root = broken_root(tmp_path)
+    gone = fd.frame_folder(root, CASES["recurring"])
+    shutil.rmtree(gone)
+    with pytest.raises(MissingSourceError, match="1 of 7 FineDiving dives have no frame folder"):
+        datamodule(tmp_path, root)  # training stops at setup
+    problems = verify.run(compose_cfg(tmp_path, *SMALL, f"dataset.root={root}", config="verify"))
+    assert len(problems) == 1 and f"frame folder {gone} is missing" in problems[0]

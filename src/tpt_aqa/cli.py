@@ -215,3 +215,22 @@ def _keys(cfg: DictConfig) -> list[str]:
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return out
+
+
+def at_least(least: int | float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse ``type``: a number of ``kind`` that is ``>= least``; argparse reports a bad
+    value as ``argument --flag: must be >= 1, got -5`` (the flag named, exit status 2)."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not value >= least:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {text}")
+        return value
+
+    return parse

@@ -184,11 +184,11 @@ def learning_rates(cfg: DictConfig) -> dict[str, float]:
     return rates
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Reject configurations that cannot run, with a one-line message naming the key and the fix.
+def check_missing_keys(cfg: DictConfig) -> None:
+    """No ``???`` value is left (e.g. ``dataset.root`` of a real benchmark).
 
     Raises:
-        ConfigError: on the first problem found.
+        ConfigError: naming the first missing key and a value to pass.
     """
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -199,6 +199,32 @@ def validate_config(cfg: DictConfig) -> None:
             "dataset.root": "/path/to/data",
         }.get(key, "<value>")
         raise ConfigError(f"{key} is not set: pass {key}={hint}")
+
+
+def check_dataset_root(cfg: DictConfig) -> None:
+    """``dataset.root``, where the dataset has one, is set and exists.
+
+    Raises:
+        ConfigError: naming the key and the fix.
+    """
+    dataset = cfg.get("dataset") or OmegaConf.create({})
+    if "root" in dataset.keys():  # noqa: SIM118 (`in` on a DictConfig skips ??? values)
+        if OmegaConf.is_missing(dataset, "root") or dataset.root is None:
+            raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/data")
+        root = dataset.root
+        if not Path(str(root)).exists():
+            raise ConfigError(
+                f"dataset.root={root} does not exist: pass dataset.root=/path/to/data"
+            )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject configurations that cannot run, with a one-line message naming the key and the fix.
+
+    Raises:
+        ConfigError: on the first problem found.
+    """
+    check_missing_keys(cfg)
     check_numbers(cfg)
     check_protocol(cfg.get("eval_exemplars") or "per_video")
     k = _get(cfg, "model.num_queries")
@@ -236,15 +262,7 @@ def validate_config(cfg: DictConfig) -> None:
         )
     # a named file that was never created stops here, with the command that creates it
     resolve_weights(_get(cfg, "model.encoder.weights"))
-    dataset = cfg.get("dataset") or OmegaConf.create({})
-    if "root" in dataset.keys():  # noqa: SIM118 (`in` on a DictConfig skips ??? values)
-        if OmegaConf.is_missing(dataset, "root") or dataset.root is None:
-            raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/data")
-        root = dataset.root
-        if not Path(str(root)).exists():
-            raise ConfigError(
-                f"dataset.root={root} does not exist: pass dataset.root=/path/to/data"
-            )
+    check_dataset_root(cfg)
     for key in ("dataset._target_", "criterion._target_", "model._target_"):
         path = _get(cfg, key)
         module, _, name = str(path).rpartition(".")

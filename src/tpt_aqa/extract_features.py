@@ -29,6 +29,7 @@ from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.pretrained import resolve_weights
 from tpt_aqa.core.startup import setup
 from tpt_aqa.data.features import write_annotations
+from tpt_aqa.training.runtime import resolve_device
 
 setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
@@ -80,13 +81,11 @@ def run(cfg: DictConfig) -> Path:
     if cfg.get("out_dir") in (None, "???"):
         raise ConfigError("out_dir is not set: pass out_dir=/path/to/cache")
     out = Path(cfg.out_dir)
+    device = resolve_device(cfg.device)  # before any work
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
     torch.manual_seed(cfg.seed)  # a random-init encoder (weights=null) is then reproducible
     encoder = instantiate(cfg.model.encoder).eval()
-    device = torch.device(
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
     encoder.to(device)
     dtype = {"float16": np.float16, "float32": np.float32}[cfg.dtype]
     rows = range(len(dm.table))

@@ -36,7 +36,12 @@ from tpt_aqa.data.video import (
     without_dataset_hint,
 )
 from tpt_aqa.scoring.bank import ExemplarBank, bank_from_checkpoint, score_parts
-from tpt_aqa.training.runtime import autocast, load_checkpoint, without_pretrained_file
+from tpt_aqa.training.runtime import (
+    autocast,
+    load_checkpoint,
+    resolve_device,
+    without_pretrained_file,
+)
 
 log = logging.getLogger(__name__)
 FEATURE_SUFFIX = ".npy"
@@ -113,9 +118,7 @@ class Predictor:
 
     def __init__(self, ckpt_path: str | Path, device: str = "auto", exemplars: str = "fixed"):
         start = time.perf_counter()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # a CUDA device this torch lacks: refused now
         self.ckpt_path = str(ckpt_path)
         ckpt, run_cfg = load_checkpoint(ckpt_path)
         self.bank: ExemplarBank = bank_from_checkpoint(ckpt, self.ckpt_path)

@@ -53,20 +53,28 @@ def write_folder(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     count = 0
-    for count, (_, rgb) in enumerate(frames, start=1):
-        image = Image.fromarray(np.ascontiguousarray(rgb))
-        if size is not None:
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-        image.save(tmp / pattern.format(start + count - 1), quality=quality)
-    if count == 0:
-        shutil.rmtree(tmp)
-        raise ValueError("no frame decoded in the requested range")
-    tmp.rename(out)
+    try:
+        for count, (_, rgb) in enumerate(frames, start=1):
+            image = Image.fromarray(np.ascontiguousarray(rgb))
+            if size is not None:
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            image.save(tmp / pattern.format(start + count - 1), quality=quality)
+        if count == 0:
+            raise ValueError("no frame decoded in the requested range")
+        tmp.rename(out)
+    except BaseException:  # a failed or interrupted folder leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return count
 
 
 def jobs_whole(videos: Path, out: Path) -> list[tuple[str, Path, int, int]]:
-    files = sorted(p for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    """One job per video file of a folder, or the one file given."""
+    files = (
+        [videos]
+        if videos.is_file()
+        else sorted(p for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    )
     return [(p.stem, p, 0, 10**9) for p in files]
 
 
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("videos", type=Path, help="folder of video files")
+    parser.add_argument("videos", type=Path, help="folder of video files, or one video file")
     parser.add_argument("out", type=Path, help="folder to write frame folders into")
     parser.add_argument(
         "--pattern", default="{:05d}.jpg", help="frame file name (default {:05d}.jpg)"
@@ -111,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         help="MTL-AQA: number of a video's first frame in the annotations (default 1, as ffmpeg)",
     )
     args = parser.parse_args(argv)
-    if not args.videos.is_dir():
+    if args.videos.is_file():
+        if args.mtl_annotations or args.videos.suffix.lower() not in VIDEO_SUFFIXES:
+            parser.error(
+                f"{args.videos} is a file, not a folder of videos"
+                + ("" if args.mtl_annotations else f" nor a video ({', '.join(VIDEO_SUFFIXES)})")
+            )
+    elif not args.videos.is_dir():
         parser.error(f"{args.videos} is not a folder of videos")
     if args.mtl_annotations:
         jobs = jobs_mtl(
@@ -134,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                     frames = decode_range(video, first, last)
                     write_folder(target, frames, args.pattern, args.start, args.quality, args.size)
                     written += 1
-                except (av.error.FFmpegError, ValueError, OSError) as err:
+                except av.error.FFmpegError as err:  # e.g. another file under a video's name
+                    reason = getattr(err, "strerror", None) or err
+                    failed.append(f"{name}: {video} is not a readable video ({reason})")
+                except (ValueError, OSError) as err:
                     failed.append(f"{name}: {video}: {err}")
             progress.advance(task)
     for line in failed:

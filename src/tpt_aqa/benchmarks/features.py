@@ -12,9 +12,11 @@ from typing import Any
 import lightning as L
 
 from tpt_aqa.benchmarks.measure import (
+    Ticker,
     arithmetic,
     compose_train,
     count_flops,
+    note,
     quiet_trainer,
     train_step,
 )
@@ -43,18 +45,24 @@ def feature_mode(
     bf16 = str(module.config["trainer"]["precision"]).startswith("bf16")
     step = train_step(module, None, device, bf16)
     fits, bares = [], []
-    for _ in range(repeats):
+    label = " ".join(overrides) or "default"
+    for i in range(repeats):
         trainer = new_trainer()
         start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         fits.append(time.perf_counter() - start)
+        loader = dm.train_dataloader()
+        ticker = Ticker("bare epoch, steps", len(loader))
         start = time.perf_counter()
-        for batch in dm.train_dataloader():
+        for batch in loader:
             step(batch)
+            ticker.tick()
         bares.append(time.perf_counter() - start)
+        note(f"{label}, epoch {i + 1} of {repeats}: {fits[-1]:.1f} s, bare loop {bares[-1]:.1f} s")
     start = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
     evaluation = time.perf_counter() - start
+    note(f"{label}, evaluation: {evaluation:.1f} s")
     first = next(iter(dm.train_dataloader()))
     flops_per_pair = count_flops(lambda: step(first)) / len(first.query)
     fit, bare = statistics.median(fits), statistics.median(bares)

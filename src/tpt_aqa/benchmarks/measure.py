@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import resource
 import statistics
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -15,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa.config import CONF_DIR
+from tpt_aqa.core.report import stage
 from tpt_aqa.data.batch import PairBatch
 
 
@@ -24,15 +28,93 @@ def compose_train(*overrides: str):
         return compose("train", overrides=["paths.output_dir=unused", *overrides])
 
 
-def timed(fn, repeats: int, summary=statistics.median) -> float:
+# Long work is never silent: a stage's progress is printed at least this often (the stage lines
+# come from ``core.report.stage``; these indented lines say how far it got).
+PROGRESS_EVERY_S = 10.0
+_last_line = [time.perf_counter()]  # when the last progress line was printed
+
+
+def note(text: str) -> None:
+    """One indented progress line under the current stage."""
+    print(f"    {text}", flush=True)
+    _last_line[0] = time.perf_counter()
+
+
+@contextmanager
+def timed_stage(text: str) -> Iterator[None]:
+    """A stage line, then, while the stage runs, a line whenever ``PROGRESS_EVERY_S`` pass without
+    one (a single long call, such as one training step or one FLOP count, cannot tick itself)."""
+    stage(text)
+    _last_line[0] = start = time.perf_counter()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(min(1.0, PROGRESS_EVERY_S)):
+            if time.perf_counter() - _last_line[0] >= PROGRESS_EVERY_S:
+                note(f"still running, {time.perf_counter() - start:.0f} s into this stage")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+class Ticker:
+    """Counts units of long work (steps, calls) and prints how far it got, at most every
+    ``PROGRESS_EVERY_S`` seconds."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.start = self.last = time.perf_counter()
+
+    def tick(self, count: int = 1) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            of = f" of {self.total}" if self.total else ""
+            note(f"{self.what}: {self.done}{of} after {now - self.start:.0f} s")
+
+
+class _Ticks(L.Callback):
+    """Progress of a quiet trainer's fits and tests (its bar is off: it would be timed too)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.num_training_batches
+        self.ticker = Ticker(f"epoch {trainer.current_epoch + 1}, steps", int(total))
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.ticker.tick()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs and trainer.max_epochs > 1:  # one-epoch fits are noted by the caller
+            note(
+                f"epoch {trainer.current_epoch + 1} of {trainer.max_epochs}: "
+                f"{time.perf_counter() - self.ticker.start:.1f} s"
+            )
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ticker = Ticker("evaluation, batches", int(sum(trainer.num_test_batches)))
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.ticker.tick()
+
+
+def timed(fn, repeats: int, summary=statistics.median, what: str = "timed calls") -> float:
     """Seconds of one call of ``fn`` after a warm-up call: the median of ``repeats`` (or another
-    ``summary`` of them)."""
+    ``summary`` of them); progress is printed when the calls are slow."""
+    ticker = Ticker(what, repeats + 1)
     fn()  # warm-up
+    ticker.tick()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        ticker.tick()
     return summary(times)
 
 
@@ -58,12 +140,31 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
     return None
 
 
-def cpu_matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Measured TFLOP/s of an n×n matmul on this CPU with the current thread count: the fastest of
-    ``repeats`` (a peak; the median moved by 2× between two runs on a shared 2-core machine)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    return 2 * n**3 / timed(lambda: torch.mm(a, b), repeats, summary=min) / 1e12
+def cpu_matmul_tflops(
+    dtype: torch.dtype, n: int = 2048, repeats: int = 5, budget_s: float = 5.0
+) -> tuple[float, int]:
+    """Measured TFLOP/s of a square matmul on this CPU with the current thread count: the fastest
+    of ``repeats`` (a peak; the median moved by 2× between two runs on a shared 2-core machine).
+
+    The side grows from 256 by doubling up to ``n`` while the timed calls of the next size would
+    take under ``budget_s``: where a dtype is emulated (bf16 without AVX512-BF16 or AMX runs at
+    about 1/50 of fp32) a 2048² product takes over a minute, and six of them were minutes of
+    silence.
+
+    Returns:
+        The TFLOP/s and the side measured.
+    """
+    side = 256
+    while True:
+        a, b = torch.randn(side, side).to(dtype), torch.randn(side, side).to(dtype)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        one = time.perf_counter() - start
+        if side >= n or 8 * one * (repeats + 1) > budget_s:  # the next side costs 8×
+            break
+        side *= 2
+    rate = 2 * side**3 / timed(lambda: torch.mm(a, b), repeats, summary=min) / 1e12
+    return rate, side
 
 
 def count_flops(fn) -> int:
@@ -106,6 +207,7 @@ def quiet_trainer(device: str, **kwargs: Any) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[_Ticks()],
         **kwargs,
     )
 
@@ -152,11 +254,12 @@ def device_peaks(device: str, override: float | None) -> tuple[dict[str, float] 
         if peaks["fp32"] is None:
             return None, f"{name} is not in the peak table: pass --peak-tflops"
         return peaks, f"{name} datasheet (dense)"
-    peaks = {
-        "bf16": cpu_matmul_tflops(torch.bfloat16),
-        "fp32": cpu_matmul_tflops(torch.float32),
-    }
-    return peaks, "measured 2048² matmul on this CPU"
+    peaks, sides = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[name], sides[name] = cpu_matmul_tflops(dtype)
+        note(f"{name} {sides[name]}² matmul: {peaks[name]:.3f} TFLOP/s")
+    measured = ", ".join(f"{name} {side}²" for name, side in sides.items())
+    return peaks, f"measured matmul on this CPU ({measured})"
 
 
 def peak_memory_mb(device: str) -> float:

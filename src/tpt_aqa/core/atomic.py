@@ -2,13 +2,15 @@
 
 ``atomic_write`` is the one way this package writes a file that readers may open while it is being
 written (features, checkpoints, figures, results); ``atomic_write_text`` and ``atomic_torch_save``
-are its text and ``torch.save`` forms.
+are its text and ``torch.save`` forms. ``check_output`` refuses, before a command does any work, an
+output that would replace the user's files unasked or cannot be written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +83,65 @@ def atomic_torch_save(
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f), mode=mode, durable=durable)
+
+
+def check_output(
+    path: str | Path, flag: str, kind: str, force: bool = False, fix: str = ""
+) -> Path:
+    """Refuse an output a command must not write, before any work: one that would replace the
+    user's files without ``--force``, or one that cannot be created. The folder to write in is
+    created (and written to, to be sure).
+
+    Args:
+        path: the output, a file (``kind="file"``) or a folder of files (``kind="folder"``).
+        flag: how the user named it (``--out``, ``OUT_DIR``), in messages.
+        force: replace an existing file, or write into a folder that holds files.
+        fix: said instead of the default advice when the location cannot be written (e.g. the
+            environment variable that moves it).
+
+    Raises:
+        ConfigError: naming ``flag``, the path, why, and what to pass instead.
+    """
+    from tpt_aqa.core.errors import ConfigError
+
+    path = Path(path)
+    folder = path if kind == "folder" else path.parent
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: pass the path of the file to write")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file: pass a folder to write (created if missing)")
+    for parent in [folder, *folder.parents]:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{flag} {path} is below {parent}, which is a file: "
+                    f"{fix or 'pass a path inside a folder'}"
+                )
+            break
+    if not force:
+        if kind == "file" and path.exists():
+            raise ConfigError(
+                f"{flag} {path} exists: pass --force to replace it, or another {flag}"
+            )
+        if kind == "folder" and path.is_dir():
+            held = sorted(p.name for p in path.iterdir())
+            if held:
+                more = f" and {len(held) - 3} more" if len(held) > 3 else ""
+                raise ConfigError(
+                    f"{flag} {path} is not empty ({', '.join(held[:3])}{more}): pass --force to "
+                    f"write into it (files of the same names are replaced), or an empty or new "
+                    "folder"
+                )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"{flag} {path}: {folder} cannot be written ({err.strerror or err}); "
+            f"{fix or f'pass a {flag} you can write to'}"
+        ) from None
+    return path
 
 
 def atomic_save_array(path: str | Path, array: Any) -> None:

@@ -26,7 +26,7 @@ from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.base import SampleTable, check_choice
 from tpt_aqa.data.labels import step_runs
 from tpt_aqa.data.mtl_aqa import diving_delta_cap, diving_table
-from tpt_aqa.data.safe_pickle import load_keys, safe_load
+from tpt_aqa.data.safe_pickle import UnreadablePickleError, load_keys, safe_load
 from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video import list_frames
 from tpt_aqa.data.video_base import VideoDataModule
@@ -35,9 +35,16 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_FILE = "Annotations/fine-grained_annotation_aqa.pkl"
 SPLIT_FILES = {"train": "Annotations/train_split.pkl", "test": "Annotations/test_split.pkl"}
+# start_frame / end_frame of every dive: only read to say which frames a short folder lacks
+COARSE_FILE = "Annotations/FineDiving_coarse_annotation.pkl"
 FRAMES_DIR = "FINADiving_MTL_256s"
 NUM_FRAMES = 96  # the authors' frame_length
 EXEMPLAR_GROUPS = ("dive_number", "difficulty", "none")
+RELEASE_SPLIT = {"train": 2251, "test": 749}  # dives in the release's split files
+RELEASE = (
+    "the FineDiving release (Xu et al., CVPR 2022; its Annotations/ folder, from the download "
+    "links of the authors' repository)"
+)
 
 DiveKey = tuple[str, int]
 
@@ -161,13 +168,30 @@ def read_annotations(root: str | Path) -> dict[DiveKey, Dive]:
             f"FineDiving annotation file {path} not found: set dataset.root to the folder holding "
             "Annotations/ and FINADiving_MTL_256s/ of the release"
         )
-    data = safe_load(path)
+    data = load_release_pickle(path)
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: expected a dict keyed by (video_name, instance), found {type(data).__name__}"
         )
     dives = (parse_record(k, v, path) for k, v in data.items())
     return {d.key: d for d in dives}
+
+
+def load_release_pickle(path: Path) -> Any:
+    """``safe_load`` of one of the release's pickles; one that is not a readable pickle (truncated,
+    another file under the name) names the file expected and where it comes from.
+
+    Raises:
+        UnreadablePickleError: not a pickle, naming the file and where it comes from.
+        UnsafePickleError: referencing anything but plain data.
+    """
+    try:
+        return safe_load(path)
+    except UnreadablePickleError as err:
+        raise UnreadablePickleError(
+            f"{err}; expected {path.relative_to(path.parent.parent)} of {RELEASE}: download it "
+            "again and extract it under dataset.root"
+        ) from None
 
 
 def read_split(root: str | Path, split: str, dives: dict[DiveKey, Dive]) -> list[DiveKey]:
@@ -183,7 +207,7 @@ def read_split(root: str | Path, split: str, dives: dict[DiveKey, Dive]) -> list
         raise FileNotFoundError(
             f"FineDiving split file {path} not found: set dataset.root to the release's folder"
         )
-    keys = load_keys(path, _as_key, "(video_name, instance) keys")
+    keys = load_keys(path, _as_key, "(video_name, instance) keys", load=load_release_pickle)
     unknown = [k for k in keys if k not in dives]
     if unknown:
         raise ConfigError(
@@ -200,9 +224,22 @@ def inconsistent_dives(dives: Iterable[Dive]) -> dict[DiveKey, str]:
     return {key: why for key, why in problems if why is not None}
 
 
-def frame_folder(root: str | Path, key: DiveKey) -> Path:
-    """``FINADiving_MTL_256s/{video_name}/{instance}`` under ``root``."""
-    return Path(root) / FRAMES_DIR / key[0] / str(key[1])
+def frame_folder(root: str | Path, key: DiveKey, frames_root: str | Path | None = None) -> Path:
+    """``{video_name}/{instance}`` under ``frames_root``, by default ``{root}/FINADiving_MTL_256s``."""
+    return Path(frames_root or Path(root) / FRAMES_DIR) / key[0] / str(key[1])
+
+
+def _numbers_text(numbers: Iterable[int], shown: int = 4) -> str:
+    """Frame numbers as ``00995–01002`` runs, the first ``shown`` runs and a count of the rest."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = [f"{a:05d}" if a == b else f"{a:05d}–{b:05d}" for a, b in runs[:shown]]
+    more = f" and {len(runs) - shown} more runs" if len(runs) > shown else ""
+    return ", ".join(text) + more
 
 
 def frame_numbers(folder: Path) -> np.ndarray:
@@ -211,12 +248,12 @@ def frame_numbers(folder: Path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the folder is missing or holds no ``.jpg``.
-        ConfigError: a file name is not a frame number, or numbers are missing in between.
+        ConfigError: a file name is not a frame number, or numbers are missing in between (named).
     """
     if not folder.is_dir():
         raise FileNotFoundError(
             f"FineDiving frame folder {folder} not found: extract the release's "
-            f"{FRAMES_DIR} under dataset.root"
+            f"{FRAMES_DIR} under dataset.root (or set dataset.frames_root)"
         )
     names = [Path(name).stem for name in list_frames(folder)]  # every JPEG, the reader's listing
     if not names:
@@ -229,11 +266,78 @@ def frame_numbers(folder: Path) -> np.ndarray:
         )
     numbers_ = np.sort(np.array([int(n) for n in names], dtype=np.int64))
     if numbers_[-1] - numbers_[0] + 1 != len(numbers_):
+        inside = sorted(
+            set(range(int(numbers_[0]), int(numbers_[-1]) + 1)) - set(numbers_.tolist())
+        )
         raise ConfigError(
             f"{folder}: frames {numbers_[0]}–{numbers_[-1]} should be {numbers_[-1] - numbers_[0] + 1} "
-            f"files, found {len(numbers_)} (the folder must hold every frame of the dive)"
+            f"files, found {len(numbers_)} (missing inside: {_numbers_text(inside)}); the folder "
+            "must hold every frame of the dive"
         )
     return numbers_
+
+
+def read_coarse_spans(root: str | Path) -> dict[DiveKey, tuple[int, int]]:
+    """``start_frame``/``end_frame`` of every dive in the release's coarse annotation, or ``{}``
+    when the file is absent or not as expected (it only sharpens a message: which frames a short
+    folder lacks)."""
+    path = Path(root) / COARSE_FILE
+    try:
+        data = safe_load(path)
+        return {
+            (str(k[0]), int(k[1])): (int(v["start_frame"]), int(v["end_frame"]))
+            for k, v in data.items()
+        }
+    except Exception:  # absent, unreadable or another layout: the message says less, that is all
+        return {}
+
+
+def check_dive_frames(
+    dive: Dive, numbers: np.ndarray, folder: Path, span: tuple[int, int] | None = None
+) -> None:
+    """A dive's folder holds exactly the frames its ``frames_labels`` label: as many files as labels
+    (``frame_numbers`` has checked they are consecutive), so that frame ``first + i`` has label
+    ``i``. A folder short at its start would shift every step label.
+
+    Args:
+        span: the dive's ``(start_frame, end_frame)`` in the coarse annotation, if known: it says
+            whether the missing frames are at the start or the end.
+
+    Raises:
+        ConfigError: naming the folder, the counts, and which frames are missing or extra.
+    """
+    n, found = len(dive.frame_labels), len(numbers)
+    if found == n:
+        return
+    first, last = int(numbers[0]), int(numbers[-1])
+    head = (
+        f"FineDiving frame folder {folder} holds {found} frames ({first:05d}–{last:05d}), but "
+        f"{ANNOTATION_FILE} labels {n} for dive {dive_id(dive.key)}"
+    )
+    fix = (
+        f"re-extract the dive's frames from the release's {FRAMES_DIR} (the step labels are "
+        "placed by position in the folder, so a folder that starts late shifts every step)"
+    )
+    if found > n:
+        raise ConfigError(
+            f"{head}: {found - n} frames too many, or frames and annotations of two releases; {fix}"
+        )
+    if span is not None and span[1] - span[0] + 1 == n:
+        start, end = span
+        parts = []
+        if first > start:
+            parts.append(f"at the start: {_numbers_text(range(start, min(first, end + 1)))}")
+        if last < end:
+            parts.append(f"at the end: {_numbers_text(range(max(last + 1, start), end + 1))}")
+        if parts:
+            raise ConfigError(
+                f"{head}: {n - found} missing ({'; '.join(parts)}; {COARSE_FILE} places the dive "
+                f"at {start:05d}–{end:05d}); {fix}"
+            )
+    raise ConfigError(
+        f"{head}: {n - found} frames are missing at its start or its end (with {COARSE_FILE} "
+        f"beside it this message would say which); {fix}"
+    )
 
 
 def sample_frames(first: int, last: int, num: int = NUM_FRAMES) -> np.ndarray:
@@ -277,9 +381,12 @@ class FineDivingDataModule(VideoDataModule):
         exemplar_groups: str = "dive_number",
         use_dd: bool = True,
         delta_cap: float | None = None,
+        frames_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, delta_cap=diving_delta_cap(use_dd, delta_cap), **kwargs)
+        # the authors keep the annotations and the frames apart: null means {root}/FINADiving_MTL_256s
+        self.frames_root = Path(frames_root) if frames_root else self.root / FRAMES_DIR
         check_choice("dataset.exemplar_groups", exemplar_groups, EXEMPLAR_GROUPS)
         if self.sampler.scheme != "linspace":
             raise ConfigError(
@@ -291,6 +398,11 @@ class FineDivingDataModule(VideoDataModule):
         self.keys: list[DiveKey] = []
         self.dives: dict[DiveKey, Dive] = {}
         self.inconsistent: dict[DiveKey, str] = {}  # dives whose transitions disagree, and why
+        # the split files' train/test of every row and their sizes, as read (group_fix tries the
+        # other groupings on them)
+        self._built_split: np.ndarray | None = None
+        self._split_sizes: dict[str, int] | None = None
+        self._spans: dict[DiveKey, tuple[int, int]] | None = None  # coarse start/end, when read
 
     # ---- the table -----------------------------------------------------------------------------
     def build_table(self) -> SampleTable:
@@ -327,15 +439,50 @@ class FineDivingDataModule(VideoDataModule):
         else:
             group, group_names = 0, ["all"]
         self.keys, self.dives = keys, dives
+        self._split_sizes = {"train": len(train), "test": len(test)}
         split = np.array(["train"] * len(train) + ["test"] * len(test))
         ids = [dive_id(k) for k in keys]
+        self._built_split = split.copy()  # as the files say, before the validation carve
         return diving_table(ids, final, difficulty, self.use_dd, group, group_names, split)
 
+    def _groups_of(self, grouping: str) -> np.ndarray:
+        """Every table row's exemplar group under ``grouping`` ``(N,)``."""
+        if grouping == "dive_number":
+            numbers = [self.dives[k].dive_number for k in self.keys]
+            return np.unique(numbers, return_inverse=True)[1]
+        if grouping == "difficulty":
+            return difficulty_groups(np.array([self.dives[k].difficulty for k in self.keys]))[0]
+        return np.zeros(len(self.keys), dtype=np.int64)
+
+    def _grouping_works(self, grouping: str) -> bool:
+        """Whether ``grouping`` gives every test dive of the split files a training dive of its
+        group (the validation carve keeps one training dive per group)."""
+        group = self._groups_of(grouping)
+        train = self._built_split == "train"
+        return bool(np.isin(group[~train], group[train]).all())
+
     def group_fix(self) -> str:
-        return (
-            "pool dive numbers with dataset.exemplar_groups=difficulty or none, or use the "
-            "release's split files"
-        )
+        """The other groupings that work on these splits (tried, not assumed: on the release's
+        split a test dive of difficulty 1.5 has no training dive of that difficulty), and the
+        release's split files only when others are in use."""
+        others = [g for g in EXEMPLAR_GROUPS if g != self.exemplar_groups]
+        if self._built_split is not None:
+            others = [g for g in others if self._grouping_works(g)]
+        fixes = []
+        if others:
+            fixes.append(
+                f"pool dive numbers with dataset.exemplar_groups={' or '.join(others)}"
+                if self.exemplar_groups == "dive_number"
+                else f"use dataset.exemplar_groups={' or '.join(others)}"
+            )
+        sizes = self._split_sizes
+        if sizes is not None and sizes != RELEASE_SPLIT:
+            fixes.append(
+                f"use the release's split files ({RELEASE_SPLIT['train']:,} training and "
+                f"{RELEASE_SPLIT['test']:,} test dives; these list {sizes['train']:,} and "
+                f"{sizes['test']:,})"
+            )
+        return ", or ".join(fixes) if fixes else "add training dives to these groups"
 
     def group_option(self) -> dict[str, Any]:
         if self.exemplar_groups != "difficulty":
@@ -344,26 +491,79 @@ class FineDivingDataModule(VideoDataModule):
 
     # ---- frames --------------------------------------------------------------------------------
     def source(self, row: int) -> Path:
-        return frame_folder(self.root, self.keys[row])
+        return frame_folder(self.root, self.keys[row], self.frames_root)
 
     def sources_folder(self) -> tuple[Path, str]:
-        return self.root / FRAMES_DIR, "root"
+        return self.frames_root, "frames_root"
+
+    def source_keys(self) -> str:
+        return "dataset.frames_root"
 
     def fix(self) -> str:
         return (
-            f"extract the release's {FRAMES_DIR} under dataset.root (one folder of JPEGs per dive, "
-            "named by frame number; with a feature cache only the names are read)"
+            f"extract the release's {FRAMES_DIR} under dataset.root or point dataset.frames_root "
+            "at it (one folder of JPEGs per dive, named by frame number; with a feature cache "
+            "only the names are read)"
         )
+
+    def verify_command(self) -> str:
+        frames = (
+            f" dataset.frames_root={self.frames_root}"
+            if self.frames_root != self.root / FRAMES_DIR
+            else ""
+        )
+        return f"{super().verify_command()}{frames}"
+
+    def check_files(self) -> None:
+        """``VideoDataModule.check_files``, and every dive's folder holds exactly its labelled
+        frames (a listing per folder, no decoding), so that a short folder stops the run at
+        setup rather than when an epoch reaches it.
+
+        Raises:
+            ConfigError: how many dives are wrong, the first few problems and the verify command.
+        """
+        super().check_files()
+        if not self.setup_checks:
+            return
+        problems = []
+        for row in range(len(self.table)):
+            try:
+                self.dive_numbers(row)
+            except (FileNotFoundError, ConfigError) as err:
+                problems.append(str(err))
+        if problems:
+            shown = " | ".join(problems[:3])
+            raise ConfigError(
+                f"{len(problems)} of {len(self.table)} FineDiving dives have frame folders that do "
+                f"not match their labels: {shown}{' | …' if len(problems) > 3 else ''}; list every "
+                f"problem with {self.verify_command()}"
+            )
+
+    def dive_numbers(self, row: int) -> np.ndarray:
+        """A dive's frame numbers, checked against its labels (``check_dive_frames``).
+
+        Raises:
+            FileNotFoundError: the folder is missing or empty.
+            ConfigError: misnamed files, gaps, or more or fewer frames than labels.
+        """
+        key = self.keys[row]
+        folder = self.source(row)
+        numbers_ = frame_numbers(folder)
+        if len(numbers_) != len(self.dives[key].frame_labels) and self._spans is None:
+            self._spans = read_coarse_spans(self.root)  # read once, for the message only
+        check_dive_frames(self.dives[key], numbers_, folder, (self._spans or {}).get(key))
+        return numbers_
 
     def sampled_frames(self, row: int) -> tuple[int, np.ndarray]:
         """The first frame number of a dive's folder and the numbers of its ``T·L`` sampled frames
         (the authors' ``linspace(first, last, T·L)``).
 
         Raises:
-            ValueError: the folder is empty, misnamed or has gaps, naming it.
+            ValueError: the folder is empty, misnamed, has gaps, or holds more or fewer frames
+                than the dive's labels, naming it and what is missing.
         """
         try:
-            numbers_ = frame_numbers(self.source(row))
+            numbers_ = self.dive_numbers(row)
         except FileNotFoundError as err:
             raise ValueError(f"{err}; {self.fix()}") from None
         first = int(numbers_[0])
@@ -384,9 +584,9 @@ class FineDivingDataModule(VideoDataModule):
     def clip_settings(self) -> dict[str, Any]:
         return {"frames": "linspace(first, last) of the file numbers"}
 
-    def check_sample(self, row: int) -> list[str]:
+    def check_sample(self, row: int, decode: str = "all") -> list[str]:
         """``VideoDataModule.check_sample``, and the labels cover the sampled frames."""
-        problems = super().check_sample(row)
+        problems = super().check_sample(row, decode)
         if not problems:
             try:
                 self.clip_labels(row)

@@ -44,6 +44,11 @@ class UnsafePickleError(UserError, ValueError):
     """A pickle referenced something other than plain data."""
 
 
+class UnreadablePickleError(UnsafePickleError):
+    """A file that is no pickle at all (truncated, or another file under the name); callers that
+    know what the file should be add where it comes from."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase | BinaryIO, source: str) -> None:
         super().__init__(file, encoding="latin1")  # python-2 pickles of numpy arrays need latin1
@@ -68,9 +73,15 @@ def safe_load(path: str | Path) -> Any:
         return safe_load_file(f, str(path))
 
 
-def load_keys(path: Path, as_key: Callable[[Any, Path], Any], what: str) -> list[Any]:
-    """A split file: a pickled list of sample keys (each checked by ``as_key``), none twice."""
-    data = safe_load(path)
+def load_keys(
+    path: Path,
+    as_key: Callable[[Any, Path], Any],
+    what: str,
+    load: Callable[[Path], Any] | None = None,
+) -> list[Any]:
+    """A split file: a pickled list of sample keys (each checked by ``as_key``), none twice;
+    ``load`` reads it (default ``safe_load``; a benchmark's own adds where the file comes from)."""
+    data = (load or safe_load)(path)
     if not isinstance(data, list | tuple | set | frozenset):
         raise ConfigError(f"{path}: expected a list of {what}, found {type(data).__name__}")
     keys = [as_key(k, path) for k in data]
@@ -85,5 +96,8 @@ def safe_load_file(file: BinaryIO, source: str) -> Any:
         return _RestrictedUnpickler(file, source).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise UnsafePickleError(f"{source}: not a readable pickle ({err})") from None
+    # arbitrary bytes fail in many ways (UnpicklingError, EOFError, KeyError, struct.error, …):
+    # all mean the file is not a pickle of plain data
+    except Exception as err:
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise UnreadablePickleError(f"{source}: not a readable pickle ({detail})") from None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tpt_aqa.core.cache import CacheMismatchError, check_manifest
-from tpt_aqa.data.base import VIEWS, AQADataModule, plain
+from tpt_aqa.data.base import VIEWS, AQADataModule, check_choice, plain
 from tpt_aqa.data.clips import ClipSampler, unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
 from tpt_aqa.data.video import PREPARE_COMMAND, VideoReadError, count_frames, read_frames
@@ -56,6 +56,9 @@ class VideoDataModule(AQADataModule):
         self.reads_files = False  # sources are video files (True) or frame folders
         self.exact_frame_count = False  # count a video file's frames by decoding all of them
         self.prediction_start = 0  # first frame of a new video's clip window (tpt_aqa.predict)
+        # check every sample's files in depth at setup (training); tpt_aqa.verify turns it off
+        # and lists each sample's problems itself
+        self.setup_checks = True
         self._frame_counts: dict[Path, int] = {}
 
     # ---- what a benchmark declares -------------------------------------------------------------
@@ -225,7 +228,7 @@ class VideoDataModule(AQADataModule):
                 f"{self.noun} with {self.verify_command()}"
             )
         missing = [row for row in range(len(self.table)) if self.missing(row)]
-        if missing:
+        if missing and self.setup_checks:  # verify lists them per sample instead
             examples = ", ".join(f"{self.table.ids[r]} → {self.source(r)}" for r in missing[:3])
             raise MissingSourceError(
                 f"{len(missing)} of {len(self.table)} {self.title} {self.noun}s have no "
@@ -233,21 +236,50 @@ class VideoDataModule(AQADataModule):
                 f"{self.fix()}; list every problem with {self.verify_command()}"
             )
 
-    def check_sample(self, row: int) -> list[str]:
-        """Problems of one sample on disk, each naming the path and the fix: the source exists, has
-        the frames every view needs, and its first and last needed frames decode (only those two,
-        to stay fast)."""
+    # frames decoded per read when ``check_sample`` decodes a whole span (bounded memory)
+    CHECK_CHUNK: ClassVar[int] = 32
+    DECODE_CHOICES: ClassVar[tuple[str, ...]] = ("all", "ends")  # check_sample's decode=
+
+    def check_sample(self, row: int, decode: str = "all") -> list[str]:
+        """Problems of one sample on disk, each naming the path and the fix: the source exists and
+        has the frames every view needs, and those frames decode. With ``decode="all"`` a frame
+        folder has every frame any view may read decoded, as training would (a file that is not a
+        JPEG is found here, not mid-training); with ``"ends"``, and always for a video file (whose
+        whole decoding would cost what an epoch does), the first and last needed frames."""
+        check_choice("decode", decode, self.DECODE_CHOICES)
         name = self.sample_name(row)
         try:
             spans = [self._view_span(row, view) for view in VIEWS]
         except VideoReadError as err:
             return [f"{name}: {err}"]
-        problems = []
-        for frame in sorted({min(s[0] for s in spans), max(s[1] for s in spans) - 1}):
+        first, stop = min(s[0] for s in spans), max(s[1] for s in spans)
+        if self.reads_files or decode == "ends":
+            chunks = [np.array([frame]) for frame in sorted({first, stop - 1})]
+        else:
+            frames = np.arange(first, stop)
+            chunks = [
+                frames[i : i + self.CHECK_CHUNK] for i in range(0, len(frames), self.CHECK_CHUNK)
+            ]
+        bad: list[tuple[int, VideoReadError]] = []
+        for chunk in chunks:
             try:
-                self.read(row, np.array([frame]))
+                self.read(row, chunk)
             except VideoReadError as err:
-                problems.append(f"{name}: frame {frame} cannot be read: {err}{self.read_advice()}")
+                if len(chunk) == 1:
+                    bad.append((int(chunk[0]), err))
+                    continue
+                for frame in chunk:  # name each frame that fails, not the chunk
+                    try:
+                        self.read(row, np.array([frame]))
+                    except VideoReadError as one:
+                        bad.append((int(frame), one))
+        problems = [
+            f"{name}: frame {frame} cannot be read: {err}{self.read_advice()}"
+            for frame, err in bad[:3]
+        ]
+        if len(bad) > 3:
+            more = ", ".join(str(frame) for frame, _ in bad[3:8])
+            problems.append(f"{name}: {len(bad) - 3} more frames cannot be read ({more} …)")
         return problems
 
     def read_advice(self) -> str:  # added to a frame that cannot be read in ``check_sample``

@@ -102,12 +102,24 @@ def load_i3d_weights(model: nn.Module, path: str | Path) -> str:
             f"checkpoint ({_LAYOUT_MODEL_RGB} or {_LAYOUT_RGB_IMAGENET}), "
             "or to null for random init"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise I3DWeightsError(
-            f"could not read I3D weights file {path} as a PyTorch state dict: {err}"
-        ) from err
+    from tpt_aqa.core.checkpoints import load_torch_file
+    from tpt_aqa.core.pretrained import NAMED, weights_path
+
+    # torch's own advice for a file it cannot read (load it with weights_only=False) is the unsafe
+    # path: never shown; the fix is a new copy of the file
+    cached = [n for n in NAMED if path == weights_path(n)]
+    again = (
+        f"delete {path} and create it again with `{NAMED[cached[0]].command}` (or `make weights`)"
+        if cached
+        else f"copy the file again, or point {_WEIGHTS_KEY} to a {_LAYOUT_MODEL_RGB} or "
+        f"{_LAYOUT_RGB_IMAGENET} file"
+    )
+    state = load_torch_file(
+        path,
+        hint=f"it is truncated or not a PyTorch state dict; {again}",
+        unsafe_hint=again[0].upper() + again[1:],
+        error=I3DWeightsError,
+    )
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):

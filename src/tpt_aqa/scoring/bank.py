@@ -130,6 +130,11 @@ class ExemplarBank:
             for k, v in (("difficulty", difficulty), ("class", class_name), ("group", group))
             if v is not None
         }
+        if difficulty is not None:
+            difficulty = self._number("difficulty", difficulty)
+            given["difficulty"] = difficulty
+        if scale is not None:
+            scale = self._number("scale", scale)
         option = self.group_option
         extra = sorted(set(given) - {option})
         if extra:
@@ -162,6 +167,17 @@ class ExemplarBank:
         if scale is None:
             scale = self._group_scale(gid)
         return gid, float(scale)
+
+    def _number(self, key: str, value: Any) -> float:
+        """``difficulty=`` or ``scale=`` as a finite number (a command line gives any text)."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number):
+            valid = f" ({self._option_text()})" if key == self.group_option else ""
+            raise BankError(f"{key}={value!r} is not a number: pass e.g. {key}=3.2{valid}")
+        return number
 
     def _option_text(self) -> str:
         if self.group_option is None:

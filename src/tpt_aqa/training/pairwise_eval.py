@@ -11,7 +11,7 @@ path makes (``python -m tpt_aqa.benchmark --eval-compare`` times them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -67,6 +67,7 @@ def naive_predictions(
     datamodule: AQADataModule,
     split: str = "test",
     limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predict ``split`` as the reference does: every (query, exemplar) pair encoded afresh.
 
@@ -82,6 +83,7 @@ def naive_predictions(
         datamodule: the set-up datamodule holding the split's fixed exemplar lists.
         split: ``"val"`` or ``"test"``.
         limit: evaluate only the first ``limit`` videos of the split (all when ``None``).
+        progress: called with the number of videos of each batch done (a long run's progress).
 
     Returns:
         ``index`` (table rows), ``pred`` and ``target`` (reported scale), each ``(N,)`` on the CPU and
@@ -129,6 +131,8 @@ def naive_predictions(
             index.append(torch.as_tensor(q_rows, dtype=torch.long))
             pred.append(vote(ex_target, delta, scale, ex_rows >= 0))
             target.append(torch.as_tensor(dm.table.target[q_rows], dtype=torch.float32) * scale)
+            if progress is not None:
+                progress(len(q_rows))
     finally:
         module.train(was_training)
     out = {"index": torch.cat(index), "pred": torch.cat(pred), "target": torch.cat(target)}

@@ -26,6 +26,41 @@ log = logging.getLogger(__name__)
 CHECKPOINT_CALLBACKS = ("model_checkpoint", "checkpoint_on_signal")
 
 
+def resolve_device(device: str, key: str = "device") -> torch.device:
+    """The device a command runs on: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or
+    ``cuda:N``, checked before any work.
+
+    Raises:
+        ConfigError: naming ``key``, for another value or a CUDA device this torch does not have.
+    """
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(text)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}={text!r}: use auto, cpu or cuda (cuda:N for one of several)")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA device is visible"
+            )
+            raise ConfigError(
+                f"{key}={text}: {why} (torch {torch.__version__}); pass {key}=cpu, or {key}=auto "
+                "to use a GPU where there is one"
+            )
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key}={text}: there are {torch.cuda.device_count()} CUDA devices "
+                f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})"
+            )
+    return chosen
+
+
 def build_trainer(cfg: DictConfig, has_val: bool, evaluates: bool | None = None) -> L.Trainer:
     """The Lightning trainer with the configured callbacks and loggers.
 
