@@ -194,22 +194,31 @@ class SyntheticDataModule(AQADataModule):
     """The embedded default benchmark (``dataset=synthetic``); see the module docstring.
 
     Args:
+        pool_true_phases: replace every video's clips by the mean feature of each true phase
+            (``P`` "clips", phase p the p-th): with ``ablation=true_phase_pool`` the pooling
+            *ceiling* of docs/parsing.md, which reads the true phases at test time too.
         **kwargs: ``FeatureSettings`` (``data_seed`` as its ``seed``), then ``AQADataModule``'s.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, pool_true_phases: bool = False, **kwargs: Any) -> None:
         self.settings = FeatureSettings.pop_from(kwargs)
         super().__init__(**kwargs)
+        self.pool_true_phases = pool_true_phases
         self.data: Generated | None = None
 
     @property
     def num_clips(self) -> int:
-        return self.settings.num_clips
+        return self.settings.num_phases if self.pool_true_phases else self.settings.num_clips
 
     def build_table(self) -> SampleTable:
         d = self.data = generate(self.settings)
         self._features = torch.from_numpy(d.videos)
         self._phases = torch.from_numpy(d.phases)
+        if self.pool_true_phases:
+            onehot = torch.nn.functional.one_hot(self._phases, self.settings.num_phases).float()
+            self._features = torch.einsum("ntp,ntc->npc", onehot / onehot.sum(1, keepdim=True),
+                                          self._features)  # fmt: skip  # (N, P, C) phase means
+            self._phases = torch.arange(self.settings.num_phases).expand(len(d.raw), -1)
         return d.table()
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
