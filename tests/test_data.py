@@ -288,6 +288,7 @@ def test_synthetic_export_round_trip(tmp_path):
     assert (dm.table.group == syn.table.group).all()  # names dd2 < dd2.6 < dd3.2 sort like ids
     for row in (0, 17, 79):
         assert torch.equal(dm.load_video(row, "test"), syn.load_video(row, "test"))
+        assert torch.equal(dm.clip_labels(row), syn.clip_labels(row))  # {id}.steps.npy
 
 
 def test_export_synthetic_command_writes_the_generated_benchmark(tmp_path, capsys):
@@ -307,9 +308,45 @@ def test_export_synthetic_command_writes_the_generated_benchmark(tmp_path, capsy
     export_synthetic.main([str(tmp_path / "hard"), "--dataset", "synthetic_hard", *args])
     assert "of dataset=synthetic_hard" in capsys.readouterr().out
     hard = export_synthetic.dataset_settings("synthetic_hard")
-    want = generate(FeatureSettings(**{**hard, "num_train": 6, "num_test": 3, "num_clips": 10,
-                                       "feature_dim": 5}))  # fmt: skip
+    small = {"num_train": 6, "num_test": 3, "num_clips": 10, "feature_dim": 5}
+    want = generate(FeatureSettings(**{**hard, **small}))
     assert np.array_equal(np.load(tmp_path / "hard" / "synthetic_00004.npy"), want.videos[4])
+
+
+def test_features_step_labels(tmp_path):
+    """{id}.steps.npy: per clip (T) or per frame (a multiple of T), the same length for all;
+    a video without a file reads −1 (unknown); each fault names the file."""
+    rows = feature_rows()
+    write_features(tmp_path, rows)  # T = 6
+    dm = features_dm(tmp_path)
+    dm.setup()
+    assert dm.clip_labels(0) is None and (dm.sample(0, "train")["clip_labels"] == -1).all()
+    np.save(tmp_path / "v0.steps.npy", np.array([0, 0, 1, 1, 2, 2]))
+    np.save(tmp_path / "v7.steps.npy", np.full(6, -1))
+    dm = features_dm(tmp_path)
+    dm.setup()
+    assert dm.clip_labels(0).tolist() == [0, 0, 1, 1, 2, 2]
+    assert dm.clip_labels(3).tolist() == [-1] * 6 and dm.clip_labels(7).tolist() == [-1] * 6
+    bad = {
+        "v1": (np.array([0, 1, 2]), r"has 3 labels for T=6 clips"),
+        "v2": (np.zeros(6), r"float64 array of shape \(6,\), not 1-D integers"),
+        "v3": (np.array([0, 0, 1, -1, 2, 2]), r"−1 for every entry"),
+        "v4": (
+            np.zeros(12, dtype=np.int64),
+            r"has 12 labels where the other videos' step files have 6",
+        ),
+    }
+    for vid, (labels, message) in bad.items():
+        np.save(tmp_path / f"{vid}.steps.npy", labels)
+        with pytest.raises(FeatureDataError, match=rf"{vid}\.steps\.npy: .*{message}"):
+            features_dm(tmp_path).setup()
+        (tmp_path / f"{vid}.steps.npy").unlink()
+    # per frame: two frames a clip for every labelled video
+    np.save(tmp_path / "v0.steps.npy", np.repeat([0, 0, 1, 1, 2, 2], 2))
+    np.save(tmp_path / "v7.steps.npy", np.full(12, -1))
+    dm = features_dm(tmp_path)
+    dm.setup()
+    assert len(dm.clip_labels(0)) == 12 and dm.clip_labels(5).tolist() == [-1] * 12
 
 
 def test_features_spreadsheet_csv_and_float64_files(tmp_path, caplog):

@@ -67,6 +67,30 @@ def test_fast_dev_run_step_supervision_and_true_phase_pool(tmp_path):
         assert "test/srcc" in ceiling and "test/parse_acc" not in ceiling
 
 
+def test_own_features_with_steps_report_parsing(tmp_path):
+    """export_synthetic writes {id}.steps.npy; dataset=features reads them, so a run on the
+    user's format reports the parse_* metrics and can be step-supervised."""
+    from tpt_aqa import export_synthetic
+
+    data = tmp_path / "features"
+    export_synthetic.main(
+        [str(data), "--num-train", "60", "--num-test", "20", "--feature-dim", "16"]
+    )
+    overrides = [*TINY_MODEL, "experiment=features_tpt", f"dataset.root={data}",
+                 "dataset.feature_dim=16", "dataset.delta_cap=10", "debug=fast_dev_run"]  # fmt: skip
+    plain = train_entry.run(compose_cfg(tmp_path / "plain", *overrides))
+    assert 0 <= plain["test/parse_acc"] <= 1 and "test/parse_adapt" in plain
+    sup = train_entry.run(
+        compose_cfg(
+            tmp_path / "sup",
+            *overrides,
+            "ablation=step_supervision",
+            "dataset.step_label_fraction=0.5",
+        )
+    )
+    assert "test/parse_adapt" in sup
+
+
 def test_step_label_fraction_hides_training_steps_only(tiny_cfg):
     """dataset.step_label_fraction keeps the steps of that share of the training videos (seeded
     by dataset.seed); validation and test videos keep theirs; the step loss sees the hidden ones

@@ -178,12 +178,14 @@ def generate(s: FeatureSettings) -> Generated:
 
 
 def export_features(data: Generated, out_dir: str | Path) -> Path:
-    """Write the benchmark in the ``dataset=features`` format (``{id}.npy`` + ``annotations.csv``);
-    the annotation table's path."""
+    """Write the benchmark in the ``dataset=features`` format (``{id}.npy`` + ``annotations.csv``),
+    each video's true phases as its step labels (``{id}.steps.npy``, one per clip); the annotation
+    table's path."""
     out, table = Path(out_dir), data.table()
     rows = []
     for i, vid in enumerate(table.ids):
         atomic_write(out / f"{vid}.npy", lambda f, x=data.videos[i]: np.save(f, x))
+        atomic_write(out / f"{vid}.steps.npy", lambda f, x=data.phases[i]: np.save(f, x))
         group, scale = table.group_names[table.group[i]], f"{table.scale[i]:g}"
         rows.append((vid, f"{data.raw[i]:.6f}", table.split[i], group, scale, "synthetic"))
     write_rows(out / "annotations.csv", rows)
@@ -216,8 +218,8 @@ class SyntheticDataModule(AQADataModule):
         self._phases = torch.from_numpy(d.phases)
         if self.pool_true_phases:
             onehot = torch.nn.functional.one_hot(self._phases, self.settings.num_phases).float()
-            self._features = torch.einsum("ntp,ntc->npc", onehot / onehot.sum(1, keepdim=True),
-                                          self._features)  # fmt: skip  # (N, P, C) phase means
+            weights = onehot / onehot.sum(1, keepdim=True)  # (N, T, P): a phase's mean
+            self._features = torch.einsum("ntp,ntc->npc", weights, self._features)  # (N, P, C)
             self._phases = torch.arange(self.settings.num_phases).expand(len(d.raw), -1)
         return d.table()
 
