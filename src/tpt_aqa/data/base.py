@@ -332,7 +332,9 @@ class AQADataModule(L.LightningDataModule):
     def sample(self, row: int, view: str) -> dict[str, Any]:  # the fields of ``Videos``
         t = self.table
         video = self.load_video(row, view)
-        labels = None if row in self.unlabelled_rows else self.clip_labels(row)
+        labels = self.clip_labels(row)
+        if labels is not None and row in self.unlabelled_rows:  # hidden: unknown, same length
+            labels = torch.full_like(labels, -1)
         if labels is None:
             labels = torch.full((video.shape[0],), -1, dtype=torch.long)
         return {
