@@ -504,6 +504,7 @@ def test_feature_inputs_take_step_labels(trained, tmp_path):
             )
         )
 
+
 def test_the_command_re_exports_the_api():
     """``from tpt_aqa.predict import Predictor`` (code written before ``tpt_aqa.predictor``) gets
     the API's own objects."""
