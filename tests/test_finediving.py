@@ -604,6 +604,12 @@ def test_feature_cache_keeps_the_step_labels(tmp_path, complete):
     )
     results = train_entry.run(cfg)
     assert 0 <= results["test/parse_acc"] <= 1 and "test/srcc" in results
+    # step supervision on the per-frame sub-action labels (each clip's centre frame), on half
+    sup = compose_cfg(
+        tmp_path / "sup", *TINY_MODEL, *overrides, "debug=fast_dev_run", "model.num_queries=3",
+        "ablation=step_supervision", "dataset.step_label_fraction=0.5",
+    )  # fmt: skip
+    assert 0 <= train_entry.run(sup)["test/parse_adapt"] <= 1
     folders = tmp_path / "moved"
     (complete / fd.FRAMES_DIR).rename(folders)
     try:

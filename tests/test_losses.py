@@ -16,6 +16,8 @@ from tpt_aqa.scoring.losses import (
     offset_loss,
     rank_loss,
     sparsity_loss,
+    step_loss,
+    step_targets,
 )
 
 
@@ -325,3 +327,44 @@ def test_loss_means_weight_each_step_by_its_pairs():
     means.reset()
     means.update({"loss": torch.tensor(7.0)}, pairs=3)
     assert means.compute()["loss"].item() == pytest.approx(7.0)  # a new epoch starts from zero
+
+
+def test_step_targets_match_queries_to_steps_in_order():
+    """K = S: query k on step k; K > S: ⌊k·S/K⌋; K < S: steps merged by ⌊s·K/S⌋; uniform over
+    the clips; a video without labels gets no target."""
+    labels = torch.tensor([[0, 0, 1, 1, 1, 2], [5, 5, 5, 7, 7, 7], [-1] * 6])
+    t, known = step_targets(labels, 3)
+    assert known.tolist() == [True, True, False]
+    torch.testing.assert_close(t[0, :, 0], torch.tensor([0.5, 0.5, 0, 0, 0, 0]))
+    torch.testing.assert_close(t[0, :, 1], torch.tensor([0, 0, 1 / 3, 1 / 3, 1 / 3, 0]))
+    torch.testing.assert_close(t[0, :, 2], torch.tensor([0.0, 0, 0, 0, 0, 1]))
+    # two steps, three queries: steps ⌊0·2/3⌋, ⌊1·2/3⌋, ⌊2·2/3⌋ = 0, 0, 1
+    torch.testing.assert_close(t[1, :, 1], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0, 0, 0]))
+    torch.testing.assert_close(t[1, :, 2], torch.tensor([0, 0, 0, 1 / 3, 1 / 3, 1 / 3]))
+    assert t[2].sum() == 0
+    # three steps, two queries: ⌊s·2/3⌋ = 0, 0, 1: query 0 takes steps 0 and 1
+    t2, _ = step_targets(labels[:1], 2)
+    torch.testing.assert_close(t2[0, :, 0], torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2, 0]))
+
+
+def test_step_loss_is_kl_mean_over_videos_and_queries_sum_over_layers():
+    targets = torch.zeros(2, 4, 2)
+    targets[:, :2, 0] = 0.5
+    targets[:, 2:, 1] = 0.5
+    perfect = targets[:, None].expand(2, 3, 4, 2)  # three layers
+    known = torch.tensor([True, True])
+    assert step_loss(perfect, targets, known) == 0
+    uniform = torch.full((2, 3, 4, 2), 0.25)
+    # KL(target ‖ uniform) = Σ 0.5·log(0.5/0.25) = log 2 per query: mean log 2, × 3 layers
+    torch.testing.assert_close(step_loss(uniform, targets, known), torch.tensor(3 * math.log(2)))
+    # a video without labels is left out of the mean, not counted as 0
+    mixed = torch.stack([uniform[0], perfect[1]])
+    half = torch.tensor([True, False])
+    torch.testing.assert_close(step_loss(mixed, targets, half), torch.tensor(3 * math.log(2)))
+    none = step_loss(uniform.requires_grad_(), targets, torch.tensor([False, False]))
+    assert none == 0 and none.requires_grad
+
+
+def test_step_weight_zero_leaves_the_release_losses():
+    assert "loss_step" not in TPTCriterion().weights
+    assert TPTCriterion(weight_step=0.5).weights["loss_step"] == 0.5

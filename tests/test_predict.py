@@ -496,24 +496,46 @@ def test_predict_cli_draws_the_steps_of_a_frame_folder(video_run, tmp_path):
     assert "step_labels" not in json.loads((out / "other.json").read_text())
 
 
-def test_steps_are_refused_for_feature_inputs(trained, tmp_path):
+def test_feature_inputs_take_step_labels(trained, tmp_path):
+    """A feature input takes one step label per clip (or per frame): from steps=, or from
+    {id}.steps.npy beside it (the dataset=features layout), which a folder does not score as an
+    input; a count that is not a multiple of the clips is refused naming both."""
     results, _, dm, *_ = trained
     row = int(dm.table.rows("test")[0])
     np.save(tmp_path / "clip.npy", dm.sample(row, "test")["video"].numpy())
-    (tmp_path / "steps.txt").write_text("0 1 2")
-    cfg = predict_cfg(
-        tmp_path,
-        results,
-        tmp_path / "out",
-        f"input={tmp_path / 'clip.npy'}",
-        f"difficulty={float(dm.table.scale[row])}",
-        f"steps={tmp_path / 'steps.txt'}",
+    labels = dm.clip_labels(row).numpy()  # (20,) the synthetic phases
+    (tmp_path / "steps.txt").write_text(" ".join(map(str, labels)))
+    common = [f"difficulty={float(dm.table.scale[row])}"]
+    (pred,) = predict_entry.run(
+        predict_cfg(
+            tmp_path,
+            results,
+            tmp_path / "out",
+            f"input={tmp_path / 'clip.npy'}",
+            *common,
+            f"steps={tmp_path / 'steps.txt'}",
+        )
     )
-    with pytest.raises(
-        ValueError, match=r"clip\.npy is a feature file, which has no frames to label"
-    ):
-        predict_entry.run(cfg)
-    assert not (tmp_path / "out" / "clip.json").exists()
+    assert pred.step_labels.tolist() == labels.tolist()
+    record = json.loads((tmp_path / "out" / "clip.json").read_text())
+    assert record["step_labels"] == labels.tolist()
+    np.save(tmp_path / "clip.steps.npy", labels)  # beside the features: read without steps=
+    (pred,) = predict_entry.run(
+        predict_cfg(tmp_path, results, tmp_path / "out2", f"input={tmp_path}", *common)
+    )
+    assert pred.input.endswith("clip.npy") and pred.step_labels.tolist() == labels.tolist()
+    (tmp_path / "short.txt").write_text("0 1 2")
+    with pytest.raises(ValueError, match=r"has 3 step labels \(3,\) but input=.*has 20 clips"):
+        predict_entry.run(
+            predict_cfg(
+                tmp_path,
+                results,
+                tmp_path / "out3",
+                f"input={tmp_path / 'clip.npy'}",
+                *common,
+                f"steps={tmp_path / 'short.txt'}",
+            )
+        )
 
 
 def test_the_command_re_exports_the_api():

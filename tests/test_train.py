@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,82 @@ def test_fast_dev_run(tiny_cfg):
 def test_fast_dev_run_baseline(tiny_cfg):
     results = train_entry.run(tiny_cfg("debug=fast_dev_run", "ablation=baseline_pool"))
     assert "test/parse_acc" not in results and "test/srcc" in results
+
+
+def test_fast_dev_run_hard_variant(tiny_cfg):
+    results = train_entry.run(tiny_cfg("debug=fast_dev_run", "dataset=synthetic_hard"))
+    assert 0 <= results["test/parse_adapt"] <= 1 and "test/srcc" in results
+
+
+def test_fast_dev_run_step_supervision_and_true_phase_pool(tmp_path):
+    for dataset in ("synthetic", "synthetic_hard"):
+        sup = train_entry.run(
+            compose_cfg(
+                tmp_path / f"{dataset}_sup",
+                *TINY,
+                "debug=fast_dev_run",
+                f"dataset={dataset}",
+                "ablation=step_supervision",
+                "dataset.step_label_fraction=0.1",
+            )
+        )
+        assert "test/parse_adapt" in sup
+        ceiling = train_entry.run(
+            compose_cfg(
+                tmp_path / f"{dataset}_ceiling",
+                *TINY,
+                "debug=fast_dev_run",
+                f"dataset={dataset}",
+                "ablation=true_phase_pool",
+            )
+        )
+        assert "test/srcc" in ceiling and "test/parse_acc" not in ceiling
+
+
+def test_own_features_with_steps_report_parsing(tmp_path):
+    """export_synthetic writes {id}.steps.npy; dataset=features reads them, so a run on the
+    user's format reports the parse_* metrics and can be step-supervised."""
+    from tpt_aqa import export_synthetic
+
+    data = tmp_path / "features"
+    export_synthetic.main(
+        [str(data), "--num-train", "60", "--num-test", "20", "--feature-dim", "16"]
+    )
+    overrides = [*TINY_MODEL, "experiment=features_tpt", f"dataset.root={data}",
+                 "dataset.feature_dim=16", "dataset.delta_cap=10", "debug=fast_dev_run"]  # fmt: skip
+    plain = train_entry.run(compose_cfg(tmp_path / "plain", *overrides))
+    assert 0 <= plain["test/parse_acc"] <= 1 and "test/parse_adapt" in plain
+    sup = train_entry.run(
+        compose_cfg(
+            tmp_path / "sup",
+            *overrides,
+            "ablation=step_supervision",
+            "dataset.step_label_fraction=0.5",
+        )
+    )
+    assert "test/parse_adapt" in sup
+
+
+def test_step_label_fraction_hides_training_steps_only(tiny_cfg):
+    """dataset.step_label_fraction keeps the steps of that share of the training videos (seeded
+    by dataset.seed); validation and test videos keep theirs; the step loss sees the hidden ones
+    as unknown (−1)."""
+    cfg = tiny_cfg("dataset.step_label_fraction=0.25", "dataset.val_fraction=0.1")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    train = dm.table.rows("train")  # 81 of the 90 after the validation carve
+    hidden = np.array(sorted(dm.unlabelled_rows))
+    assert len(hidden) == len(train) - round(0.25 * len(train)) and np.isin(hidden, train).all()
+    assert (dm.sample(int(hidden[0]), "train")["clip_labels"] == -1).all()
+    kept = np.setdiff1d(train, hidden)
+    assert (dm.sample(int(kept[0]), "train")["clip_labels"] >= 0).all()
+    for split in ("val", "test"):
+        assert (dm.sample(int(dm.table.rows(split)[0]), "test")["clip_labels"] >= 0).all()
+    again = build_datamodule(cfg)
+    again.setup()
+    assert again.unlabelled_rows == dm.unlabelled_rows
+    with pytest.raises(ConfigError, match=r"dataset\.step_label_fraction=1\.5.*\[0, 1\]"):
+        validate_config(tiny_cfg("dataset.step_label_fraction=1.5"))
 
 
 def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):

@@ -90,6 +90,7 @@ NUMERIC_RULES: list[tuple[tuple[str, ...], tuple[Callable, Callable, str], str]]
             "criterion.weight_rank",
             "criterion.weight_sparsity",
             "criterion.margin",
+            "criterion.weight_step",
             "optim.optimizer.weight_decay",
         ),
         (_is_number, lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
@@ -98,6 +99,11 @@ NUMERIC_RULES: list[tuple[tuple[str, ...], tuple[Callable, Callable, str], str]]
     (
         ("model.parser.dropout", "model.pair_stage.dropout", "dataset.val_fraction"),
         (_is_number, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "0.1",
+    ),
+    (
+        ("dataset.step_label_fraction",),
+        (_is_number, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
         "0.1",
     ),
 ]

@@ -15,7 +15,9 @@ in temporal order (paper Fig. 3), above the per-layer query × clip attention ma
 
 ``steps=FILE`` (a ``steps`` column of ``options_csv`` for a folder of inputs): the input's known
 step label of every frame, in order (as FineDiving's ``frames_labels``), as a 1-D integer ``.npy``
-array or a text file of whitespace- or comma-separated integers. The labels of the frames the clips
+array or a text file of whitespace- or comma-separated integers; for a feature file one label per
+clip or per frame, and ``{id}.steps.npy`` beside ``{id}.npy`` (the ``dataset=features`` layout) is
+read without ``steps=``. The labels of the frames the clips
 sampled go into the JSON record (``step_labels``) and are drawn under the attention maps.
 
 Python: ``tpt_aqa.predictor`` (``Predictor(ckpt_path).predict(path, difficulty=3.2)``), whose
@@ -40,6 +42,7 @@ from tpt_aqa.core.atomic import atomic_write_text
 from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 from tpt_aqa.core.report import json_text, to_log_file
 from tpt_aqa.core.startup import setup
+from tpt_aqa.data.features import STEPS_SUFFIX
 from tpt_aqa.data.video import JPEG_SUFFIXES, VideoReadError
 
 # the Python API; code written before tpt_aqa.predictor imports Predictor from here
@@ -62,7 +65,7 @@ def list_inputs(path: Path, kind: str) -> list[Path]:
     inputs = sorted(
         p
         for p in path.iterdir()
-        if (kind == "features" and p.suffix == FEATURE_SUFFIX)
+        if (kind == "features" and p.suffix == FEATURE_SUFFIX and not p.name.endswith(STEPS_SUFFIX))
         or (kind == "video" and (p.suffix.lower() in VIDEO_SUFFIXES or _is_frame_folder(p)))
     )
     if not inputs:

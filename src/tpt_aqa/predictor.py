@@ -27,7 +27,7 @@ import torch
 from tpt_aqa.config import build_module
 from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.clips import ClipSampler
-from tpt_aqa.data.features import read_feature_file
+from tpt_aqa.data.features import STEPS_SUFFIX, read_feature_file
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import (
     VideoReadError,
@@ -149,13 +149,8 @@ class Predictor:
         return self._load(source, start_frame)[:2]
 
     def check_steps(self, source: str | Path, steps: str | Path) -> None:
-        """Refuse a steps file where it cannot apply: a feature input has no frames to label."""
-        if self.kind == "features":
-            raise ConfigError(
-                f"steps={steps}: input={source} is a feature file, which has no frames to label "
-                "(this checkpoint was trained on cached features); drop steps=, or score the "
-                "video with a checkpoint that encodes videos"
-            )
+        """Every input takes a steps file: a video one label per frame, a feature file one per
+        clip or per frame (checked against its clips when scored)."""
 
     def _load(
         self, source: str | Path, start_frame: int | None
@@ -223,17 +218,21 @@ class Predictor:
     ) -> Prediction:
         """Score one input (see the module docstring); the group options as in
         ``ExemplarBank.resolve_group``. ``frame_labels``: the input's known step label of every
-        frame ``(n,)``, as an array or a steps file (``read_step_labels``); for feature inputs an
-        array with one label per clip ``(T,)``. Drawn in the figure.
+        frame ``(n,)``, as an array or a steps file (``read_step_labels``); for feature inputs one
+        label per clip ``(T,)`` or per frame (a multiple of T), by default ``{id}.steps.npy``
+        beside the input when there is one. Drawn in the figure.
 
         Raises:
-            ConfigError: for a steps file with a feature input, an unreadable steps file, or
-                labels whose count is not the input's frame (clip) count.
+            ConfigError: for an unreadable steps file, or labels whose count is not the input's
+                frame count (for features: not a multiple of its clips).
         """
         bank = self.bank
         gid, scale = bank.resolve_group(difficulty, class_name, group, scale)
         rows = bank.exemplar_rows(gid, self.exemplars)
         labels_name = "frame_labels"
+        beside = Path(str(source)[: -len(FEATURE_SUFFIX)] + STEPS_SUFFIX)
+        if frame_labels is None and self.kind == "features" and beside.is_file():
+            frame_labels = beside  # {id}.steps.npy beside {id}.npy, as dataset=features reads it
         if isinstance(frame_labels, (str, Path)):
             self.check_steps(source, frame_labels)
             labels_name = f"steps={frame_labels}"
@@ -262,6 +261,12 @@ class Predictor:
             steps = np.asarray(frame_labels)
             if index is not None:  # the labels of the frames each clip took
                 steps = labels_at_frames(steps, index, num_frames, labels_name, source)
+            elif steps.ndim != 1 or len(steps) % len(video):  # features: per clip or per frame
+                raise ConfigError(
+                    f"{labels_name} has {steps.size} step labels {tuple(steps.shape)} but "
+                    f"input={source} has {len(video)} clips; give one label per clip or per frame "
+                    "(a multiple of the clips), in order"
+                )
         return Prediction(
             input=str(source),
             score=score,

@@ -20,6 +20,7 @@ from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
 from tpt_aqa.data.labels import pair_deltas
 from tpt_aqa.data.samplers import (
     STREAM_EVAL_EXEMPLARS,
+    STREAM_STEP_LABELS,
     STREAM_VAL_CARVE,
     ExemplarPairSampler,
     choose_eval_exemplars,
@@ -157,8 +158,16 @@ class AQADataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool | None = None,
         test_every_epoch: bool = False,
+        step_label_fraction: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0 <= step_label_fraction <= 1:
+            raise ConfigError(
+                f"dataset.step_label_fraction={step_label_fraction!r}: the fraction of training "
+                "videos that keep their step labels must lie in [0, 1]"
+            )
+        self.step_label_fraction = step_label_fraction
+        self.unlabelled_rows: set[int] = set()  # training rows whose step labels are hidden
         if num_workers != "auto" and (type(num_workers) is not int or num_workers < 0):
             raise ConfigError(
                 f"dataset.num_workers={num_workers!r}: must be an integer >= 0 (0 loads in the "
@@ -235,6 +244,11 @@ class AQADataModule(L.LightningDataModule):
         self.table = table
         self.check_files()
         pool = table.rows("train")
+        if self.step_label_fraction < 1:  # seeded: which training videos keep their steps
+            order = np.random.default_rng([self.seed, STREAM_STEP_LABELS]).permutation(pool)
+            self.unlabelled_rows = {
+                int(r) for r in order[round(self.step_label_fraction * len(pool)) :]
+            }
         for code, split in enumerate(("val", "test")):
             rows = table.rows(split)
             self.eval_exemplars[split] = choose_eval_exemplars(
@@ -319,6 +333,8 @@ class AQADataModule(L.LightningDataModule):
         t = self.table
         video = self.load_video(row, view)
         labels = self.clip_labels(row)
+        if labels is not None and row in self.unlabelled_rows:  # hidden: unknown, same length
+            labels = torch.full_like(labels, -1)
         if labels is None:
             labels = torch.full((video.shape[0],), -1, dtype=torch.long)
         return {

@@ -6,11 +6,16 @@ Layout::
       annotations.csv        id,score,split[,group][,scale][,class]
       {id}.npy               float32 or float16 (float64 is cast), shape (T, C), the same T and C
                              for every video
+      {id}.steps.npy         optional: the video's known step labels, one integer per clip (T,)
+                             or per frame (T·L,), the same length for every video that has one;
+                             −1 for a video whose steps are unknown (all of it or none)
 
 Columns: ``score`` is on the training scale; the reported score is ``score × scale`` (``scale``
 defaults to 1; MTL-AQA w/ DD stores final/difficulty with scale = difficulty). ``split`` is ``train``,
 ``val`` or ``test`` (without ``val`` rows a validation split is carved from ``train``). Exemplars are
-drawn from the same ``group`` (default: one group). ``class`` enables per-class metrics.
+drawn from the same ``group`` (default: one group). ``class`` enables per-class metrics. With step
+labels the ``parse_*`` metrics (docs/method.md §7) are reported for the evaluated videos that have
+them, and step supervision (``criterion.weight_step``, docs/parsing.md) can use them in training.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tpt_aqa.core.errors import UserError
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable, plain
 
 REQUIRED = ("id", "score", "split")
+STEPS_SUFFIX = ".steps.npy"  # {id}.steps.npy: a video's step labels, beside its features
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +80,50 @@ def read_feature_file(
             f"{path}: contains NaN or infinite values; extract its features again"
         )
     return arr, cast
+
+
+def read_steps_file(path: Path, num_clips: int, length: int | None = None) -> np.ndarray:
+    """One checked step-label file ``{id}.steps.npy``: a 1-D integer array of one label per clip
+    (``num_clips``) or per frame (a multiple of it), labels ≥ 0, or all −1 (unknown).
+
+    Args:
+        path: the file.
+        num_clips: T of the video's features.
+        length: the length the other videos' labels have (``None``: the first file sets it).
+
+    Returns:
+        Labels ``(F,)`` int64.
+
+    Raises:
+        FeatureDataError: naming the file, what it holds and the fix.
+    """
+    fix = (
+        f"save one integer label per clip ({num_clips}) or per frame (a multiple of {num_clips}) "
+        "with np.save(path, labels.astype(np.int64)), −1 for all of a video whose steps are "
+        "unknown, or delete the file"
+    )
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise FeatureDataError(f"{path}: not a readable .npy array ({err}); {fix}") from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise FeatureDataError(
+            f"{path}: holds a {labels.dtype} array of shape {labels.shape}, not 1-D integers; {fix}"
+        )
+    if len(labels) == 0 or len(labels) % num_clips:
+        raise FeatureDataError(f"{path}: has {len(labels)} labels for T={num_clips} clips; {fix}")
+    if length is not None and len(labels) != length:
+        raise FeatureDataError(
+            f"{path}: has {len(labels)} labels where the other videos' step files have {length}; "
+            "label every video per clip or every video per frame"
+        )
+    unknown = labels < 0
+    if (labels < -1).any() or (unknown.any() and not unknown.all()):
+        raise FeatureDataError(
+            f"{path}: labels must be ≥ 0, or −1 for every entry of a video whose steps are "
+            f"unknown; found {sorted(set(labels[labels < 0].tolist()))[:3]} among known labels"
+        )
+    return labels.astype(np.int64)
 
 
 def read_annotations(path: Path) -> list[dict[str, str]]:
@@ -139,6 +189,8 @@ class FeaturesDataModule(AQADataModule):
         self._num_clips = num_clips
         self.expect = dict(plain(expect)) if expect else None
         self._features: list[torch.Tensor] = []
+        self._steps: list[torch.Tensor | None] = []
+        self._steps_length: int | None = None  # labels per video where some have steps
 
     @property
     def num_clips(self) -> int:
@@ -182,6 +234,23 @@ class FeaturesDataModule(AQADataModule):
                 self.root,
             )
         self._features = features
+        self._steps = []
+        length = None
+        for row in rows:  # optional step labels beside the features
+            path = self.root / f"{row['id']}{STEPS_SUFFIX}"
+            labels = read_steps_file(path, self._num_clips, length) if path.is_file() else None
+            if labels is not None:
+                length = len(labels)
+            self._steps.append(None if labels is None else torch.from_numpy(labels))
+        self._steps_length = length
+        if length is not None:
+            log.info(
+                "step labels for %d of %d videos in %s (%s): parse_* metrics for those evaluated",
+                sum(x is not None for x in self._steps),
+                len(rows),
+                self.root,
+                "per clip" if length == self._num_clips else "per frame",
+            )
         classes, class_id = _index([r.get("class") or "all" for r in rows])
         groups, group = _index([r.get("group") or "all" for r in rows])
         return SampleTable(
@@ -205,6 +274,14 @@ class FeaturesDataModule(AQADataModule):
 
     def load_video(self, row: int, view: str) -> torch.Tensor:
         return self._features[row].float()
+
+    def clip_labels(self, row: int) -> torch.Tensor | None:
+        """The video's ``{id}.steps.npy`` labels; −1 (unknown) where another video has a steps
+        file and this one not; ``None`` when no video has one."""
+        if self._steps_length is None:
+            return None
+        labels = self._steps[row]
+        return torch.full((self._steps_length,), -1, dtype=torch.long) if labels is None else labels
 
 
 COLUMNS = ("id", "score", "split", "group", "scale", "class")

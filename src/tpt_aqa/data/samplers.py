@@ -15,6 +15,7 @@ STREAM_TRAIN_PAIRS = 7  # training exemplar per video, per epoch
 STREAM_VAL_CARVE = 11  # which training videos form the validation split
 STREAM_EVAL_EXEMPLARS = 23  # the fixed evaluation exemplars of each split
 STREAM_BANK = 29  # the exemplars stored in a checkpoint's bank
+STREAM_STEP_LABELS = 31  # the training videos that keep their step labels (step_label_fraction)
 
 # Difficulties are one-decimal values: exemplar groups, and the difficulty a user gives for a new
 # video, match at that precision, so float noise in annotation files (3.2000000000000002) is harmless.

@@ -76,25 +76,45 @@ class GeneratorSettings:
         self, rng: np.random.Generator, qualities: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The judges' raw scores s = 10·Σ_p w_p q_p / Σ_p w_p + noise of videos whose phase qualities
-        are ``qualities`` ``(N, P)``, and a uniformly drawn difficulty id of each ``(N,)``."""
+        are ``qualities`` ``(N, P)``, and a uniformly drawn difficulty id of each ``(N,)``; with negative
+        weights s = 10·(Σ_p w_p q_p − Σ_{w_p<0} w_p) / Σ_p |w_p| + noise, still within [0, 10]."""
         weights = np.asarray(self.phase_weights, dtype=np.float64)
         noise = self.judge_noise * rng.standard_normal(len(qualities))
-        raw = 10 * qualities @ weights / weights.sum() + noise
+        # a negative weight (``dataset=synthetic_hard``) shifts the range back to [0, 10]: with all
+        # weights positive the shift is 0 and Σ|w| = Σw, the default's formula exactly
+        low = np.minimum(weights, 0.0).sum()
+        raw = 10 * (qualities @ weights - low) / np.abs(weights).sum() + noise
         return raw, rng.integers(0, len(self.difficulties), size=len(qualities))
 
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureSettings(GeneratorSettings):
     """``dataset=synthetic``: ``num_clips`` clips of ``feature_dim`` features, the quality at
-    ``signal`` strength along its direction, plus ``noise``."""
+    ``signal`` strength along its direction, plus ``noise``.
+
+    The hard variant's knobs (``dataset=synthetic_hard``; the defaults leave the benchmark as it
+    was): phase lengths drawn with Dirichlet concentration ``phase_concentration`` (lower: lengths
+    vary more from video to video), phase signatures at ``phase_signal`` strength, and a per-video
+    ``nuisance`` offset (Gaussian, orthogonal to the quality direction, ``nuisance`` in norm on
+    average) shared by all clips of a video."""
 
     num_clips: int = 20
     feature_dim: int = 64
     signal: float = 1.0
     noise: float = 0.5
+    phase_concentration: float = 2.0
+    phase_signal: float = 1.0
+    nuisance: float = 0.0
 
     def __post_init__(self) -> None:
         self.check(self.num_clips, "clips")
+        if not self.phase_concentration > 0:
+            raise ValueError(
+                f"dataset.phase_concentration={self.phase_concentration}: the Dirichlet "
+                "concentration of the phase lengths must be > 0"
+            )
+        if self.nuisance < 0:
+            raise ValueError(f"dataset.nuisance={self.nuisance}: must be >= 0")
 
 
 @dataclass
@@ -125,7 +145,7 @@ class Generated:
 def phase_lengths(rng: np.random.Generator, s: FeatureSettings) -> np.ndarray:
     """Random phase durations (in clips) summing to T, each at least ``min_phase_len``."""
     spare = s.num_clips - s.num_phases * s.min_phase_len
-    share = rng.dirichlet(np.full(s.num_phases, 2.0))
+    share = rng.dirichlet(np.full(s.num_phases, float(s.phase_concentration)))
     extra = np.floor(share * spare).astype(int)
     extra[rng.permutation(s.num_phases)[: spare - extra.sum()]] += 1
     return extra + s.min_phase_len
@@ -145,21 +165,27 @@ def generate(s: FeatureSettings) -> Generated:
     phases = np.stack([np.repeat(np.arange(s.num_phases), phase_lengths(rng, s)) for _ in range(n)])
     q_clip = np.take_along_axis(qualities, phases, axis=1)  # (N, T)
     features = (
-        signatures[phases]
+        s.phase_signal * signatures[phases]
         + s.signal * (q_clip - 0.5)[..., None] * direction
         + s.noise / np.sqrt(s.feature_dim) * rng.standard_normal((n, s.num_clips, s.feature_dim))
     )
     raw, difficulty_id = s.judge(rng, qualities)
+    if s.nuisance > 0:  # drawn last: the default's stream (nuisance 0) is unchanged
+        offset = rng.standard_normal((n, s.feature_dim))
+        offset -= np.outer(offset @ direction, direction)  # no quality along it
+        features += s.nuisance / np.sqrt(s.feature_dim) * offset[:, None, :]
     return Generated(s, features.astype(np.float32), phases.astype(np.int64), raw, difficulty_id)
 
 
 def export_features(data: Generated, out_dir: str | Path) -> Path:
-    """Write the benchmark in the ``dataset=features`` format (``{id}.npy`` + ``annotations.csv``);
-    the annotation table's path."""
+    """Write the benchmark in the ``dataset=features`` format (``{id}.npy`` + ``annotations.csv``),
+    each video's true phases as its step labels (``{id}.steps.npy``, one per clip); the annotation
+    table's path."""
     out, table = Path(out_dir), data.table()
     rows = []
     for i, vid in enumerate(table.ids):
         atomic_write(out / f"{vid}.npy", lambda f, x=data.videos[i]: np.save(f, x))
+        atomic_write(out / f"{vid}.steps.npy", lambda f, x=data.phases[i]: np.save(f, x))
         group, scale = table.group_names[table.group[i]], f"{table.scale[i]:g}"
         rows.append((vid, f"{data.raw[i]:.6f}", table.split[i], group, scale, "synthetic"))
     write_rows(out / "annotations.csv", rows)
@@ -170,22 +196,31 @@ class SyntheticDataModule(AQADataModule):
     """The embedded default benchmark (``dataset=synthetic``); see the module docstring.
 
     Args:
+        pool_true_phases: replace every video's clips by the mean feature of each true phase
+            (``P`` "clips", phase p the p-th): with ``ablation=true_phase_pool`` the pooling
+            *ceiling* of docs/parsing.md, which reads the true phases at test time too.
         **kwargs: ``FeatureSettings`` (``data_seed`` as its ``seed``), then ``AQADataModule``'s.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, pool_true_phases: bool = False, **kwargs: Any) -> None:
         self.settings = FeatureSettings.pop_from(kwargs)
         super().__init__(**kwargs)
+        self.pool_true_phases = pool_true_phases
         self.data: Generated | None = None
 
     @property
     def num_clips(self) -> int:
-        return self.settings.num_clips
+        return self.settings.num_phases if self.pool_true_phases else self.settings.num_clips
 
     def build_table(self) -> SampleTable:
         d = self.data = generate(self.settings)
         self._features = torch.from_numpy(d.videos)
         self._phases = torch.from_numpy(d.phases)
+        if self.pool_true_phases:
+            onehot = torch.nn.functional.one_hot(self._phases, self.settings.num_phases).float()
+            weights = onehot / onehot.sum(1, keepdim=True)  # (N, T, P): a phase's mean
+            self._features = torch.einsum("ntp,ntc->npc", weights, self._features)  # (N, P, C)
+            self._phases = torch.arange(self.settings.num_phases).expand(len(d.raw), -1)
         return d.table()
 
     def load_video(self, row: int, view: str) -> torch.Tensor:

@@ -75,6 +75,67 @@ def diversity_loss(attn: torch.Tensor, sigma: float) -> torch.Tensor:
     return kernel.sum(-1).mean(0).sum()
 
 
+def step_targets(labels: torch.Tensor, num_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each query should attend under step supervision (issue 20; docs/parsing.md).
+
+    A step is a maximal run of equal labels (``tpt_aqa.parsing.step_runs``). With S steps and K
+    queries, query k (in order) is matched monotonically to steps: K ≥ S gives query k the step
+    ⌊k·S/K⌋ (every step gets a query, some share one); K < S gives query k the steps s with
+    ⌊s·K/S⌋ = k (every step is some query's, neighbours merged). The target is uniform over the
+    clips of the query's step(s), so its centre is the step's.
+
+    Args:
+        labels: step label of every clip ``(N, T)``, −1 where unknown (then for the whole video).
+
+    Returns:
+        Targets ``(N, T, K)``, each query's column summing to 1 over the clips (zeros for a video
+        without labels), and which videos have labels ``(N,)``.
+    """
+    n, t = labels.shape
+    known = (labels >= 0).all(1)  # (N,)
+    targets = labels.new_zeros((n, t, num_queries), dtype=torch.float32)
+    change = torch.ones_like(labels, dtype=torch.bool)
+    change[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    step = change.long().cumsum(1) - 1  # (N, T): index of the step of every clip
+    num_steps = step[:, -1] + 1  # (N,)
+    k = torch.arange(num_queries, device=labels.device)
+    for v in torch.nonzero(known).flatten().tolist():
+        s_count = int(num_steps[v])
+        if num_queries >= s_count:
+            query_of_step = None
+            step_of_query = torch.div(k * s_count, num_queries, rounding_mode="floor")  # (K,)
+            hit = step[v][:, None] == step_of_query[None, :]  # (T, K)
+        else:
+            query_of_step = torch.div(
+                torch.arange(s_count, device=labels.device) * num_queries,
+                s_count,
+                rounding_mode="floor",
+            )  # (S,)
+            hit = query_of_step[step[v]][:, None] == k[None, :]  # (T, K)
+        hit = hit.float()
+        targets[v] = hit / hit.sum(0, keepdim=True)
+    return targets, known
+
+
+def step_loss(attn: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """KL(target ‖ attention) of every query, from ``step_targets``: mean over the labelled
+    videos and the queries, sum over layers; 0 (connected to the graph) when no video has labels.
+
+    Args:
+        attn: attention ``(B, Y, T, K)``.
+        targets: ``(B, T, K)``.
+        known: ``(B,)``.
+    """
+    if not bool(known.any()):
+        return attn.sum() * 0.0
+    a = attn[known]  # (n, Y, T, K)
+    p = targets[known][:, None]  # (n, 1, T, K)
+    kl = torch.where(
+        p > 0, p * (torch.log(p.clamp_min(1e-12)) - torch.log(a.clamp_min(1e-12))), 0.0
+    )
+    return kl.sum(2).mean((0, 2)).sum()  # Σ_t, mean over videos and queries, Σ over layers
+
+
 def offset_loss(offsets: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Squared offset error on the true group only: mean within each group, summed over groups.
 
@@ -108,6 +169,9 @@ class TPTCriterion(nn.Module):
         sparsity_sum_over_queries: sum the sparsity loss over queries as the paper writes it.
         order_loss: ``"rank"`` (paper Eq. 9) or ``"diversity"`` (Tab. 5b).
         diversity_sigma: σ of the diversity loss.
+        weight_step: weight of the step-supervision loss (``step_loss``, issue 20): query k in
+            order attends to step k where a video's steps are known; 0 (the release) leaves it
+            out entirely.
     """
 
     def __init__(
@@ -121,6 +185,7 @@ class TPTCriterion(nn.Module):
         sparsity_sum_over_queries: bool = False,
         order_loss: str = "rank",
         diversity_sigma: float = 1.0,
+        weight_step: float = 0.0,
     ) -> None:
         super().__init__()
         if cls_loss not in ("ce", "bce"):
@@ -135,6 +200,8 @@ class TPTCriterion(nn.Module):
             f"loss_{order_loss}": weight_rank,  # loss_rank, or loss_diversity (Tab. 5b)
             "loss_sparsity": weight_sparsity,
         }
+        if weight_step:  # only then: the release logs and computes exactly what it did
+            self.weights["loss_step"] = weight_step
         self.margin = margin
         self.cls_loss = cls_loss
         self.sparsity_sum_over_queries = sparsity_sum_over_queries
@@ -148,7 +215,11 @@ class TPTCriterion(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(1).mean()
 
     def forward(
-        self, output: TPTOutput, labels: torch.Tensor, offsets: torch.Tensor
+        self,
+        output: TPTOutput,
+        labels: torch.Tensor,
+        offsets: torch.Tensor,
+        steps: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the named losses and their weighted total.
 
@@ -156,6 +227,8 @@ class TPTCriterion(nn.Module):
             output: model output with both pair orders stacked ``(2B, G)``.
             labels: true groups of both orders ``(2B,)``.
             offsets: true offsets of both orders ``(2B,)``.
+            steps: step labels of the query videos then the exemplar videos ``(2B, T)``, −1
+                where unknown, for the step loss (with ``weight_step`` > 0).
 
         Returns:
             ``{"loss_cls", "loss_reg", "loss_rank" (or "loss_diversity"), "loss_sparsity", "loss"}``
@@ -185,8 +258,21 @@ class TPTCriterion(nn.Module):
             else:
                 losses["loss_diversity"] = diversity_loss(attn, self.diversity_sigma)
             losses["loss_sparsity"] = sparsity_loss(attn, self.sparsity_sum_over_queries)
+            if "loss_step" in self.weights:
+                num_clips = attn.shape[2]
+                if steps is None or len(steps) != len(attn) or steps.shape[1] % num_clips:
+                    raise ValueError(
+                        "criterion.weight_step > 0 needs step labels per clip (2B, T) or per "
+                        f"frame (2B, T·L); got {None if steps is None else tuple(steps.shape)} "
+                        f"for attention {tuple(attn.shape)}"
+                    )
+                fpc = steps.shape[1] // num_clips  # per-frame labels: each clip's centre frame
+                targets, known = step_targets(steps[:, fpc // 2 :: fpc], attn.shape[-1])
+                losses["loss_step"] = step_loss(attn, targets, known)
         else:
             losses[f"loss_{self.order_loss}"] = losses["loss_sparsity"] = logits.new_zeros(())
+            if "loss_step" in self.weights:
+                losses["loss_step"] = logits.new_zeros(())
         losses["loss"] = sum(self.weights[k] * losses[k] for k in self.weights)
         return losses
 

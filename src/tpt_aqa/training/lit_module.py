@@ -89,6 +89,9 @@ class AQAModule(L.LightningModule):
         out = self.model(q.video, e.video)
         delta = torch.cat([q.target - e.target, e.target - q.target])  # (2B,) in the output's order
         labels, offsets = self.score_groups.encode(delta)
+        if "loss_step" in getattr(self.criterion, "weights", {}):  # step supervision (issue 20)
+            steps = torch.cat([q.clip_labels, e.clip_labels])  # (2B, T), as the maps are stacked
+            return self.criterion(out, labels, offsets.float(), steps=steps)
         return self.criterion(out, labels, offsets.float())
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
