@@ -108,7 +108,9 @@ class _SegmentPool(nn.Module):
         return self.value(pooled) + self.index_embed
 
 
-def boundary_membership(progress: torch.Tensor, num_segments: int, temperature: float) -> torch.Tensor:
+def boundary_membership(
+    progress: torch.Tensor, num_segments: int, temperature: float
+) -> torch.Tensor:
     """Soft segment membership from a monotone progress, by cumulative sigmoids.
 
     Clip t is in segment k (1-based) when ``k − 1.5 < P_t < k − 0.5``, softened:
@@ -203,6 +205,15 @@ class SoftBoundaryParser(nn.Module):
         return self.pool(attn, memory), attn[:, None]
 
 
+def moving_average(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Moving average over time of ``(B,T,K)`` with an odd ``width``, the end clips replicated."""
+    if width == 1:
+        return x
+    pad = width // 2
+    padded = F.pad(x.transpose(1, 2), (pad, pad), mode="replicate")
+    return F.avg_pool1d(padded, width, stride=1).transpose(1, 2)
+
+
 def competition(logits: torch.Tensor) -> torch.Tensor:
     """Attention of queries that compete for clips.
 
@@ -285,10 +296,7 @@ class SlotCompetitionParser(nn.Module):
         maps = []
         for _ in range(self.iterations):
             logits = torch.einsum("btd,bkd->btk", keys, self.query(self.norm_query(slots))) * scale
-            if self.smooth > 1:  # moving average over time, ends replicated
-                pad = self.smooth // 2
-                x = F.pad(logits.transpose(1, 2), (pad, pad), mode="replicate")
-                logits = F.avg_pool1d(x, self.smooth, stride=1).transpose(1, 2)
+            logits = moving_average(logits, self.smooth)
             attn = competition(logits)  # (B, T, K)
             update = torch.einsum("btk,btd->bkd", attn, values)
             slots = self.norm_update(slots + update)
