@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -35,7 +36,9 @@ PARSERS = {
     "boundary": SoftBoundaryParser,
     "slots": SlotCompetitionParser,
     "align": MonotoneAlignParser,
+    "align_refine": functools.partial(MonotoneAlignParser, refine=2),
 }
+CONFIGS = ["boundary", "slots", "align"]
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_shapes_and_attention_columns_sum_to_one(name, clips):
     parser = PARSERS[name](C, D, num_queries=K)
     parts, attn = parser(clips)
     assert parts.shape == (B, K, D) and parser.out_dim == D
-    y = parser.iterations if name == "slots" else 1
+    y = {"slots": 3, "align_refine": 3}.get(name, 1)  # slots: 3 iterations by default
     assert attn.shape == (B, y, T, K)
     assert (attn >= 0).all()
     torch.testing.assert_close(attn.sum(2), torch.ones(B, y, K))
@@ -78,14 +81,14 @@ def test_refuses_release_decoder_options_naming_the_key(name):
         PARSERS[name](C, D, num_queries=K, pe_memory=True)
 
 
-@pytest.mark.parametrize("name", PARSERS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_config_refuses_a_decoder_ablation(tmp_path, name):
     cfg = compose_cfg(tmp_path, *TINY, f"model/parser={name}", "ablation=pe_memory")
     with pytest.raises(Exception, match=r"model\.parser\.pe_memory"):
         build_module(cfg)
 
 
-@pytest.mark.parametrize("name", PARSERS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_fast_dev_run(tiny_cfg, name):
     results = train_entry.run(tiny_cfg("debug=fast_dev_run", f"model/parser={name}"))
     assert -1 <= results["test/srcc"] <= 1 and results["test/rl2"] > 0
@@ -270,3 +273,22 @@ def test_alignment_is_finite_with_extreme_scores_and_refuses_k_above_t():
         monotone_alignment(torch.zeros(1, 2, 3), torch.zeros(3))
     with pytest.raises(ValueError, match=r"model\.num_queries=5"):
         MonotoneAlignParser(C, D, num_queries=5)(torch.randn(1, 4, C))
+
+
+def test_align_refinement_finds_each_videos_change_without_query_help():
+    # queries that fit nothing (zero) and identity keys: only the video's own content can cut it
+    parser = MonotoneAlignParser(4, 4, num_queries=2, context=0, refine=3, center=False)
+    with torch.no_grad():
+        nn.init.zeros_(parser.query_embed)
+        parser.key.weight.copy_(torch.eye(4)[:, :, None])
+        nn.init.zeros_(parser.key.bias)
+        parser.log_spread.fill_(math.log(0.05))
+    x = torch.zeros(2, T, 4)
+    x[0, :3, 0] = x[0, 3:, 1] = 1.0  # video 1 changes at clip 3, video 2 at clip 8
+    x[1, :8, 2] = x[1, 8:, 3] = 1.0
+    _, attn = parser(x)
+    assert attn.shape == (2, 4, T, 2)
+    first = attn[:, 0].argmax(2)  # uniform over alignments: the middle, whatever the video
+    assert first[0].tolist() == first[1].tolist()
+    last = attn[:, -1].argmax(2).tolist()
+    assert last == [[0] * 3 + [1] * (T - 3), [0] * 8 + [1] * (T - 8)]

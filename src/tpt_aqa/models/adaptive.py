@@ -349,12 +349,18 @@ def monotone_alignment(scores: torch.Tensor, stay: torch.Tensor) -> torch.Tensor
 class MonotoneAlignParser(nn.Module):
     """Content scores, ordered segments: soft monotone alignment (``model/parser=align``).
 
-    Every clip scores its fit to every query, ``s[t,k] = key(x_t)·q_k / √D / τ`` with the keys from
-    a temporal convolution over ``2·context + 1`` clips; ``monotone_alignment`` sums over every
-    ordered, contiguous segmentation of the video weighted by these scores and returns each clip's
-    posterior membership. A boundary goes where the content changes from what query k fits to what
-    query k+1 fits, wherever that falls in this video; segments stay ordered and none is empty, so
-    neither the rank loss nor the sparsity loss is needed (``attention_losses`` false).
+    Every clip scores its fit to every query, ``s[t,k] = z_t·q_k / √D / τ`` with ``z_t`` a temporal
+    convolution over ``2·context + 1`` clips; ``monotone_alignment`` sums over every ordered,
+    contiguous segmentation of the video weighted by these scores and returns each clip's posterior
+    membership. A boundary goes where the content changes from what query k fits to what query k+1
+    fits, wherever that falls in this video; segments stay ordered and none is empty, so neither
+    the rank loss nor the sparsity loss is needed (``attention_losses`` false).
+
+    ``refine`` rounds then condition the queries on the video itself: each segment's prototype is
+    the mean ``z`` of its clips under the current membership, and the next alignment adds to the
+    scores ``−mean_d (z_t − μ_k)² / σ²`` (σ² learned): a monotone soft k-means of the video's own
+    clips, so a boundary moves to where this video's content changes even when the learned queries
+    fit both sides alike. Every round's map is returned (Y = refine + 1); the parts pool the last.
 
     Args:
         in_dim: clip feature width C.
@@ -362,6 +368,7 @@ class MonotoneAlignParser(nn.Module):
         num_queries: segments K (at most T).
         context: clips each side a score reads (0: the clip alone).
         temperature: initial τ (learned, as log τ).
+        refine: rounds of per-video prototypes (0: the learned queries alone).
         center: score on clip features minus the video's mean clip.
         attention_losses: apply the rank and sparsity losses to its maps.
     """
@@ -373,43 +380,56 @@ class MonotoneAlignParser(nn.Module):
         num_queries: int = 5,
         context: int = 1,
         temperature: float = 1.0,
+        refine: int = 0,
         center: bool = True,
         attention_losses: bool = False,
         **decoder_options,
     ) -> None:
         super().__init__()
         _refuse_decoder_options("align", decoder_options)
-        if context < 0 or temperature <= 0:
+        if context < 0 or temperature <= 0 or refine < 0:
             raise ValueError(
-                f"model.parser.context must be >= 0 and model.parser.temperature > 0, got "
-                f"{context} and {temperature}"
+                f"model.parser.context and model.parser.refine must be >= 0 and "
+                f"model.parser.temperature > 0, got {context}, {refine} and {temperature}"
             )
         self.num_queries, self.out_dim = num_queries, d_model
-        self.context, self.center = context, center
+        self.context, self.refine, self.center = context, refine, center
         self.attention_losses = attention_losses
         self.key = nn.Conv1d(in_dim, d_model, kernel_size=2 * context + 1)
         self.query_embed = nn.Parameter(torch.empty(num_queries, d_model))
         nn.init.xavier_uniform_(self.query_embed)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        # log σ² of the prototype term (only with refinement rounds: no unused parameters)
+        self.log_spread = nn.Parameter(torch.zeros(())) if refine else None
         self.stay = nn.Parameter(torch.zeros(num_queries))
         self.pool = _SegmentPool(in_dim, d_model, num_queries)
 
-    def scores(self, memory: torch.Tensor) -> torch.Tensor:
-        """The log-fit of every clip to every segment ``(B,T,K)``."""
+    def embed(self, memory: torch.Tensor) -> torch.Tensor:
+        """What the scores read of every clip, ``z`` ``(B,T,D)``."""
         x = centred(memory, self.center).transpose(1, 2)  # (B, C, T)
         if self.context:
             x = F.pad(x, (self.context, self.context), mode="replicate")
-        keys = self.key(x).transpose(1, 2)  # (B, T, D)
-        scale = math.sqrt(keys.shape[-1]) * self.log_temperature.exp()
-        return keys @ self.query_embed.t() / scale
+        return self.key(x).transpose(1, 2)
+
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """The log-fit of every clip to every learned query ``(B,T,K)``."""
+        scale = math.sqrt(z.shape[-1]) * self.log_temperature.exp()
+        return z @ self.query_embed.t() / scale
 
     def forward(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Align clips ``(B,T,C)`` to K segments: parts ``(B,K,D)``, attention ``(B,1,T,K)``."""
+        """Align clips ``(B,T,C)`` to K segments: parts ``(B,K,D)``, attention ``(B,Y,T,K)``."""
         if memory.shape[1] < self.num_queries:
             raise ValueError(
                 f"model/parser=align needs model.num_queries={self.num_queries} <= clips per "
                 f"video, got {memory.shape[1]} clips"
             )
-        member = monotone_alignment(self.scores(memory).float(), self.stay.float())
-        attn = columns_to_attention(member).to(memory.dtype)  # (B, T, K)
-        return self.pool(attn, memory), attn[:, None]
+        z = self.embed(memory).float()  # (B, T, D)
+        base, stay = self.scores(z), self.stay.float()
+        maps = [columns_to_attention(monotone_alignment(base, stay))]
+        for _ in range(self.refine):
+            prototypes = torch.einsum("btk,btd->bkd", maps[-1], z)  # (B, K, D)
+            misfit = (z[:, :, None] - prototypes[:, None]).pow(2).mean(-1)  # (B, T, K)
+            member = monotone_alignment(base - misfit / self.log_spread.exp(), stay)
+            maps.append(columns_to_attention(member))
+        attn = torch.stack(maps, dim=1).to(memory.dtype)  # (B, Y, T, K)
+        return self.pool(attn[:, -1], memory), attn
