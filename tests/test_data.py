@@ -105,6 +105,33 @@ def test_synthetic_is_deterministic_and_phases_are_ordered():
     assert ((a.phases[:, :, None] == np.arange(5)).sum(1) >= 2).all()  # min_phase_len
 
 
+def test_synthetic_hard_variant_settings():
+    """dataset=synthetic_hard (docs/parsing.md): 4 phases of widely varying length, one negative
+    weight with the scores still in [0, 10], a per-video offset with nothing along the quality
+    direction; the settings come from its config, and the default's stream is untouched."""
+    from tpt_aqa.export_synthetic import dataset_settings
+
+    hard = dataset_settings("synthetic_hard")
+    assert hard["num_phases"] == 4 and min(hard["phase_weights"]) < 0 < hard["nuisance"]
+    assert dataset_settings("synthetic") == vars(FeatureSettings())  # one home of the defaults
+    d = generate(FeatureSettings(**{**hard, "num_train": 300, "num_test": 100}))
+    lengths = (d.phases[:, :, None] == np.arange(4)).sum(1)  # (N, 4) clips per phase
+    assert lengths.min() == 2 and lengths.max() >= 12 and (lengths.std(0) > 2).all()
+    assert d.raw.min() >= 0 and d.raw.max() <= 10
+    # judge: s = 10·(q·w − Σ_{w<0} w)/Σ|w|; with q = (1, 0, 1, 0) and w = (1, 2, −1.5, 1.5):
+    # 10·(1 − 1.5 + 1.5)/6 = 10/6
+    s = FeatureSettings(**{**hard, "judge_noise": 0.0})
+    raw, _ = s.judge(np.random.default_rng(0), np.array([[1.0, 0.0, 1.0, 0.0]]))
+    assert raw[0] == pytest.approx(10 / 6)
+    # the offset shifts every clip of a video alike: clip differences within a phase carry none
+    calm = generate(FeatureSettings(**{**hard, "num_train": 300, "num_test": 100, "nuisance": 0}))
+    assert np.array_equal(calm.phases, d.phases) and np.array_equal(calm.raw, d.raw)
+    offset = (d.videos - calm.videos).astype(np.float64)  # (N, T, C)
+    assert np.allclose(offset, offset[:, :1], atol=1e-5)
+    with pytest.raises(ValueError, match=r"dataset\.phase_concentration"):
+        FeatureSettings(phase_concentration=0)
+
+
 def test_setup_carves_validation_and_fixes_exemplars():
     dm = small_synthetic(val_fraction=0.2, seed=1)
     dm.setup()
@@ -277,6 +304,12 @@ def test_export_synthetic_command_writes_the_generated_benchmark(tmp_path, capsy
     with pytest.raises(SystemExit):  # 5 phases of ≥ 2 clips need 10 clips: a usage error
         export_synthetic.main([str(tmp_path / "bad"), "--num-clips", "4"])
     assert "5 phases of at least 2 clips do not fit in 4 clips" in capsys.readouterr().err
+    export_synthetic.main([str(tmp_path / "hard"), "--dataset", "synthetic_hard", *args])
+    assert "of dataset=synthetic_hard" in capsys.readouterr().out
+    hard = export_synthetic.dataset_settings("synthetic_hard")
+    want = generate(FeatureSettings(**{**hard, "num_train": 6, "num_test": 3, "num_clips": 10,
+                                       "feature_dim": 5}))  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "hard" / "synthetic_00004.npy"), want.videos[4])
 
 
 def test_features_spreadsheet_csv_and_float64_files(tmp_path, caplog):

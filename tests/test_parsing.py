@@ -15,6 +15,7 @@ from tpt_aqa.metrics import UndefinedMetricWarning
 from tpt_aqa.parsing import (
     METRICS,
     attention_centres,
+    explained_variance,
     pair_transitions,
     parse_video,
     parsing_metrics,
@@ -197,42 +198,138 @@ def test_perfect_parser_adapts_to_every_video():
     ] == pytest.approx(1.0)
 
 
-def test_fixed_chunks_do_not_adapt():
-    """Queries at fixed positions (thirds of the video, barely jittered) over steps of varying
-    length: adaptivity ≈ 0; without the jitter the centres are constant and r is undefined."""
-    labels = np.stack([_labels(*lengths) for lengths in VARIED])
-    chunks = np.zeros((12, 3))
-    for k in range(3):
-        chunks[4 * k : 4 * k + 4, k] = 0.25
-    fixed = np.repeat(chunks[None], len(VARIED), axis=0)
-    with pytest.warns(UndefinedMetricWarning) as record:
-        out = parsing_metrics(fixed, labels)
-    messages = " ".join(str(w.message) for w in record)
-    assert "query 1's attention centre sits at frame 1.5 in all 6 videos" in messages
-    assert math.isnan(out["parse_adapt"]) and math.isnan(out["parse_adapt_boundary"])
-    assert out["parse_acc"] < 1
+# Five steps over T = 20 clips (per-clip labels, so frames are clips). Across the six videos the
+# true step centres have Σ_v (c − mean_v c)² = 2, 53/6, 16/3, 17/6, 2 per step (21 in all), the
+# true transitions 8, 34/3, 10/3, 8 per transition (92/3 in all).
+FIVE = [
+    (4, 4, 4, 4, 4),
+    (2, 4, 6, 4, 4),
+    (6, 4, 2, 4, 4),
+    (4, 4, 4, 2, 6),
+    (4, 4, 4, 6, 2),
+    (4, 2, 4, 6, 4),
+]
 
-    # jitter: move ε_v of each query's mass onto its chunk's last clip (centre + 1.5·ε_v), with ε
-    # orthogonal to the centres of every query's split-level step, so r is 0 by construction
-    parses = [parse_video(fixed[v], labels[v]) for v in range(6)]
-    split = [np.bincount([p.matched[k] for p in parses]).argmax() for k in range(3)]
-    steps = np.array([[p.step_centres[split[k]] for k in range(3)] for p in parses])  # (6, 3)
-    z = np.linalg.svd(np.column_stack([np.ones(6), steps]).T)[2][-1]  # ⟂ constant and steps
-    eps = 0.01 * (1 + z / np.abs(z).max())
-    jittered = fixed * (1 - eps)[:, None, None]
-    for k in range(3):
-        jittered[:, 4 * k + 3, k] += eps
+
+def _five() -> np.ndarray:
+    return np.stack([_labels(*lengths) for lengths in FIVE])
+
+
+def _chunks(num_clips: int = 20, num_queries: int = 5) -> np.ndarray:
+    """Query k spreads its attention evenly over the k-th equal chunk of the clips ``(T, K)``."""
+    width = num_clips // num_queries
+    attn = np.zeros((num_clips, num_queries))
+    for k in range(num_queries):
+        attn[k * width : (k + 1) * width, k] = 1.0 / width
+    return attn
+
+
+def _adapt(attn: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)  # the cuts are still fixed
-        out = parsing_metrics(jittered, labels)
-    assert abs(out["parse_adapt"]) < 1e-6
-    # the same jitter, made to follow the steps, reads as adaptive
-    follow = fixed * 0.99
-    for k in range(3):
-        follow[:, 4 * k + 3, k] += 0.01 * (steps[:, k] - steps[:, k].min()) / 12
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        assert parsing_metrics(follow, labels)["parse_adapt"] > 0.99
+        warnings.simplefilter("error", UndefinedMetricWarning)  # none of these cases is undefined
+        out = parsing_metrics(attn, labels)
+    return out["parse_adapt"], out["parse_adapt_boundary"]
+
+
+def test_adaptivity_perfect_parser_reads_one():
+    labels = _five()
+    assert _adapt(np.stack([_following(lab) for lab in labels]), labels) == (1.0, 1.0)
+
+
+def test_adaptivity_exactly_fixed_attention_reads_zero_not_nan():
+    """Chunking time: every query at the same clips in every video explains none of the steps'
+    movement; exactly 0 (the constant parse's offset takes the mean), with no warning."""
+    labels = _five()
+    fixed = np.repeat(_chunks()[None], 6, axis=0)
+    assert _adapt(fixed, labels) == (0.0, 0.0)
+    # on the three-step videos as well, where the old per-query r was undefined (NaN)
+    three = np.stack([_labels(*lengths) for lengths in VARIED])
+    assert _adapt(np.repeat(_chunks(12, 3)[None], 6, axis=0), three) == (0.0, 0.0)
+
+
+def test_adaptivity_constant_input_reads_zero():
+    """Constant input: every query attends evenly to every clip (all centres at 9.5), every clip
+    goes to query 0, so neither the positions nor the cuts move."""
+    assert _adapt(np.full((6, 20, 5), 1 / 20), _five()) == (0.0, 0.0)
+
+
+def test_adaptivity_chunking_with_jitter_reads_zero():
+    """The released decoder's chunking: centres at nearly fixed clips, moving a little but not
+    with the steps. The jitter only adds residual (1 − residual/total < 0), clipped to 0."""
+    labels = _five()
+    rng = np.random.default_rng(0)
+    fixed = np.repeat(_chunks()[None], 6, axis=0)
+    eps = 0.05 * rng.uniform(size=(6, 1, 5))
+    jittered = fixed * (1 - eps)
+    jittered[:, 19] += eps[:, 0]  # ε of each query's mass on the last clip: its centre moves
+    adapt, boundary = _adapt(jittered, labels)
+    assert adapt == 0.0 and boundary == 0.0
+
+
+def test_adaptivity_one_tracker_among_fixed_reads_its_share():
+    """Query 0 follows step 1; queries 1–4 stay on chunks 2–4 of 20 clips. Step 1's share of
+    the variance is 2 / 21. Its cut never moves (clips 0–3 go to query 0 in every video: where
+    step 1 is shorter nobody else attends to them, where longer query 1 takes clips 4–5), so the
+    transitions read 0."""
+    labels = _five()
+    attn = np.repeat(_chunks()[None], 6, axis=0)
+    attn[:, :, 0] = [_following(lab)[:, 0] for lab in labels]
+    adapt, boundary = _adapt(attn, labels)
+    assert adapt == pytest.approx(2 / 21, abs=1e-12) and boundary == 0.0
+    # the old per-query Fisher-z mean read 0.994 here (r = 1 of the tracker dominated)
+
+
+def test_adaptivity_collapse_reads_the_one_step_share():
+    """All five queries follow step 3: it is explained, the four steps no query takes are not:
+    (16/3) / 21 = 16/63. The cuts: every clip goes to query 0 (ties), so none moves."""
+    labels = _five()
+    attn = np.stack([np.repeat(_following(lab)[:, 2:3], 5, axis=1) for lab in labels])
+    adapt, boundary = _adapt(attn, labels)
+    assert adapt == pytest.approx(16 / 63, abs=1e-12) and boundary == 0.0
+
+
+def test_adaptivity_three_step_split_keeps_the_uncut_transitions():
+    """K = 3 on five steps: queries follow steps 1 and 2, the third spreads evenly over steps
+    3–5. Its attention mass, summed over the videos, is largest on step 4 (2.114 against 1.914
+    on step 3 and 1.971 on step 5), so the split-level steps are 1, 2, 4.
+    Steps: 1 and 2 explained; step 3 (no query, constant) leaves 16/3; step 4 is read at the
+    centre of steps 3–5, (start of step 3 + 19)/2, residual Σ(d − mean d)² = 4 with
+    d = c4 − p = 0, 1, −1, −1, 1, 0; step 5 leaves 2: 1 − (16/3 + 4 + 2)/21 = 29/63.
+    Transitions: the cuts into steps 2 and 3 are exact; the cut into step 4 falls at step 3's
+    start (d = t3 − t2 = 4, 6, 2, 4, 4, 4: residual 8); no clip's step is ≥ 5, so the cut into
+    step 5 sits at the video's end in every video and counts as unexplained (its 8; the old
+    Fisher-z mean left such transitions out): 1 − (8 + 8)/(92/3) = 11/23."""
+    labels = _five()
+    attn = np.zeros((6, 20, 3))
+    for v, lab in enumerate(labels):
+        attn[v, :, :2] = _following(lab)[:, :2]
+        late = lab >= 2
+        attn[v, late, 2] = 1 / late.sum()
+    adapt, boundary = _adapt(attn, labels)
+    assert adapt == pytest.approx(29 / 63, abs=1e-12)
+    assert boundary == pytest.approx(11 / 23, abs=1e-12)
+
+
+def test_adaptivity_undefined_when_the_steps_never_move():
+    labels = np.repeat(_labels(4, 4, 4, 4, 4)[None], 3, axis=0)
+    attn = np.stack([_following(lab) for lab in labels])
+    with pytest.warns(UndefinedMetricWarning, match="step centres sit at the same frames"):
+        out = parsing_metrics(attn, labels)
+    assert math.isnan(out["parse_adapt"]) and math.isnan(out["parse_adapt_boundary"])
+
+
+def test_explained_variance_pins_its_reduction():
+    """One sum over videos and columns, a free offset per column, no slope, clipped at 0."""
+    true = np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 16.0]])  # spreads 8 and 24: total 32
+    # column 0 tracked with offset 5 (residual 0); column 1 at half the slope: residual
+    # Σ(d − mean d)², d = 10 − 5, 10 − 5, 16 − 8 = 5, 5, 8 → mean 6 → 1 + 1 + 4 = 6
+    parsed = np.array([[5.0, 5.0], [7.0, 5.0], [9.0, 8.0]])
+    assert explained_variance(true, parsed, "x") == pytest.approx(1 - 6 / 32, abs=1e-15)
+    parsed[:, 1] = [8.0, 8.0, 2.0]  # moving against the truth: residual > total, clipped
+    assert explained_variance(true, parsed, "x") == 0.0
+    true[1, 1] = np.nan  # a video without column 1: left out of that column only
+    parsed[:, 1] = [0.0, 123.0, 6.0]  # column 1 now exact up to an offset 10 on videos 0 and 2
+    assert explained_variance(true, parsed, "x") == 1.0
 
 
 def test_random_maps_score_well_below_a_parser():

@@ -36,6 +36,11 @@ def test_fast_dev_run_baseline(tiny_cfg):
     assert "test/parse_acc" not in results and "test/srcc" in results
 
 
+def test_fast_dev_run_hard_variant(tiny_cfg):
+    results = train_entry.run(tiny_cfg("debug=fast_dev_run", "dataset=synthetic_hard"))
+    assert 0 <= results["test/parse_adapt"] <= 1 and "test/srcc" in results
+
+
 def test_evaluation_is_mean_of_exemplar_plus_delta(tiny_cfg):
     """Encode-once evaluation equals scoring each (exemplar, query) pair separately."""
     cfg = tiny_cfg()

@@ -41,15 +41,30 @@ Over a split (``parsing_metrics``):
   authors' released code (``utils/misc.py``) scores one interval per video, from the first to the
   last predicted transition of its two-transition TSA parse, which this generalises to any number
   of steps and queries.
-- ``parse_adapt``: per query, Pearson's r across videos between its attention centre and the centre
-  of its *split-level step* (the step index it is matched to in most videos), averaged over queries
-  through Fisher's z; videos without that step are left out of that query's r. Queries at fixed clip
-  positions (chunking time) give ≈ 0 however the steps move; a parser that follows each video's
-  steps → 1; random maps ≈ 0. A query whose centre never moves has r undefined (NaN, warned).
-- ``parse_adapt_boundary``: the same for transitions: per step j > 1, r across videos between the
-  true transition into step j and the parse's cut into it, read with the split-level steps (the
-  clip edge that best separates clips whose query's split-level step is < j from those ≥ j). The
-  split-level steps are fixed for the split, so a parse fitted to nothing cannot look adaptive.
+- ``parse_adapt`` (adaptivity): the share of the across-video variance of the true step centres
+  that the parse's per-video step positions explain, over all steps at once. Each query gets one
+  *split-level step* for the whole split: the queries, in order of their mean attention centre,
+  are matched in order (non-decreasing) to step indices so that the attention mass on their steps,
+  summed over the videos, is largest. The parse's position of step s in video v, ``p[v,s]``, is
+  the mean attention centre of the queries whose step is s (a step no query takes stays at 0).
+  With ``c[v,s]`` the true step centre::
+
+      parse_adapt = max(0, 1 − Σ_{v,s} (c[v,s] − p[v,s] − o_s)² / Σ_{v,s} (c[v,s] − mean_v c[v,s])²)
+
+  ``o_s = mean_v (c[v,s] − p[v,s])``: a per-step offset (a constant bias is not adaptation) but no
+  free slope, so a position that moves a tenth as much as its step explains little. Queries at
+  fixed clips (chunking time) and constant input read exactly 0 (a step whose position never
+  moves keeps all its variance as residual), a parser that follows every step reads 1, one query
+  that tracks its step among fixed ones reads about its step's share of the variance, and all
+  queries collapsed on one step read that step's share (about 1/S). Moving against the truth
+  only adds residual, clipped at 0. Videos without step s are left out of its sums; when the
+  true centres never move the number is undefined (NaN, warned).
+- ``parse_adapt_boundary``: the same for the transitions: ``c`` the true transition into step j,
+  ``p`` the parse's cut into it, read with the split-level steps (the clip edge that best
+  separates clips whose query's split-level step is < j from those ≥ j). A transition the parse
+  never cuts (no query's step is ≥ j) has a constant cut and counts as unexplained, not left
+  out. The split-level steps are fixed for the split, so a parse fitted to nothing cannot look
+  adaptive.
 
 K ≠ S: with K < S at most K steps get a query, so accuracy and AIoU stay below 1 and transitions
 are missed; with K > S several queries may share a step (order then asks that every step be
@@ -59,14 +74,13 @@ are left out with a warning.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from tpt_aqa.metrics import UndefinedMetricWarning, fisher_z_mean, undefined
+from tpt_aqa.metrics import UndefinedMetricWarning, undefined
 
 AIOU_THRESHOLDS = {"parse_aiou50": 0.5, "parse_aiou75": 0.75}
 
@@ -229,6 +243,7 @@ class VideoParse:
         extra_costs: cost of each spurious implied transition ``(m − pairs,)``.
         assignment: the query attending each clip most ``(T,)``.
         frames_per_clip: frames covered by each clip.
+        mass: attention mass of every query on every step ``(K, S)`` (each row sums to 1).
     """
 
     in_order: bool
@@ -244,6 +259,7 @@ class VideoParse:
     extra_costs: np.ndarray
     assignment: np.ndarray
     frames_per_clip: int
+    mass: np.ndarray
 
     @property
     def matched_centres(self) -> np.ndarray:
@@ -322,23 +338,8 @@ def parse_video(attn: np.ndarray, labels: np.ndarray, frames_per_clip: int = 1) 
         extra_costs=extra,
         assignment=assignment,
         frames_per_clip=frames_per_clip,
+        mass=mass,
     )
-
-
-def pearson(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> float:
-    """Pearson's r of two position series ``(N,)`` named ``names``; NaN with an
-    :class:`UndefinedMetricWarning` when there are fewer than two or one series is constant."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    what = f"Pearson's r of {names[0]} vs {names[1]}"
-    if len(x) < 2:
-        return undefined(f"{what} needs at least two videos, got {len(x)}")
-    for name, v in zip(names, (x, y), strict=True):
-        if np.ptp(v) <= 1e-9 * max(1.0, float(np.abs(v).max())):
-            return undefined(
-                f"{what} is undefined: the {name} sits at frame {v[0]:g} in all {len(v)} videos"
-            )
-    dx, dy = x - x.mean(), y - y.mean()
-    return float(np.clip(dx @ dy / math.sqrt((dx @ dx) * (dy @ dy)), -1.0, 1.0))
 
 
 def parsing_metrics(
@@ -411,61 +412,103 @@ def parsing_metrics(
         out[name] = float(np.mean(min_iou >= threshold))
     if len(parses) < 2:
         out["parse_adapt"] = out["parse_adapt_boundary"] = undefined(
-            f"adaptivity (a correlation across videos) needs at least two videos, got {len(parses)}"
+            f"adaptivity (a variance across videos) needs at least two videos, got {len(parses)}"
         )
         return out
-    out["parse_adapt"] = _query_adaptivity(parses)
-    out["parse_adapt_boundary"] = _transition_adaptivity(parses)
+    steps = split_matching(parses)
+    out["parse_adapt"] = _query_adaptivity(parses, steps)
+    out["parse_adapt_boundary"] = _transition_adaptivity(parses, steps)
     return out
 
 
-def _split_steps(parses: list[VideoParse]) -> np.ndarray:
-    """Each query's split-level step ``(K,)``: the step index it is matched to in most videos."""
-    matched = np.stack([p.matched for p in parses])  # (N, K)
-    return np.array([np.bincount(matched[:, k]).argmax() for k in range(matched.shape[1])])
+def split_matching(parses: list[VideoParse]) -> np.ndarray:
+    """Each query's *split-level step* ``(K,)``, one for the whole split: the queries, sorted by
+    their mean attention centre over the videos, are matched in order (non-decreasing) to step
+    indices so that the attention mass they put on their steps, summed over the videos, is
+    largest. A step index a video lacks gains nothing there."""
+    num_steps = max(p.mass.shape[1] for p in parses)
+    gain = np.zeros((parses[0].mass.shape[0], num_steps))  # (K, S): Σ_v mass[v, k, s]
+    for p in parses:
+        gain[:, : p.mass.shape[1]] += p.mass
+    rank = np.argsort(np.mean([p.centres for p in parses], axis=0), kind="stable")
+    steps = np.empty(len(rank), dtype=np.int64)
+    steps[rank] = _ordered_map(gain[rank])
+    return steps
 
 
-def _query_adaptivity(parses: list[VideoParse]) -> float:
-    """Fisher-z mean over queries of r(attention centre, centre of the query's split-level step)."""
-    rs = []
-    for k, step in enumerate(_split_steps(parses).tolist()):
-        has = [p for p in parses if step < len(p.step_centres)]
-        rs.append(
-            pearson(
-                np.array([p.centres[k] for p in has]),
-                np.array([p.step_centres[step] for p in has]),
-                (f"query {k + 1}'s attention centre", f"centre of step {step + 1}"),
-            )
-        )
-    return fisher_z_mean(rs)
+def explained_variance(true: np.ndarray, parsed: np.ndarray, what: str) -> float:
+    """The share of the across-video variance of ``true`` that ``parsed`` explains, over all its
+    columns at once, with a free offset per column and no free slope:
+    ``max(0, 1 − Σ_{v,j} (true − parsed − o_j)² / Σ_{v,j} (true − mean_v true)²)``, ``o_j`` the mean
+    over videos of ``true − parsed`` in column j (the least-squares offset).
 
+    Args:
+        true: true positions ``(N, J)``, NaN where a video lacks column j.
+        parsed: the parse's positions ``(N, J)``; a column that is constant over the videos where
+            it is defined explains none of its variance (exactly 0, not a rounding residue).
+        what: the positions' name, for the undefined case.
 
-def _transition_adaptivity(parses: list[VideoParse]) -> float:
-    """Fisher-z mean over j of r(true transition into step j, the parse's cut into step j).
-
-    The cut is read with the split-level steps, the same for every video: the clip edge that best
-    splits the clips whose query's split-level step is < j from those ≥ j (fewest clips on the
-    wrong side, the earliest on ties). A per-video matching, fitted to each video's truth, would
-    make any parse with many runs look adaptive.
+    Returns:
+        The share in [0, 1]; NaN with an :class:`UndefinedMetricWarning` when ``true`` never
+        moves (no variance to explain).
     """
-    steps = _split_steps(parses)[np.stack([p.assignment for p in parses])]  # (N, T) per clip
-    num_steps = np.array([len(p.step_centres) for p in parses])
-    frames_per_clip = np.array([p.frames_per_clip for p in parses])
-    rs = []
-    for j in range(1, num_steps.max()):
-        has = np.flatnonzero(j < num_steps)
-        late = steps[has] >= j  # (n, T)
-        zero = np.zeros((len(has), 1), dtype=np.int64)
+    total = residual = 0.0
+    for j in range(true.shape[1]):
+        has = np.isfinite(true[:, j])
+        if has.sum() < 2:
+            continue
+        t, p = true[has, j], parsed[has, j]
+        spread = float(((t - t.mean()) ** 2).sum())
+        total += spread
+        if np.ptp(p) == 0:  # a constant parse: its offset takes the mean, the spread remains
+            residual += spread
+        else:
+            d = t - p
+            residual += float(((d - d.mean()) ** 2).sum())
+    if total <= 0:
+        return undefined(
+            f"adaptivity is undefined: the {what} sit at the same frames in every video"
+        )
+    return max(0.0, 1.0 - residual / total)
+
+
+def _query_adaptivity(parses: list[VideoParse], steps: np.ndarray) -> float:
+    """Explained variance of the true step centres by the parse's step positions: per video the
+    mean attention centre of the queries whose split-level step it is (a step no query takes has a
+    constant position, so it explains nothing)."""
+    num_steps = max(len(p.step_centres) for p in parses)
+    true = np.full((len(parses), num_steps), np.nan)  # (N, S)
+    parsed = np.zeros((len(parses), num_steps))  # (N, S); 0 where no query takes the step
+    for v, p in enumerate(parses):
+        true[v, : len(p.step_centres)] = p.step_centres
+        for s in np.unique(steps):
+            parsed[v, s] = p.centres[steps == s].mean()
+    return explained_variance(true, parsed, "step centres")
+
+
+def _transition_adaptivity(parses: list[VideoParse], steps: np.ndarray) -> float:
+    """Explained variance of the true transitions by the parse's cuts, over all transitions at once.
+
+    The cut into step j is read with the split-level steps, the same for every video: the clip edge
+    that best splits the clips whose query's split-level step is < j from those ≥ j (fewest clips
+    on the wrong side, the earliest on ties). A per-video matching, fitted to each video's truth,
+    would make any parse with many runs look adaptive. A transition the parse never cuts (no query
+    takes a step ≥ j) has a constant cut, so it explains nothing.
+    """
+    clip_steps = steps[np.stack([p.assignment for p in parses])]  # (N, T) per clip
+    num_steps = max(len(p.step_centres) for p in parses)
+    frames_per_clip = np.array([p.frames_per_clip for p in parses])  # (N,)
+    true = np.full((len(parses), max(num_steps - 1, 0)), np.nan)  # (N, S − 1)
+    cuts = np.zeros_like(true)
+    zero = np.zeros((len(parses), 1), dtype=np.int64)
+    for j in range(1, num_steps):
+        late = clip_steps >= j  # (N, T)
         before = np.hstack([zero, np.cumsum(late, axis=1)])  # late clips before each edge
         after = np.hstack([np.cumsum(~late[:, ::-1], axis=1)[:, ::-1], zero])  # early ones after
-        cuts = np.argmin(before + after, axis=1) * frames_per_clip[has]  # (n,) the first best edge
-        rs.append(
-            pearson(
-                np.array([parses[i].transitions[j - 1] for i in has]),
-                cuts,
-                (f"true transition into step {j + 1}", f"parse's cut into step {j + 1}"),
-            )
-        )
-    if not rs:
+        cuts[:, j - 1] = np.argmin(before + after, axis=1) * frames_per_clip  # the first best edge
+        for v, p in enumerate(parses):
+            if j < len(p.step_centres):
+                true[v, j - 1] = p.transitions[j - 1]
+    if not true.size:
         return undefined("transition adaptivity: every video is a single step")
-    return fisher_z_mean(rs)
+    return explained_variance(true, cuts, "true transitions")

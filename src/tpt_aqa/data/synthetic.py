@@ -76,25 +76,45 @@ class GeneratorSettings:
         self, rng: np.random.Generator, qualities: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The judges' raw scores s = 10·Σ_p w_p q_p / Σ_p w_p + noise of videos whose phase qualities
-        are ``qualities`` ``(N, P)``, and a uniformly drawn difficulty id of each ``(N,)``."""
+        are ``qualities`` ``(N, P)``, and a uniformly drawn difficulty id of each ``(N,)``; with negative
+        weights s = 10·(Σ_p w_p q_p − Σ_{w_p<0} w_p) / Σ_p |w_p| + noise, still within [0, 10]."""
         weights = np.asarray(self.phase_weights, dtype=np.float64)
         noise = self.judge_noise * rng.standard_normal(len(qualities))
-        raw = 10 * qualities @ weights / weights.sum() + noise
+        # a negative weight (``dataset=synthetic_hard``) shifts the range back to [0, 10]: with all
+        # weights positive the shift is 0 and Σ|w| = Σw, the default's formula exactly
+        low = np.minimum(weights, 0.0).sum()
+        raw = 10 * (qualities @ weights - low) / np.abs(weights).sum() + noise
         return raw, rng.integers(0, len(self.difficulties), size=len(qualities))
 
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureSettings(GeneratorSettings):
     """``dataset=synthetic``: ``num_clips`` clips of ``feature_dim`` features, the quality at
-    ``signal`` strength along its direction, plus ``noise``."""
+    ``signal`` strength along its direction, plus ``noise``.
+
+    The hard variant's knobs (``dataset=synthetic_hard``; the defaults leave the benchmark as it
+    was): phase lengths drawn with Dirichlet concentration ``phase_concentration`` (lower: lengths
+    vary more from video to video), phase signatures at ``phase_signal`` strength, and a per-video
+    ``nuisance`` offset (Gaussian, orthogonal to the quality direction, ``nuisance`` in norm on
+    average) shared by all clips of a video."""
 
     num_clips: int = 20
     feature_dim: int = 64
     signal: float = 1.0
     noise: float = 0.5
+    phase_concentration: float = 2.0
+    phase_signal: float = 1.0
+    nuisance: float = 0.0
 
     def __post_init__(self) -> None:
         self.check(self.num_clips, "clips")
+        if not self.phase_concentration > 0:
+            raise ValueError(
+                f"dataset.phase_concentration={self.phase_concentration}: the Dirichlet "
+                "concentration of the phase lengths must be > 0"
+            )
+        if self.nuisance < 0:
+            raise ValueError(f"dataset.nuisance={self.nuisance}: must be >= 0")
 
 
 @dataclass
@@ -125,7 +145,7 @@ class Generated:
 def phase_lengths(rng: np.random.Generator, s: FeatureSettings) -> np.ndarray:
     """Random phase durations (in clips) summing to T, each at least ``min_phase_len``."""
     spare = s.num_clips - s.num_phases * s.min_phase_len
-    share = rng.dirichlet(np.full(s.num_phases, 2.0))
+    share = rng.dirichlet(np.full(s.num_phases, float(s.phase_concentration)))
     extra = np.floor(share * spare).astype(int)
     extra[rng.permutation(s.num_phases)[: spare - extra.sum()]] += 1
     return extra + s.min_phase_len
@@ -145,11 +165,15 @@ def generate(s: FeatureSettings) -> Generated:
     phases = np.stack([np.repeat(np.arange(s.num_phases), phase_lengths(rng, s)) for _ in range(n)])
     q_clip = np.take_along_axis(qualities, phases, axis=1)  # (N, T)
     features = (
-        signatures[phases]
+        s.phase_signal * signatures[phases]
         + s.signal * (q_clip - 0.5)[..., None] * direction
         + s.noise / np.sqrt(s.feature_dim) * rng.standard_normal((n, s.num_clips, s.feature_dim))
     )
     raw, difficulty_id = s.judge(rng, qualities)
+    if s.nuisance > 0:  # drawn last: the default's stream (nuisance 0) is unchanged
+        offset = rng.standard_normal((n, s.feature_dim))
+        offset -= np.outer(offset @ direction, direction)  # no quality along it
+        features += s.nuisance / np.sqrt(s.feature_dim) * offset[:, None, :]
     return Generated(s, features.astype(np.float32), phases.astype(np.int64), raw, difficulty_id)
 
 
