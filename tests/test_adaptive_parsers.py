@@ -292,3 +292,19 @@ def test_align_refinement_finds_each_videos_change_without_query_help():
     assert first[0].tolist() == first[1].tolist()
     last = attn[:, -1].argmax(2).tolist()
     assert last == [[0] * 3 + [1] * (T - 3), [0] * 8 + [1] * (T - 8)]
+
+
+def test_slots_temperature_sharpens_the_competition(clips):
+    torch.manual_seed(0)
+    warm = SlotCompetitionParser(C, D, num_queries=K, iterations=1, temperature=1.0)
+    cold = SlotCompetitionParser(C, D, num_queries=K, iterations=1, temperature=0.05)
+    cold.load_state_dict(warm.state_dict())
+
+    def entropy(attn: torch.Tensor) -> torch.Tensor:
+        return -(attn * attn.log()).sum(2).mean()  # per query column over the clips
+
+    _, a_warm = warm(clips * 10)
+    _, a_cold = cold(clips * 10)
+    assert entropy(a_cold) < entropy(a_warm) - 0.1
+    with pytest.raises(ValueError, match=r"model\.parser\.temperature"):
+        SlotCompetitionParser(C, D, num_queries=K, temperature=0.0)

@@ -230,7 +230,7 @@ def competition(logits: torch.Tensor) -> torch.Tensor:
 class SlotCompetitionParser(nn.Module):
     """Queries that compete for the clips (``model/parser=slots``).
 
-    Each iteration scores every (clip, query) pair, ``logits = key(x_t)·W q_k / √D``, and takes a
+    Each iteration scores every (clip, query) pair, ``logits = key(x_t)·W q_k / √D / τ``, and takes a
     softmax over the K *queries*: a clip's weight is shared among the queries, so a query that
     explains a clip takes it from the others (the release's softmax over clips lets every query
     take every clip). Each query then reads the weighted mean of the clips it won (its column
@@ -248,6 +248,8 @@ class SlotCompetitionParser(nn.Module):
         iterations: refinement rounds Y (each contributes one attention map).
         smooth: odd width of a moving average of the logits over time (1: none); a clip's
             neighbours then vote on which query takes it.
+        temperature: τ dividing the logits; below 1 a clip goes more wholly to one query, so each
+            query's column holds less of the clips it did not win.
         center: score clips on features minus the video's mean clip.
         attention_losses: apply the rank and sparsity losses to its maps.
     """
@@ -259,19 +261,21 @@ class SlotCompetitionParser(nn.Module):
         num_queries: int = 5,
         iterations: int = 3,
         smooth: int = 1,
+        temperature: float = 1.0,
         center: bool = True,
         attention_losses: bool = True,
         **decoder_options,
     ) -> None:
         super().__init__()
         _refuse_decoder_options("slots", decoder_options)
-        if iterations < 1 or smooth < 1 or smooth % 2 == 0:
+        if iterations < 1 or smooth < 1 or smooth % 2 == 0 or temperature <= 0:
             raise ValueError(
-                f"model.parser.iterations must be >= 1 and model.parser.smooth odd and >= 1, got "
-                f"{iterations} and {smooth}"
+                f"model.parser.iterations must be >= 1, model.parser.smooth odd and >= 1 and "
+                f"model.parser.temperature > 0, got {iterations}, {smooth} and {temperature}"
             )
         self.num_queries, self.out_dim = num_queries, d_model
         self.iterations, self.smooth, self.center = iterations, smooth, center
+        self.temperature = float(temperature)
         self.attention_losses = attention_losses
         self.query_embed = nn.Parameter(torch.empty(num_queries, d_model))
         nn.init.xavier_uniform_(self.query_embed)
@@ -292,7 +296,7 @@ class SlotCompetitionParser(nn.Module):
         keys = self.key(centred(memory, self.center))  # (B, T, D)
         values = self.value(memory)  # (B, T, D)
         slots = self.query_embed.unsqueeze(0).expand(b, -1, -1)  # (B, K, D)
-        scale = 1.0 / math.sqrt(keys.shape[-1])
+        scale = 1.0 / math.sqrt(keys.shape[-1]) / self.temperature
         maps = []
         for _ in range(self.iterations):
             logits = torch.einsum("btd,bkd->btk", keys, self.query(self.norm_query(slots))) * scale
