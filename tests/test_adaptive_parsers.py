@@ -29,7 +29,7 @@ from tpt_aqa.models.adaptive import (
     moving_average,
 )
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, compose_cfg, run_module
 
 B, T, C, D, K = 3, 12, 8, 16, 4
 PARSERS = {
@@ -308,3 +308,22 @@ def test_slots_temperature_sharpens_the_competition(clips):
     assert entropy(a_cold) < entropy(a_warm) - 0.1
     with pytest.raises(ValueError, match=r"model\.parser\.temperature"):
         SlotCompetitionParser(C, D, num_queries=K, temperature=0.0)
+
+
+def test_an_ablation_that_swaps_the_parser_refuses_another_parser():
+    conflict = train_entry.parser_ablation_conflict
+    assert conflict({"ablation": "adaptive_pool", "model/parser": "adaptive_pool"}) is None
+    assert conflict({"ablation": "baseline_pool", "model/parser": "mean_pool"}) is None
+    assert conflict({"ablation": "no_rank_loss", "model/parser": "align"}) is None
+    assert conflict({"ablation": None, "model/parser": "slots"}) is None
+    problem = conflict({"ablation": "baseline_pool", "model/parser": "align"})
+    assert "ablation=baseline_pool replaces the parser with model/parser=mean_pool" in problem
+    assert "drop model/parser=align" in problem
+
+
+def test_cli_refuses_a_parser_with_a_parser_ablation(tmp_path):
+    proc = run_module(
+        "train", "model/parser=slots", "ablation=temporal_conv", f"hydra.run.dir={tmp_path}"
+    )
+    assert proc.returncode != 0
+    assert "ablation=temporal_conv replaces the parser" in proc.stderr + proc.stdout
