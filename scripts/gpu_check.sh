@@ -55,6 +55,8 @@ for depth in (2, 4):
 step pinned_batches $PY -c '
 from hydra import compose, initialize_config_dir
 from tpt_aqa.config import CONF_DIR, build_datamodule
+from tpt_aqa.core.startup import setup
+setup()
 with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
     cfg = compose("train", overrides=["dataset=synthetic_video", "dataset.pin_memory=true",
                                       "paths.output_dir=unused"])

@@ -12,6 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from tpt_aqa.config import CONF_DIR
+from tpt_aqa.core.startup import setup
+
+setup()  # as the commands do: the tests compose the configs themselves (core.startup)
 
 # A tiny run: small model, two epochs, no progress bar; outputs go to tmp_path.
 TINY_MODEL = [

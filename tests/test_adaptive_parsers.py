@@ -12,7 +12,6 @@ from torch import nn
 
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import build_module
-from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import (
     TPT,
     GroupHeads,
@@ -28,6 +27,7 @@ from tpt_aqa.models.adaptive import (
     monotone_alignment,
     moving_average,
 )
+from tpt_aqa.scoring.losses import TPTCriterion
 
 from .conftest import TINY, compose_cfg, run_module
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from tpt_aqa.aggregate import main
-from tpt_aqa.report import json_text
+from tpt_aqa.core.report import json_text
 
 
 def write_job(root, num, overrides, results):

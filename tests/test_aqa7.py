@@ -20,7 +20,7 @@ from PIL import Image
 
 from tpt_aqa import extract_features
 from tpt_aqa import train as train_entry
-from tpt_aqa.cache import CacheMismatchError
+from tpt_aqa.core.cache import CacheMismatchError
 from tpt_aqa.data.aqa7 import (
     AQA7_CLASSES,
     AQA7_SCORE_RANGES,

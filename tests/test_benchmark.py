@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpt_aqa import benchmark
-from tpt_aqa.benchmark import count_flops, device_peaks, gpu_peak_tflops, profile_table
+from tpt_aqa.benchmarks import end_to_end, features, table
+from tpt_aqa.benchmarks.measure import count_flops, device_peaks, gpu_peak_tflops, profile_table
 
 
 def test_count_flops_forward_and_backward_of_a_linear_layer():
@@ -51,14 +51,14 @@ def test_switch_study_and_checkpointed_memory_run_at_a_tiny_size(monkeypatch):
     # compilation left out: Inductor compiling I3D takes minutes on a CPU (tests/test_speed.py
     # checks the compiled path on a small model)
     monkeypatch.setattr(
-        benchmark,
+        end_to_end,
         "SWITCHES",
-        {k: v for k, v in benchmark.SWITCHES.items() if k in ("plain", "fold_bn_eval")},
+        {k: v for k, v in end_to_end.SWITCHES.items() if k in ("plain", "fold_bn_eval")},
     )
-    study = benchmark.switch_study("cpu", pairs=1, clips=2, clip_len=8, size=32, repeats=1)
+    study = end_to_end.switch_study("cpu", pairs=1, clips=2, clip_len=8, size=32, repeats=1)
     assert set(study) == {"plain", "fold_bn_eval"}
     assert all(r["train_pairs_per_s"] > 0 and r["eval_videos_per_s"] > 0 for r in study.values())
-    memory = benchmark.checkpointed_memory("cpu", pairs=1, clips=2, clip_len=8, size=32)
+    memory = end_to_end.checkpointed_memory("cpu", pairs=1, clips=2, clip_len=8, size=32)
     assert memory["peak_memory_mb"] > 0 and memory["size"] == 32
 
 
@@ -117,7 +117,7 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
             "measure": "CUDA max allocated, this step",
         },
     }
-    text = benchmark.render(report)
+    text = table.render(report)
     assert (
         "  default          3.00 s     353      2.40 s       20 %   1.50 s      235       4.50 s"
         "     0.117    50 %" in text
@@ -131,7 +131,7 @@ def test_render_shows_bf16_feature_mode_switches_and_memory():
 
 def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch():
     tiny = ("dataset.num_train=30", "dataset.num_test=9", "dataset.feature_dim=16")
-    r = benchmark.feature_mode("cpu", tiny, peaks={"fp32": 0.5, "bf16": 1.0})
+    r = features.feature_mode("cpu", tiny, peaks={"fp32": 0.5, "bf16": 1.0})
     assert (r["train_pairs"], r["eval_videos"], r["precision"]) == (30, 9, "32-true")
     assert r["epoch_s"] == sorted(r["epochs_s"])[1] and len(r["bare_epochs_s"]) == 3  # medians
     assert r["bare_epoch_s"] > 0 and r["loop_overhead"] == pytest.approx(
@@ -140,7 +140,7 @@ def test_feature_mode_reports_the_bare_loop_and_the_mfu_of_its_epoch():
     # the epoch's model FLOPs are the step's per pair times the pairs, over the fit's time
     assert r["achieved_tflops"] * 1e12 * r["epoch_s"] == pytest.approx(30 * r["flops_per_pair"])
     assert r["peak_tflops"] == 0.5 and r["mfu"] == pytest.approx(r["achieved_tflops"] / 0.5)
-    fast = benchmark.feature_mode(
+    fast = features.feature_mode(
         "cpu", (*tiny, "speed=fast"), peaks={"fp32": 0.5, "bf16": 1.0}, repeats=1
     )
     assert fast["precision"] == "bf16-mixed" and fast["peak_tflops"] == 1.0  # the bf16 peak
@@ -150,14 +150,14 @@ def test_exemplar_protocols_count_passes_and_render():
     """Per-group lists encode each test video once plus each group's M exemplars once; per-video
     lists encode each distinct exemplar of every video's list, never fewer."""
     tiny = ("dataset.num_train=40", "dataset.num_test=12", "dataset.feature_dim=16")
-    p = benchmark.exemplar_protocols("cpu", 1, tiny)
+    p = features.exemplar_protocols("cpu", 1, tiny)
     n, g, m = p["test_videos"], p["groups"], p["exemplars_per_video"]
     assert n == 12 and m == 10
     assert n < p["per_group"]["passes"] <= n + g * m
     assert p["per_video"]["passes"] >= p["per_group"]["passes"]
     for name in ("per_video", "per_group"):
         assert -1 <= p[name]["srcc"] <= 1
-    lines = benchmark._render_protocols(p)
+    lines = table._render_protocols(p)
     assert (
         lines[-1].startswith("  per_group") and f"{p['per_group']['passes'] / n:.2f}" in lines[-1]
     )

@@ -15,8 +15,9 @@ import torch
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import predict as predict_entry
 from tpt_aqa import train as train_entry
-from tpt_aqa.checkpoints import CheckpointError
-from tpt_aqa.config import ConfigError, build_module, exit_on_user_error
+from tpt_aqa.config import ConfigError, build_module
+from tpt_aqa.core.checkpoints import CheckpointError
+from tpt_aqa.core.errors import exit_on_user_error
 
 from .conftest import compose_cfg
 
@@ -151,8 +152,7 @@ def test_eval_refuses_overrides_it_would_ignore(tmp_path):
 def test_a_resumed_run_may_change_speed_switches_but_not_settings():
     """An interrupted run resumes with other speed switches (same function) or with a checkpoint
     written before a switch existed; any other setting still blocks the resume."""
-    from tpt_aqa.checkpoints import config_differences
-    from tpt_aqa.train import RUN_LOCAL_KEYS
+    from tpt_aqa.core.checkpoints import config_differences
 
     saved = {"model": {"num_queries": 5, "encoder": {}}, "optim": {"optimizer": {"lr": 1e-4}}}
     now = {
@@ -160,6 +160,8 @@ def test_a_resumed_run_may_change_speed_switches_but_not_settings():
         "optim": {"optimizer": {"lr": 1e-4, "implementation": "fused"}},
         "trainer": {"benchmark": True},
     }
-    assert config_differences(saved, now, ignore=RUN_LOCAL_KEYS) == []
+    assert config_differences(saved, now, ignore=train_entry.RUN_LOCAL_KEYS) == []
     now["model"]["num_queries"] = 4
-    assert config_differences(saved, now, ignore=RUN_LOCAL_KEYS) == [("model.num_queries", 5, 4)]
+    assert config_differences(saved, now, ignore=train_entry.RUN_LOCAL_KEYS) == [
+        ("model.num_queries", 5, 4)
+    ]

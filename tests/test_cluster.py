@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from tpt_aqa import train as train_entry
 from tpt_aqa.config import CONF_DIR, ConfigError
-from tpt_aqa.train import check_multirun_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -59,15 +59,15 @@ def test_ddp_guard_depends_on_the_launcher(as_job, launcher, mode, refused):
     as_job(cfg, mode)
     if refused:
         with pytest.raises(ConfigError, match=r"trainer\.strategy=ddp inside a local multirun"):
-            check_multirun_strategy(cfg)
+            train_entry.check_multirun_strategy(cfg)
     else:
-        check_multirun_strategy(cfg)
+        train_entry.check_multirun_strategy(cfg)
 
 
 def test_one_device_per_job_is_allowed_in_a_local_multirun(as_job):
     cfg = compose_with_hydra("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1")
     assert cfg.hydra.launcher._target_ == BASIC
-    check_multirun_strategy(as_job(cfg))
+    train_entry.check_multirun_strategy(as_job(cfg))
 
 
 # --- with hydra-submitit-launcher installed --------------------------------------------------------
@@ -88,7 +88,7 @@ def test_cluster_config_sizes_the_jobs_from_the_trainer(plugin, as_job):
     assert (cfg.trainer.strategy, cfg.trainer.accelerator) == ("ddp", "gpu")
     assert cfg.trainer.max_epochs == 250  # the experiment's values stay; the cluster adds resources
     assert launcher.additional_parameters.signal == "TERM@120"
-    check_multirun_strategy(as_job(cfg))  # ddp on 8 devices, allowed with this launcher
+    train_entry.check_multirun_strategy(as_job(cfg))  # ddp on 8 devices, allowed with this launcher
 
 
 def test_sbatch_script_of_a_grid(plugin, tmp_path):

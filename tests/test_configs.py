@@ -12,12 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tpt_aqa.config import CONF_DIR, ConfigError, build_datamodule, build_module, validate_config
+from tpt_aqa.core.report import ProgressBar, epoch_label
 from tpt_aqa.data import AQADataModule
 from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
-from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import TPT
-from tpt_aqa.report import ProgressBar, epoch_label
-from tpt_aqa.runtime import build_trainer
+from tpt_aqa.scoring.losses import TPTCriterion
+from tpt_aqa.training.runtime import build_trainer
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 

@@ -18,17 +18,18 @@ from torch import nn
 
 from tpt_aqa import convert
 from tpt_aqa import eval as eval_entry
-from tpt_aqa.bank import BankError, ExemplarBank
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
-from tpt_aqa.convert import (
+from tpt_aqa.convert import check_release_settings
+from tpt_aqa.models import release_weights
+from tpt_aqa.models.release_weights import (
     ReleaseCheckpoint,
     ReleaseCheckpointError,
-    check_release_settings,
     load_release,
     map_release_state,
 )
-from tpt_aqa.predict import Predictor
-from tpt_aqa.runtime import load_checkpoint
+from tpt_aqa.predictor import Predictor
+from tpt_aqa.scoring.bank import BankError, ExemplarBank
+from tpt_aqa.training.runtime import load_checkpoint
 
 from .conftest import TINY, compose_cfg
 
@@ -118,7 +119,9 @@ class ReleasePairModel(nn.Module):
 def _release(prefix: str = "", **sizes) -> tuple[ReleasePairModel, ReleaseCheckpoint]:
     ref = ReleasePairModel(**sizes).eval()
     state = {prefix + k: v.clone() for k, v in ref.state_dict().items()}
-    return ref, ReleaseCheckpoint(model=convert.strip_ddp_prefix(state, "test"), backbone=None)
+    return ref, ReleaseCheckpoint(
+        model=release_weights.strip_ddp_prefix(state, "test"), backbone=None
+    )
 
 
 @pytest.fixture
@@ -146,7 +149,9 @@ def test_key_map_covers_the_release_layout(tiny):
 def test_converted_model_reproduces_the_release_outputs(tiny, prefix):
     ref, _ = _release()
     state = {prefix + k: v for k, v in ref.state_dict().items()}
-    release = ReleaseCheckpoint(model=convert.strip_ddp_prefix(state, "test"), backbone=None)
+    release = ReleaseCheckpoint(
+        model=release_weights.strip_ddp_prefix(state, "test"), backbone=None
+    )
     model = build_module(tiny).model
     model.load_state_dict(map_release_state(release, model.state_dict()))
     model.eval().double()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tpt_aqa.config import build_datamodule, build_module
-from tpt_aqa.losses import LossMeans
+from tpt_aqa.scoring.losses import LossMeans
 
 from .conftest import compose_cfg
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tpt_aqa.config import build_datamodule, build_module, validate_config
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.evaluation import count_encoder_passes, naive_predictions
-from tpt_aqa.score_stage import exemplar_lists, group_exemplars
+from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.scoring.stage import exemplar_lists, group_exemplars
+from tpt_aqa.training.pairwise_eval import count_encoder_passes, naive_predictions
 
 from .conftest import TINY_MODEL, compose_cfg, quiet_trainer
 

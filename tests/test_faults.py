@@ -21,8 +21,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError, build_datamodule, build_module
-from tpt_aqa.faults import AtomicCheckpointIO, CheckpointOnSignal, FiniteWeights
-from tpt_aqa.runtime import build_trainer
+from tpt_aqa.training.faults import AtomicCheckpointIO, CheckpointOnSignal, FiniteWeights
+from tpt_aqa.training.runtime import build_trainer
 
 from .conftest import TINY
 
@@ -376,9 +376,8 @@ def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
     not with the private mode of a temporary file."""
     import numpy as np
 
-    from tpt_aqa import viz
-    from tpt_aqa.atomic import atomic_torch_save, atomic_write_text
-    from tpt_aqa.extract_features import save_array
+    from tpt_aqa.core.atomic import atomic_save_array, atomic_torch_save, atomic_write_text
+    from tpt_aqa.reporting import viz
 
     written = [
         viz.save_figure(viz.scatter([1.0, 2.0], [2.0, 1.0]), tmp_path / "fig.png"),
@@ -389,7 +388,7 @@ def test_every_atomic_write_gets_the_umask_mode(tmp_path, umask_027):
     ]
     atomic_torch_save(state(1.0), written[1])
     atomic_write_text(written[2], "{}")
-    save_array(written[3], np.zeros(3))
+    atomic_save_array(written[3], np.zeros(3))
     AtomicCheckpointIO().save_checkpoint(state(1.0), written[4])
     for path in written:
         assert path.stat().st_mode & 0o777 == umask_027, path.name

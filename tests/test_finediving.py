@@ -19,13 +19,14 @@ from PIL import Image
 
 from tpt_aqa import export_table, extract_features, verify
 from tpt_aqa import train as train_entry
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data import ClipSampler
 from tpt_aqa.data import finediving as fd
+from tpt_aqa.data.labels import step_runs
 from tpt_aqa.data.safe_pickle import UnsafePickleError
 from tpt_aqa.data.video_base import MissingSourceError
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.parsing import parse_video, parsing_metrics, step_runs
-from tpt_aqa.predict import Predictor
+from tpt_aqa.predictor import Predictor
+from tpt_aqa.scoring.step_metrics import parse_video, parsing_metrics
 
 from .conftest import TINY_MODEL, compose_cfg
 from .finediving_fixture import (

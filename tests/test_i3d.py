@@ -12,14 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from tpt_aqa.models.i3d import (
-    I3DEncoder,
-    I3DWeightsError,
-    InceptionI3d,
-    MaxPool3dSame,
-    Unit3D,
-    load_i3d_weights,
-)
+from tpt_aqa.models.i3d import I3DEncoder, InceptionI3d, MaxPool3dSame, Unit3D
+from tpt_aqa.models.i3d_weights import I3DWeightsError, load_i3d_weights
 
 # The channel table of docs/method.md §9, written out independently of the model:
 # name → (in, branch_0, branch_1 reduce, branch_1, branch_2 reduce, branch_2, branch_3).

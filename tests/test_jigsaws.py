@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 
 from tpt_aqa import extract_features
 from tpt_aqa import train as train_entry
-from tpt_aqa.benchmark import textured_frames
-from tpt_aqa.cache import CacheMismatchError
+from tpt_aqa.benchmarks.frames import textured_frames
+from tpt_aqa.core.cache import CacheMismatchError
 from tpt_aqa.data.jigsaws import (
     JIGSAWSDataError,
     parse_meta_file,
@@ -32,7 +32,7 @@ from tpt_aqa.data.video import (
     read_video_file,
     write_frame_folder,
 )
-from tpt_aqa.metrics import spearman
+from tpt_aqa.scoring.metrics import spearman
 
 from .conftest import TINY_MODEL, compose_cfg
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from tpt_aqa.losses import (
+from tpt_aqa.models import TPTOutput
+from tpt_aqa.scoring.losses import (
     LossMeans,
     TPTCriterion,
     attention_centers,
@@ -16,7 +17,6 @@ from tpt_aqa.losses import (
     rank_loss,
     sparsity_loss,
 )
-from tpt_aqa.models import TPTOutput
 
 
 def maps(*queries: list[float]) -> torch.Tensor:

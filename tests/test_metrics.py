@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from tpt_aqa.metrics import (
+from tpt_aqa.scoring.metrics import (
     UndefinedMetricWarning,
     evaluate,
     fisher_z_mean,

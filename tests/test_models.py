@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from tpt_aqa.losses import TPTCriterion
 from tpt_aqa.models import (
     TPT,
     AdaptivePoolParser,
@@ -21,6 +20,7 @@ from tpt_aqa.models import (
     TemporalParsingDecoder,
     TPTOutput,
 )
+from tpt_aqa.scoring.losses import TPTCriterion
 
 B, T, C, D, K, G, Y = 3, 6, 16, 32, 3, 8, 2
 

@@ -21,14 +21,14 @@ from hydra.utils import instantiate
 
 from tpt_aqa import extract_features
 from tpt_aqa import train as train_entry
-from tpt_aqa.cache import CacheMismatchError
 from tpt_aqa.config import ConfigError, build_datamodule, build_module, validate_config
+from tpt_aqa.core.cache import CacheMismatchError
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.mtl_aqa import ANNOTATION_FILES, MTLAQADataModule
 from tpt_aqa.data.safe_pickle import UnsafePickleError
 from tpt_aqa.data.transforms import VideoTransform
 from tpt_aqa.data.video import VideoReadError, write_frame_folder
-from tpt_aqa.scoring import ScoreGroups
+from tpt_aqa.scoring.groups import ScoreGroups
 
 from .conftest import TINY_MODEL, compose_cfg
 
@@ -241,7 +241,7 @@ def test_a_failed_dive_and_a_final_above_the_cap_are_clamped(tmp_path, caplog, u
     root = make_mtl_aqa(tmp_path / "data", train=FAILED_AND_HIGH)
     dm = datamodule(tmp_path, root, f"dataset.use_dd={use_dd}", "dataset.val_fraction=0")
     assert dm.delta_cap == cap
-    with caplog.at_level(logging.INFO, logger="tpt_aqa.scoring"):
+    with caplog.at_level(logging.INFO, logger="tpt_aqa.scoring.groups"):
         groups = ScoreGroups(16).fit(dm.train_deltas(), dm.delta_cap)
     assert f"{count} within-group training pairs differ by more than dataset.delta_cap={cap}" in (
         caplog.text

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from tpt_aqa.metrics import UndefinedMetricWarning
-from tpt_aqa.parsing import (
+from tpt_aqa.data.labels import step_runs
+from tpt_aqa.scoring.metrics import UndefinedMetricWarning
+from tpt_aqa.scoring.step_metrics import (
     METRICS,
     attention_centres,
     explained_variance,
     pair_transitions,
     parse_video,
     parsing_metrics,
-    step_runs,
 )
 
 

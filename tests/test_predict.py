@@ -12,14 +12,15 @@ import torch
 
 from tpt_aqa import eval as eval_entry
 from tpt_aqa import predict as predict_entry
+from tpt_aqa import predictor as predictor_api
 from tpt_aqa import train as train_entry
-from tpt_aqa.bank import BankError, ExemplarBank, build_bank, score_parts
 from tpt_aqa.config import build_datamodule, build_module
 from tpt_aqa.data.clips import ClipSampler
 from tpt_aqa.data.features import FeatureDataError
 from tpt_aqa.data.video import VideoReadError, read_frames, write_frame_folder
-from tpt_aqa.runtime import load_checkpoint
-from tpt_aqa.score_stage import group_exemplars
+from tpt_aqa.scoring.bank import BankError, ExemplarBank, build_bank, score_parts
+from tpt_aqa.scoring.stage import group_exemplars
+from tpt_aqa.training.runtime import load_checkpoint
 
 from .conftest import TINY, TINY_MODEL, compose_cfg
 
@@ -128,7 +129,7 @@ def test_predict_all_exemplars_of_the_group(trained):
     path = tmp / "one.npy"
     np.save(path, dm.sample(int(row), "test")["video"].numpy())
     difficulty = float(dm.table.scale[row])
-    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu", exemplars="all")
+    predictor = predictor_api.Predictor(results["checkpoint"], device="cpu", exemplars="all")
     pred = predictor.predict(path, difficulty=difficulty)
     gid = predictor.bank.group_names.index(f"dd{difficulty:g}")
     train = dm.table.rows("train")
@@ -188,19 +189,19 @@ def test_checkpoint_without_bank_explains_the_fix(trained, tmp_path):
     last = Path(results["checkpoint"]).with_name("last.ckpt")
     assert "bank" not in torch.load(last, map_location="cpu", weights_only=True)["tpt_aqa"]
     with pytest.raises(BankError, match="write_bank=true"):
-        predict_entry.Predictor(last, device="cpu")
+        predictor_api.Predictor(last, device="cpu")
     copy = tmp_path / "copy.ckpt"
     copy.write_bytes(last.read_bytes())
     eval_entry.run(
         compose_cfg(tmp_path, f"ckpt_path={copy}", "write_bank=true", "logger=none", config="eval")
     )
-    assert len(predict_entry.Predictor(copy, device="cpu").bank) > 0
+    assert len(predictor_api.Predictor(copy, device="cpu").bank) > 0
 
 
 def test_eval_switches_to_the_banks_per_group_exemplars(trained, tmp_path, monkeypatch):
     """``tpt_aqa.eval eval_exemplars=per_group``: the test videos are scored against their group's
     fixed M, the bank's list, so evaluation encodes those exemplars and no other."""
-    from tpt_aqa import score_stage
+    from tpt_aqa.scoring import stage as score_stage
 
     results, ckpt, dm, *_ = trained
     encoded = []
@@ -226,7 +227,7 @@ def test_eval_switches_to_the_banks_per_group_exemplars(trained, tmp_path, monke
 
 def test_predict_rejects_wrong_inputs(trained, tmp_path):
     results, *_ = trained
-    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
+    predictor = predictor_api.Predictor(results["checkpoint"], device="cpu")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         predictor.read(tmp_path / "missing.npy")
     (tmp_path / "v.mp4").write_bytes(b"")
@@ -241,7 +242,7 @@ def test_predict_checks_feature_files_as_training_does(trained, tmp_path, caplog
     """NaN is refused as in training; a wrong width names the checkpoint's width (not a training
     key); float64 is cast; the JSON record is strict JSON even for an undefined score."""
     results, _, dm, *_ = trained
-    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
+    predictor = predictor_api.Predictor(results["checkpoint"], device="cpu")
     np.save(tmp_path / "nan.npy", np.full((20, 16), np.nan, dtype=np.float32))
     with pytest.raises(FeatureDataError, match=r"nan\.npy: contains NaN or infinite values"):
         predictor.read(tmp_path / "nan.npy")
@@ -258,7 +259,7 @@ def test_predict_checks_feature_files_as_training_does(trained, tmp_path, caplog
     assert got == pytest.approx(predictor.predict(tmp_path / "f32.npy", difficulty=scale).score)
     assert "f64.npy holds float64 features: cast to float32" in caplog.text
 
-    original = predict_entry.Predictor.predict
+    original = predictor_api.Predictor.predict
 
     def undefined(self, *args, **kwargs):
         pred = original(self, *args, **kwargs)
@@ -274,7 +275,7 @@ def test_predict_checks_feature_files_as_training_does(trained, tmp_path, caplog
         f"difficulty={scale}",
         "figure=false",
     )
-    monkeypatch.setattr(predict_entry.Predictor, "predict", undefined)
+    monkeypatch.setattr(predictor_api.Predictor, "predict", undefined)
     predict_entry.run(cfg)
 
     def refuse(name):
@@ -313,7 +314,7 @@ def test_predict_a_frame_folder_end_to_end(video_run, tmp_path):
     row = int(dm.table.rows("test")[0])
     folder = tmp_path / "dive"
     write_frame_folder(folder, dm._frames[row], quality=95)
-    predictor = predict_entry.Predictor(results["checkpoint"], device="cpu")
+    predictor = predictor_api.Predictor(results["checkpoint"], device="cpu")
     clips, frames = predictor.read(folder)
     assert clips.shape == dm.load_video(row, "test").shape  # (T, 3, L, 32, 32)
     # JPEG is lossy: the clips differ from the in-memory ones about as much as the frames do
@@ -323,7 +324,7 @@ def test_predict_a_frame_folder_end_to_end(video_run, tmp_path):
     assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
     pred = predictor.predict(folder, difficulty=float(dm.table.scale[row]))
     assert np.isfinite(pred.score) and pred.attn.shape[1:] == (5, 3)
-    fig = predict_entry.figure(pred)
+    fig = predictor_api.figure(pred)
     assert len(fig.axes) >= 3 + pred.attn.shape[0]  # K top frames + one map per layer
     # the video's known phases, one per frame, taken at the frames its clips sampled
     phases = np.asarray(dm.data.phases[row])  # (40,)
@@ -331,7 +332,7 @@ def test_predict_a_frame_folder_end_to_end(video_run, tmp_path):
     sampled = phases[predictor.sampler.indices(len(phases), predictor.start_frame)].ravel()
     np.testing.assert_array_equal(pred.step_labels, sampled)  # (T·L,)
     assert pred.record()["step_labels"] == sampled.tolist()
-    fig = predict_entry.figure(pred)
+    fig = predictor_api.figure(pred)
     assert ["steps"] in [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
     too_short = tmp_path / "short"
     write_frame_folder(too_short, dm._frames[row][:10])
@@ -392,29 +393,29 @@ def test_step_labels_files_and_their_mapping_to_the_sampled_frames(tmp_path):
     text.write_text(", ".join(map(str, labels[:20])) + "\n" + " ".join(map(str, labels[20:])))
     np.save(tmp_path / "steps.npy", labels)
     for path in (text, tmp_path / "steps.npy"):
-        np.testing.assert_array_equal(predict_entry.read_step_labels(path), labels)
+        np.testing.assert_array_equal(predictor_api.read_step_labels(path), labels)
     # linspace(0, 39, 8) = 0, 5.57, 11.1, 16.7, 22.3, 27.9, 33.4, 39 → frames 0 5 11 16 22 27 33 39
     index = ClipSampler(num_clips=2, clip_len=4, scheme="linspace").indices(40)
     assert index.tolist() == [[0, 5, 11, 16], [22, 27, 33, 39]]
-    got = predict_entry.labels_at_frames(labels, index, 40, "steps=x", "dive")
+    got = predictor_api.labels_at_frames(labels, index, 40, "steps=x", "dive")
     assert got.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     with pytest.raises(
         ValueError,
         match=r"s\.txt has 39 step labels \(39,\) but input=dive has 40 frames; give one label",
     ):
-        predict_entry.labels_at_frames(labels[:39], index, 40, "steps=s.txt", "dive")
+        predictor_api.labels_at_frames(labels[:39], index, 40, "steps=s.txt", "dive")
     bad = tmp_path / "bad.txt"
     bad.write_text("0 0 1 x 2")
     with pytest.raises(ValueError, match=r"bad\.txt: label 3 is 'x', not an integer"):
-        predict_entry.read_step_labels(bad)
+        predictor_api.read_step_labels(bad)
     np.save(tmp_path / "float.npy", labels.astype(np.float32))
     with pytest.raises(ValueError, match=r"float\.npy holds a float32 array of shape \(40,\)"):
-        predict_entry.read_step_labels(tmp_path / "float.npy")
+        predictor_api.read_step_labels(tmp_path / "float.npy")
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match=r"empty\.txt holds no labels"):
-        predict_entry.read_step_labels(tmp_path / "empty.txt")
+        predictor_api.read_step_labels(tmp_path / "empty.txt")
     with pytest.raises(ValueError, match=r"missing\.txt is not a file"):
-        predict_entry.read_step_labels(tmp_path / "missing.txt")
+        predictor_api.read_step_labels(tmp_path / "missing.txt")
 
 
 def test_predict_cli_draws_the_steps_of_a_frame_folder(video_run, tmp_path):
@@ -480,3 +481,10 @@ def test_steps_are_refused_for_feature_inputs(trained, tmp_path):
     ):
         predict_entry.run(cfg)
     assert not (tmp_path / "out" / "clip.json").exists()
+
+
+def test_the_command_re_exports_the_api():
+    """``from tpt_aqa.predict import Predictor`` (code written before ``tpt_aqa.predictor``) gets
+    the API's own objects."""
+    for name in ("Prediction", "Predictor", "figure"):
+        assert getattr(predict_entry, name) is getattr(predictor_api, name), name

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from tpt_aqa import train as train_entry
 from tpt_aqa.config import ConfigError
-from tpt_aqa.run_folder import LOCK, release_lock, take_lock
+from tpt_aqa.training.run_folder import LOCK, release_lock, take_lock
 
 from .conftest import TINY
 

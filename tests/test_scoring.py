@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.score_stage import relative_scores, vote
-from tpt_aqa.scoring import ScoreGroups, check_cap, pair_deltas, positive_edges
+from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.data.labels import pair_deltas
+from tpt_aqa.scoring.groups import ScoreGroups, check_cap, positive_edges
+from tpt_aqa.scoring.stage import relative_scores, vote
 
 # Δ list of n = 9 (already sorted): ⌊i/8·(n − 1)⌋ = i, so the positive edges are sorted[0..8],
 # with the first forced to 0 and the last to the cap.
@@ -241,7 +242,7 @@ def test_pairs_beyond_the_cap_are_clamped_and_counted(caplog):
     deltas = pair_deltas(FINALS, np.zeros(6, dtype=np.int64))
     # Beyond 100: 0 vs 102.6 twice → 2 of 15 pairs.
     assert check_cap(deltas, 100.0) == 2
-    with caplog.at_level(logging.INFO, logger="tpt_aqa.scoring"):
+    with caplog.at_level(logging.INFO, logger="tpt_aqa.scoring.groups"):
         sg = ScoreGroups(16).fit(deltas, cap=100.0)
     assert "2 of 15 within-group training pairs differ by more than dataset.delta_cap=100" in (
         caplog.text

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.losses import TPTCriterion
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.models import TPT, GroupHeads, PairStage, PrecomputedEncoder, TemporalParsingDecoder
 from tpt_aqa.models.i3d import I3DEncoder, Unit3D
 from tpt_aqa.models.speed import CompiledWithFallback, compile_with_fallback, fold_batch_norm
-from tpt_aqa.runtime import adam
+from tpt_aqa.scoring.losses import TPTCriterion
+from tpt_aqa.training.runtime import adam
 
 from .test_i3d import model_rgb_state
 

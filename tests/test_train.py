@@ -19,7 +19,7 @@ from tpt_aqa.config import (
     validate_config,
     validate_train_config,
 )
-from tpt_aqa.runtime import apply_global_batch, split_batch
+from tpt_aqa.training.runtime import apply_global_batch, split_batch
 
 from .conftest import TINY, TINY_MODEL, compose_cfg, quiet_trainer, run_module
 
@@ -126,7 +126,7 @@ def test_cli_runs_with_fewer_queries(tmp_path):
 
 def test_fast_dev_run_is_a_smoke_test(tiny_cfg, monkeypatch):
     """A few batches, the exemplars of those batches only, no checkpoint and no exemplar bank."""
-    from tpt_aqa import score_stage
+    from tpt_aqa.scoring import stage as score_stage
 
     encoded = []
     original = score_stage.row_loader

@@ -13,7 +13,7 @@ import torch
 
 import tpt_aqa.data.transforms as transforms_module
 import tpt_aqa.data.video as video_module
-from tpt_aqa.benchmark import benchmark_frame_loading, textured_frames
+from tpt_aqa.benchmarks.frames import benchmark_frame_loading, textured_frames
 from tpt_aqa.data.clips import ClipSampler, unique_frames
 from tpt_aqa.data.transforms import (
     CropParams,

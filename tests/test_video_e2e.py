@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 
 from tpt_aqa import extract_features, verify
 from tpt_aqa import train as train_entry
-from tpt_aqa.cache import CacheMismatchError
 from tpt_aqa.config import ConfigError, build_module
+from tpt_aqa.core.cache import CacheMismatchError
 
 from .conftest import TINY_MODEL, compose_cfg
 

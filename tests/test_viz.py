@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tpt_aqa import viz
+from tpt_aqa.reporting import viz
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

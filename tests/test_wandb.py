@@ -20,9 +20,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, open_dict
 
 from tpt_aqa import train as train_entry
-from tpt_aqa import wandb_logging
 from tpt_aqa.config import CONF_DIR, build_datamodule, build_module
-from tpt_aqa.wandb_logging import WandbFigures, build_logger, run_identity
+from tpt_aqa.reporting import wandb_logging
+from tpt_aqa.reporting.wandb_logging import WandbFigures, build_logger, run_identity
 
 from .conftest import TINY, quiet_trainer
 

@@ -23,10 +23,12 @@ from hydra.utils import instantiate
 from PIL import Image, ImageSequence
 
 from tpt_aqa import weights as weights_mod
-from tpt_aqa.cache import file_sha256
-from tpt_aqa.config import exit_on_user_error, validate_config
+from tpt_aqa.config import validate_config
+from tpt_aqa.core.cache import file_sha256
+from tpt_aqa.core.errors import exit_on_user_error
 from tpt_aqa.data.safe_pickle import UnsafePickleError
-from tpt_aqa.models.i3d import I3DWeightsError, InceptionI3d, load_i3d_weights
+from tpt_aqa.models.i3d import InceptionI3d
+from tpt_aqa.models.i3d_weights import I3DWeightsError, load_i3d_weights
 from tpt_aqa.weights import (
     KINETICS400,
     WeightsDownloadError,

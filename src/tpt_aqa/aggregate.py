@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from tpt_aqa.paper import paper_numbers
-from tpt_aqa.parsing import METRICS as PARSING_METRICS
+from tpt_aqa.reporting.paper import paper_numbers
+from tpt_aqa.scoring.step_metrics import METRICS as PARSING_METRICS
 
 METRICS = (
     "test/srcc",

@@ -18,8 +18,8 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from tpt_aqa.config import CONF_DIR, REPLACED_KEYS, find_user_error, replaced_key_message
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.config import CONF_DIR, REPLACED_KEYS, replaced_key_message
+from tpt_aqa.core.errors import ConfigError, find_user_error
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 

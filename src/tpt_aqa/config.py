@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib
 import math
-import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.errors import ConfigError, UserError
-from tpt_aqa.pretrained import NAMED, named_setting, resolve_weights
-from tpt_aqa.report import quiet_lightning_tips
-from tpt_aqa.runtime import split_batch
-from tpt_aqa.score_stage import check_protocol
+from tpt_aqa.core.errors import ConfigError
+from tpt_aqa.core.pretrained import NAMED, resolve_weights
+from tpt_aqa.scoring.stage import check_protocol
+from tpt_aqa.training.runtime import split_batch
 
 # The Hydra configs ship inside the package (package data), so an installed wheel finds them too;
 # the repository's top-level `conf` is a link to this folder.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
-
-# conf/model/encoder/i3d.yaml: `${tpt_aqa.weights_setting:${.weights},bn_eps,1.0e-5}` is what the
-# named weights need (model.encoder.weights=kinetics400: 1e-3), else the default; a key the
-# configuration sets itself replaces the interpolation.
-OmegaConf.register_new_resolver("tpt_aqa.weights_setting", named_setting, replace=True)
-
-# Lightning 2.6 on torch 2.13 warns about LeafSpec on every fit; nothing to act on.
-warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
-# The I3D encoder keeps its BatchNorm layers in eval mode on purpose (frozen statistics, docs/method.md §6).
-warnings.filterwarnings(
-    "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
-)
-# Evaluation metrics are computed once from every rank's gathered predictions and the training
-# losses' epoch means from every rank's sums (lit_module), so all ranks log the same value;
-# Lightning's advice to reduce them again (sync_dist) does not apply.
-warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test|test_every_epoch)/"
-)
-
-quiet_lightning_tips()
 
 KNOWN_ENCODERS = {
     "tpt_aqa.models.PrecomputedEncoder": "precomputed",
@@ -51,52 +26,6 @@ KNOWN_ENCODERS = {
     "tpt_aqa.models.I3DEncoder": "i3d",
     "tpt_aqa.models.i3d.I3DEncoder": "i3d",
 }
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's config or data, reported as one message without a traceback:
-    every :class:`~tpt_aqa.errors.UserError`, and a missing file."""
-    return (UserError, FileNotFoundError)
-
-
-def find_user_error(exc: BaseException) -> BaseException | None:
-    """The user error behind ``exc`` (itself or a cause, e.g. one wrapped by ``instantiate``)."""
-    err: BaseException | None = exc
-    while err is not None and not isinstance(err, user_errors()):
-        err = err.__cause__
-    return err
-
-
-@contextlib.contextmanager
-def user_errors_exit() -> Iterator[None]:
-    """Inside: a user error (also when Hydra's ``instantiate`` wrapped it) prints its message on
-    stderr (and the run's log file) and exits with status 2; anything else keeps its traceback."""
-    try:
-        yield
-    except Exception as exc:
-        err = find_user_error(exc)
-        if err is None:
-            raise
-        from tpt_aqa.report import to_log_file
-
-        label = "config error" if isinstance(err, ConfigError) else "error"
-        print(f"{label}: {err}", file=sys.stderr)
-        to_log_file(f"{label}: {err}")
-        sys.exit(2)
-
-
-def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra entry point in :func:`user_errors_exit`, its log lines in the run's files."""
-
-    @functools.wraps(main)
-    def wrapper(cfg: DictConfig) -> Any:
-        from tpt_aqa.report import log_to_run_files
-
-        log_to_run_files()
-        with user_errors_exit():
-            return main(cfg)
-
-    return wrapper
 
 
 def require_keys(cfg: DictConfig, usage: str) -> None:
@@ -391,8 +320,8 @@ def check_queries_fit(k: int, num_clips: int, source: str) -> None:
 
 def build_module(cfg: DictConfig):
     """Instantiate the LightningModule from the ``model``, ``criterion`` and ``optim`` groups."""
-    from tpt_aqa.lit_module import AQAModule
-    from tpt_aqa.scoring import ScoreGroups
+    from tpt_aqa.scoring.groups import ScoreGroups
+    from tpt_aqa.training.lit_module import AQAModule
 
     return AQAModule(
         model=instantiate(cfg.model),

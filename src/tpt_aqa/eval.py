@@ -7,7 +7,7 @@ The run's configuration is read from the checkpoint, so the exemplar lists and s
 exactly as in training. Keys under ``dataset`` can be changed for evaluation, e.g.
 ``+dataset.root=/new/location``, as can ``trainer`` and ``logger``, and ``eval_exemplars=per_group``
 evaluates with one fixed list of M exemplars per group instead of the run's protocol
-(``tpt_aqa.score_stage``); any other override (say ``+model.num_queries=3``) would be ignored, so
+(``tpt_aqa.scoring.stage``); any other override (say ``+model.num_queries=3``) would be ignored, so
 it is refused.
 """
 
@@ -20,21 +20,17 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.atomic import atomic_write_text
-from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.cache import flatten
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import (
-    CONF_DIR,
-    build_datamodule,
-    build_module,
-    exit_on_user_error,
-    require_keys,
-    validate_config,
-)
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import format_results, json_text
-from tpt_aqa.runtime import build_trainer, load_checkpoint, without_pretrained_file
+from tpt_aqa.config import CONF_DIR, build_datamodule, build_module, require_keys, validate_config
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.cache import flatten
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
+from tpt_aqa.core.report import format_results, json_text
+from tpt_aqa.core.startup import setup
+from tpt_aqa.scoring.bank import attach_bank, build_bank
+from tpt_aqa.training.runtime import build_trainer, load_checkpoint, without_pretrained_file
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 log = logging.getLogger(__name__)
 USAGE = (

@@ -16,9 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.config import CONF_DIR
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.features import write_annotations
-from tpt_aqa.errors import ConfigError
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 
 def run(cfg: DictConfig) -> Path:

@@ -21,13 +21,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
-from tpt_aqa.atomic import atomic_write, atomic_write_text
-from tpt_aqa.cache import FORMAT, MANIFEST, file_sha256, flatten, read_manifest
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.config import CONF_DIR
+from tpt_aqa.core.atomic import atomic_save_array, atomic_write_text
+from tpt_aqa.core.cache import FORMAT, MANIFEST, file_sha256, flatten, read_manifest
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
+from tpt_aqa.core.pretrained import resolve_weights
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.features import write_annotations
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.pretrained import resolve_weights
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 # Settings that change speed or training, not the features.
 ENCODER_KEYS_IGNORED = (
@@ -59,11 +62,6 @@ def build_manifest(cfg: DictConfig, dm, view: str, num_clips: int, dim: int) -> 
         "feature_dim": dim,
         "dtype": cfg.dtype,
     }
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """Save one ``.npy`` atomically."""
-    atomic_write(path, lambda f: np.save(f, array))
 
 
 def finished(path: Path, shape: tuple[int, int]) -> bool:
@@ -121,7 +119,7 @@ def run(cfg: DictConfig) -> Path:
             with autocast:
                 feats = encoder(clips).float().cpu().numpy()  # (b, T, C)
             for r, f in zip(chunk, feats, strict=True):
-                save_array(out / f"{dm.table.ids[r]}.npy", f.astype(dtype))
+                atomic_save_array(out / f"{dm.table.ids[r]}.npy", f.astype(dtype))
             progress.advance(task, len(chunk))
     write_annotations(out / "annotations.csv", dm)
     print(

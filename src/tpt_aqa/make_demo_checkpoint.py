@@ -33,11 +33,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tpt_aqa import train as train_entry
-from tpt_aqa.atomic import atomic_write_text
 from tpt_aqa.config import CONF_DIR, build_datamodule
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.report import json_text, stage
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.video import write_frame_folder
-from tpt_aqa.report import json_text, stage
-from tpt_aqa.runtime import load_checkpoint
+from tpt_aqa.training.runtime import load_checkpoint
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 PRESETS = {
     "notebook": [

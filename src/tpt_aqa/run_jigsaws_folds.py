@@ -57,9 +57,12 @@ from typing import Any
 import torch
 
 from tpt_aqa.config import CONF_DIR
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.jigsaws import NUM_FOLDS, TASKS, resolve_task
-from tpt_aqa.metrics import fisher_z_mean, spearman
-from tpt_aqa.paper import PAPER as PAPER_NUMBERS
+from tpt_aqa.reporting.paper import PAPER as PAPER_NUMBERS
+from tpt_aqa.scoring.metrics import fisher_z_mean, spearman
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 # The paper's numbers (docs/method.md §10; R-ℓ2 ×100), from the package's shared table.
 PAPER = {

@@ -14,21 +14,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.atomic import atomic_write_text
-from tpt_aqa.bank import attach_bank, build_bank
-from tpt_aqa.checkpoints import check_state_fits, config_differences, outline, read_checkpoint
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import (
-    CONF_DIR,
-    build_datamodule,
-    build_module,
-    exit_on_user_error,
-    validate_train_config,
+from tpt_aqa.config import CONF_DIR, build_datamodule, build_module, validate_train_config
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.checkpoints import (
+    check_state_fits,
+    config_differences,
+    outline,
+    read_checkpoint,
+    stored_config,
 )
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.report import format_results, json_text
-from tpt_aqa.run_folder import RESULTS, hold_run_folder, written_after_results
-from tpt_aqa.runtime import apply_global_batch, build_trainer
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
+from tpt_aqa.core.report import format_results, json_text
+from tpt_aqa.core.startup import setup
+from tpt_aqa.scoring.bank import attach_bank, build_bank
+from tpt_aqa.training.run_folder import RESULTS, hold_run_folder, written_after_results
+from tpt_aqa.training.runtime import apply_global_batch, build_trainer
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +95,7 @@ def check_parser_ablation() -> None:
         raise ConfigError(problem)
 
 
-# Keys that name where a run writes or what it resumes, not what it computes: a run may continue
-# an interrupted one whatever their values.
-# Keys a resumed run may change: where it writes, and speed switches that compute the same function
+# Speed switches: settings that compute the same function faster, so a resumed run may change them.
 SPEED_KEYS = (
     "model.compile_encoder",
     "model.compile_decoder",
@@ -102,6 +103,8 @@ SPEED_KEYS = (
     "optim.optimizer.implementation",
     "trainer.benchmark",
 )
+# Keys that name where a run writes or what it resumes, not what it computes, and the speed
+# switches: a run may continue an interrupted one whatever their values.
 RUN_LOCAL_KEYS = (
     "ckpt_path", "paths", "logger", "callbacks", "trainer.default_root_dir", *SPEED_KEYS
 )  # fmt: skip
@@ -122,7 +125,7 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     signal_cfg = (cfg.get("callbacks") or {}).get("checkpoint_on_signal")
     if not ckpt_cfg or not signal_cfg:
         return None
-    from tpt_aqa.faults import CheckpointOnSignal
+    from tpt_aqa.training.faults import CheckpointOnSignal
 
     folder = signal_cfg.get("dirpath") or ckpt_cfg.dirpath
     path = Path(folder) / CheckpointOnSignal.FILENAME
@@ -131,7 +134,7 @@ def interrupted_checkpoint(cfg: DictConfig) -> str | None:
     if not written_after_results(path, Path(cfg.paths.output_dir)):
         log.warning("not resuming from %s: the run's %s was written after it", path, RESULTS)
         return None
-    saved = (read_checkpoint(path).get("tpt_aqa") or {}).get("config") or {}
+    saved = stored_config(read_checkpoint(path)) or {}
     differ = config_differences(
         saved, OmegaConf.to_container(cfg, resolve=True), ignore=RUN_LOCAL_KEYS
     )
@@ -153,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     Before anything is written: a ``ckpt_path`` (or the folder's interrupted checkpoint) is read
     and checked against the model, every output location is checked writable, and the output
-    folder is taken for this run (``tpt_aqa.run_folder``).
+    folder is taken for this run (``tpt_aqa.training.run_folder``).
 
     Without test videos, the selected checkpoint's validation metrics and predictions are
     reported instead, labelled as such (``evaluated_split``, ``val/…``, ``predictions.split``).

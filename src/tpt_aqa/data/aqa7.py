@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import scipy.io
 
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.base import SampleTable, check_count, plain
 from tpt_aqa.data.video import PREPARE_COMMAND, count_frames, list_frames
 from tpt_aqa.data.video_base import VideoDataModule
-from tpt_aqa.errors import ConfigError
 
 # Class names in the order of their ids 1–6 in the split files, and their raw score ranges.
 AQA7_CLASSES: tuple[str, ...] = (

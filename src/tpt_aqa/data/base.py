@@ -15,15 +15,15 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.batch import collate_eval, collate_pairs, collate_videos
+from tpt_aqa.data.labels import pair_deltas
 from tpt_aqa.data.samplers import (
     STREAM_EVAL_EXEMPLARS,
     STREAM_VAL_CARVE,
     ExemplarPairSampler,
     choose_eval_exemplars,
 )
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.scoring import pair_deltas
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Typed batches. Per-sample scalars (score, scale, exemplar group, class) travel with the videos, so
-model and evaluation code never branch on the dataset (STYLE habit 11)."""
+model and evaluation code never branch on the dataset."""
 
 from __future__ import annotations
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpt_aqa.atomic import atomic_write_text
-from tpt_aqa.cache import check_manifest
+from tpt_aqa.core.atomic import atomic_write_text
+from tpt_aqa.core.cache import check_manifest
+from tpt_aqa.core.errors import UserError
 from tpt_aqa.data.base import SPLITS, AQADataModule, SampleTable, plain
-from tpt_aqa.errors import UserError
 
 REQUIRED = ("id", "score", "split")
 log = logging.getLogger(__name__)

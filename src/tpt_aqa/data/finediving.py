@@ -1,7 +1,7 @@
 """FineDiving (``dataset=finediving``; Xu et al., CVPR 2022): dives with every step annotated frame
 by frame (files, sampling, groups and scores: docs/method.md §8).
 
-A step is a maximal run of equal ``frames_labels`` (``tpt_aqa.parsing.step_runs``); the annotated
+A step is a maximal run of equal ``frames_labels`` (``tpt_aqa.data.labels.step_runs``); the annotated
 ``steps_transit_frames`` are only checked against the runs, and the dives where they disagree are
 counted in one warning. The authors' 96 frames at ``linspace(first, last, 96)`` of a dive's file
 numbers are cut into 12 consecutive clips of 8 (``dataset.sampler``): T = 12 ≥ K = 5 queries and
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.base import SampleTable, check_choice
+from tpt_aqa.data.labels import step_runs
 from tpt_aqa.data.mtl_aqa import diving_delta_cap, diving_table
 from tpt_aqa.data.safe_pickle import load_keys, safe_load
 from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video import list_frames
 from tpt_aqa.data.video_base import VideoDataModule
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.parsing import step_runs
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.base import SampleTable, check_choice
 from tpt_aqa.data.safe_pickle import UnsafePickleError, safe_load
 from tpt_aqa.data.video import ON_MISSING
 from tpt_aqa.data.video_base import VideoDataModule
-from tpt_aqa.errors import ConfigError
 
 TASKS = ("Suturing", "Needle_Passing", "Knot_Tying")
 NUM_FOLDS = 4

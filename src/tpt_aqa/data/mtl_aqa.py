@@ -11,11 +11,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.base import SampleTable, check_choice, check_count
 from tpt_aqa.data.safe_pickle import load_keys, safe_load
 from tpt_aqa.data.samplers import difficulty_groups, difficulty_option
 from tpt_aqa.data.video_base import VideoDataModule
-from tpt_aqa.errors import ConfigError
 
 LAYOUTS = ("dive_folders", "video_folders", "videos")
 # Names the annotation dict is distributed under, searched in this order, in these folders.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tpt_aqa.errors import ConfigError, UserError
+from tpt_aqa.core.errors import ConfigError, UserError
 
 # Globals a pickle of plain data (and numpy arrays/scalars, from numpy 1.x or 2.x) may reference.
 ALLOWED = {

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpt_aqa.atomic import atomic_write
+from tpt_aqa.core.atomic import atomic_write
 from tpt_aqa.data.base import AQADataModule, SampleTable
 from tpt_aqa.data.features import write_rows
 from tpt_aqa.data.samplers import difficulty_name, difficulty_option

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tpt_aqa.core.errors import UserError
 from tpt_aqa.data.base import check_choice
 from tpt_aqa.data.clips import unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips
-from tpt_aqa.errors import UserError
 
 try:  # optional: about twice as fast as PIL (`pip install -e '.[fast]'`)
     import simplejpeg

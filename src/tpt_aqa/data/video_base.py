@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from tpt_aqa.cache import CacheMismatchError, check_manifest
+from tpt_aqa.core.cache import CacheMismatchError, check_manifest
 from tpt_aqa.data.base import VIEWS, AQADataModule, plain
 from tpt_aqa.data.clips import ClipSampler, unique_frames
 from tpt_aqa.data.transforms import VideoTransform, frames_to_clips

@@ -25,7 +25,8 @@ from tpt_aqa.models.adaptive import (
 from tpt_aqa.models.decoder import TemporalParsingDecoder
 from tpt_aqa.models.encoders import PrecomputedEncoder
 from tpt_aqa.models.heads import GroupHeads
-from tpt_aqa.models.i3d import I3DEncoder, I3DWeightsError, InceptionI3d, load_i3d_weights
+from tpt_aqa.models.i3d import I3DEncoder, InceptionI3d
+from tpt_aqa.models.i3d_weights import I3DWeightsError, load_i3d_weights
 from tpt_aqa.models.pair import PairStage
 from tpt_aqa.models.parsers import AdaptivePoolParser, MeanPoolParser, TemporalConvParser
 from tpt_aqa.models.tpt import TPT, Parsed, TPTOutput

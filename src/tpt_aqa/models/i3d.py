@@ -5,7 +5,7 @@ Implements the RGB stream of I3D (Carreira & Zisserman, "Quo Vadis, Action Recog
 up to Mixed_5c and the ``C×l×h×w`` map is mean-pooled to one ``C = 1024`` vector (an 8×224×224
 clip gives a 1024×1×7×7 map). Module and parameter names follow the community Kinetics-400
 checkpoint ``model_rgb.pth`` so that file loads strictly; ``rgb_imagenet.pt`` loads through a key
-map.
+map (``tpt_aqa.models.i3d_weights`` reads both).
 
 How this differs from the paper and from the ports the benchmarks used:
 
@@ -26,9 +26,8 @@ How this differs from the paper and from the ports the benchmarks used:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +36,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _triple
 from torch.utils.checkpoint import checkpoint
 
-from tpt_aqa.errors import UserError
+from tpt_aqa.models.i3d_weights import load_i3d_weights
 from tpt_aqa.models.speed import fold_batch_norm
-from tpt_aqa.pretrained import resolve_weights
 
 KINETICS_CLASSES = 400
 
 # Mixed blocks in network order: in_channels and the six widths (branch_0, branch_1 reduce,
 # branch_1, branch_2 reduce, branch_2, branch_3) of Inception-v1 as I3D inflated it (Fig. 3).
-_MIXED: dict[str, tuple[int, tuple[int, int, int, int, int, int]]] = {
+MIXED: dict[str, tuple[int, tuple[int, int, int, int, int, int]]] = {
     "mixed_3b": (192, (64, 96, 128, 16, 32, 32)),
     "mixed_3c": (256, (128, 128, 192, 32, 96, 64)),
     "mixed_4b": (480, (192, 96, 208, 16, 48, 64)),
@@ -319,7 +317,7 @@ class InceptionI3d(nn.Module):
         self.conv3d_2b_1x1 = Unit3D(64, 64, eps=bn_eps)
         self.conv3d_2c_3x3 = Unit3D(64, 192, kernel_size=3, eps=bn_eps)
         self.maxpool_3a = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        for name, (in_channels, widths) in _MIXED.items():
+        for name, (in_channels, widths) in MIXED.items():
             if name == "mixed_4b":
                 self.maxpool_4a = MaxPool3dSame(3, 2)
             elif name == "mixed_5b":
@@ -365,148 +363,6 @@ class InceptionI3d(nn.Module):
             else:
                 x = layer(x)
         return x
-
-
-# ----------------------------------------------------------------------------------- weights
-
-_BRANCHES_RGB_IMAGENET = {
-    "b0": "branch_0",
-    "b1a": "branch_1.0",
-    "b1b": "branch_1.1",
-    "b2a": "branch_2.0",
-    "b2b": "branch_2.1",
-    "b3b": "branch_3.1",
-}
-_LAYOUT_MODEL_RGB = "model_rgb.pth"
-_LAYOUT_RGB_IMAGENET = "rgb_imagenet.pt"
-_WEIGHTS_KEY = "model.encoder.weights"
-
-
-class I3DWeightsError(UserError, ValueError):
-    """An I3D weights file that does not match ``InceptionI3d``."""
-
-
-def _rgb_imagenet_to_model_rgb(key: str) -> str:
-    """Rename one ``rgb_imagenet.pt`` key to the ``model_rgb.pth`` layout; unknown keys pass."""
-    parts = key.split(".")
-    head = parts[0]
-    if head == "logits":
-        parts[0] = "conv3d_0c_1x1"
-    elif head.startswith(("Conv3d_", "Mixed_")):
-        parts[0] = head.lower()
-        if head.startswith("Mixed_") and len(parts) > 1:
-            parts[1] = _BRANCHES_RGB_IMAGENET.get(parts[1], parts[1])
-    return ".".join("batch3d" if p == "bn" else p for p in parts)
-
-
-def _detect_layout(keys: list[str], path: Path) -> str:
-    """Name the checkpoint layout from its top-level module names."""
-    imagenet = any(k.startswith(("Conv3d_", "Mixed_", "logits.")) for k in keys)
-    model_rgb = any(k.startswith(("conv3d_", "mixed_")) for k in keys)
-    if imagenet and model_rgb:
-        raise I3DWeightsError(
-            f"I3D weights file {path} mixes the {_LAYOUT_MODEL_RGB} names "
-            f"(conv3d_1a_7x7, mixed_3b, ...) with the {_LAYOUT_RGB_IMAGENET} names "
-            f"(Conv3d_1a_7x7, Mixed_3b, ...); "
-            f"point {_WEIGHTS_KEY} to an unmodified Kinetics-400 RGB I3D checkpoint"
-        )
-    if not (imagenet or model_rgb):
-        raise I3DWeightsError(
-            f"I3D weights file {path} has neither the {_LAYOUT_MODEL_RGB} layout (conv3d_1a_7x7.*) "
-            f"nor the {_LAYOUT_RGB_IMAGENET} layout (Conv3d_1a_7x7.*); its first keys are "
-            f"{keys[:5]}; point {_WEIGHTS_KEY} to a Kinetics-400 RGB I3D checkpoint"
-        )
-    return _LAYOUT_RGB_IMAGENET if imagenet else _LAYOUT_MODEL_RGB
-
-
-def _listing(title: str, items: list[str], shown: int = 5) -> str:
-    more = f", ... (+{len(items) - shown} more)" if len(items) > shown else ""
-    return f"\n  {title} ({len(items)}): {', '.join(items[:shown])}{more}"
-
-
-def load_i3d_weights(model: InceptionI3d, path: str | Path) -> str:
-    """Load a Kinetics-400 RGB I3D checkpoint into ``model``, strictly.
-
-    Accepts the ``model_rgb.pth`` layout as is and the ``rgb_imagenet.pt`` layout through a key map
-    (``Conv3d_1a_7x7.bn.*`` → ``conv3d_1a_7x7.batch3d.*``, ``Mixed_3b.b1a`` →
-    ``mixed_3b.branch_1.0``, ``logits`` → ``conv3d_0c_1x1``, ...); a DDP ``module.`` prefix is
-    stripped. Files with and without BatchNorm ``num_batches_tracked`` both load. BatchNorm eps is a
-    property of the model, not of the file: ``rgb_imagenet.pt`` and ``kinetics400`` were trained
-    with 1e-3.
-
-    Args:
-        model: the network to fill in place.
-        path: checkpoint file holding a state dict, or the name of weights converted by
-            ``python -m tpt_aqa.weights`` (``"kinetics400"``: its file in the user cache).
-
-    Returns:
-        The detected layout, ``"model_rgb.pth"`` or ``"rgb_imagenet.pt"``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (for a name: the message gives the command).
-        I3DWeightsError: the file is not a state dict, or its keys or shapes do not match
-            (the message lists missing and unexpected keys and shape mismatches).
-    """
-    path = Path(resolve_weights(str(path)))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"I3D weights file {path} not found; set {_WEIGHTS_KEY} to the Kinetics-400 RGB "
-            f"checkpoint ({_LAYOUT_MODEL_RGB} or {_LAYOUT_RGB_IMAGENET}), "
-            "or to null for random init"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise I3DWeightsError(
-            f"could not read I3D weights file {path} as a PyTorch state dict: {err}"
-        ) from err
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise I3DWeightsError(
-            f"I3D weights file {path} holds a {type(state).__name__}, not a state dict of tensors; "
-            f"point {_WEIGHTS_KEY} to {_LAYOUT_MODEL_RGB} or {_LAYOUT_RGB_IMAGENET}"
-        )
-
-    stripped = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved files
-    if len(stripped) != len(state):
-        raise I3DWeightsError(
-            f"I3D weights file {path} holds keys both with and without the DDP 'module.' prefix; "
-            f"point {_WEIGHTS_KEY} to a checkpoint saved from one model"
-        )
-    state = stripped
-    layout = _detect_layout(list(state), path)
-    rename = _rgb_imagenet_to_model_rgb if layout == _LAYOUT_RGB_IMAGENET else lambda k: k
-    original = {rename(k): k for k in state}  # model name → name in the file
-    mapped = {rename(k): v for k, v in state.items()}
-
-    expected = model.state_dict()
-    optional = {k for k in expected if k.endswith(".num_batches_tracked")}
-    missing = [k for k in expected if k not in mapped and k not in optional]
-    unexpected = [original[k] for k in mapped if k not in expected]
-    mismatched = [
-        f"{original[k]} {tuple(v.shape)} in the file vs {tuple(expected[k].shape)} in the model"
-        for k, v in mapped.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        mapping_note = (
-            f", mapped onto the {_LAYOUT_MODEL_RGB} names" if layout == _LAYOUT_RGB_IMAGENET else ""
-        )
-        raise I3DWeightsError(
-            f"I3D weights file {path} (detected layout: {layout}{mapping_note}) does not match "
-            f"InceptionI3d:"
-            + (_listing("missing from the file", missing) if missing else "")
-            + (_listing("unexpected in the file", unexpected) if unexpected else "")
-            + (_listing("shape mismatch", mismatched, shown=3) if mismatched else "")
-            + f"\nPoint {_WEIGHTS_KEY} to a Kinetics-400 RGB I3D checkpoint "
-            f"({_LAYOUT_MODEL_RGB} or {_LAYOUT_RGB_IMAGENET})."
-        )
-    for key in optional - mapped.keys():
-        # Ports saved before PyTorch 0.4.1 have no counter; it only matters for momentum=None.
-        mapped[key] = torch.zeros_like(expected[key])
-    model.load_state_dict(mapped, strict=True)
-    return layout
 
 
 # ----------------------------------------------------------------------------------- encoder

@@ -39,9 +39,9 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
-from tpt_aqa import viz
 from tpt_aqa.data.batch import collate_videos
-from tpt_aqa.parsing import METRICS as PARSING_METRICS
+from tpt_aqa.reporting import viz
+from tpt_aqa.scoring.step_metrics import METRICS as PARSING_METRICS
 
 log = logging.getLogger(__name__)
 

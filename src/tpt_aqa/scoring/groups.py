@@ -15,29 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def pair_deltas(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Absolute score differences of all unordered pairs i < j within the same exemplar group.
-
-    Args:
-        scores: training scores ``(N,)`` on the training scale.
-        groups: exemplar-group id per sample ``(N,)``.
-
-    Returns:
-        The Δ list, concatenated over groups.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    groups = np.asarray(groups)
-    out = []
-    for g in np.unique(groups):
-        s = scores[groups == g]
-        i, j = np.triu_indices(len(s), k=1)
-        out.append(np.abs(s[i] - s[j]))
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 def positive_edges(deltas: np.ndarray, num_groups: int, cap: float) -> np.ndarray:
@@ -132,7 +112,7 @@ class ScoreGroups(nn.Module):
         refused with a value that works.
 
         Args:
-            deltas: the Δ list (:func:`pair_deltas` of the training split).
+            deltas: the Δ list (``tpt_aqa.data.labels.pair_deltas`` of the training split).
             cap: largest |Δ| the groups cover (``dataset.delta_cap``).
 
         Raises:

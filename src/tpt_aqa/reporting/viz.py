@@ -22,9 +22,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 
-from tpt_aqa.atomic import atomic_write
-from tpt_aqa.metrics import relative_l2, spearman
-from tpt_aqa.parsing import step_runs
+from tpt_aqa.core.atomic import atomic_write
+from tpt_aqa.data.labels import step_runs
+from tpt_aqa.scoring.metrics import relative_l2, spearman
 
 ATTENTION_CMAP = "viridis"
 PHASE_CMAP = "tab10"

@@ -3,7 +3,7 @@
 A video is compared with M training exemplars of its exemplar group; the pair stage and heads give
 a relative score Δ̂ per exemplar, and the prediction is the **vote**: the mean over the real
 (not padded) exemplars of (exemplar score + Δ̂), × the video's scale. Training's evaluation,
-``tpt_aqa.evaluation``'s pair-by-pair reference, the checkpoint's exemplar bank and
+``tpt_aqa.training.pairwise_eval``'s pair-by-pair reference, the checkpoint's exemplar bank and
 ``tpt_aqa.predict`` all score this way.
 
 Parts are per video (``TPT.encode``), so every exemplar is encoded once per evaluation and paired
@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.batch import Videos
 from tpt_aqa.data.samplers import STREAM_BANK, choose_eval_exemplars
-from tpt_aqa.errors import ConfigError
 
 PROTOCOLS = ("per_video", "per_group")
 

@@ -11,7 +11,7 @@ has it any more, the lock is taken over; a lock from another host is only given 
 since its process cannot be checked from here.
 
 A folder that already holds a finished run (``results.json``) is refused too, unless the run
-continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.faults``).
+continues it: ``ckpt_path=`` inside it, or its interrupted checkpoint (``tpt_aqa.training.faults``).
 Only the global-zero process does any of this (the other DDP ranks write nothing here). From the
 command line, ``GuardRunFolder`` (a Hydra callback in ``conf/hydra/default.yaml``) makes the same
 two refusals before Hydra writes its ``.hydra/`` record into the folder.
@@ -33,8 +33,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.config import exit_on_user_error
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.errors import ConfigError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +260,7 @@ class GuardRunFolder(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        from tpt_aqa.faults import CheckpointOnSignal
+        from tpt_aqa.training.faults import CheckpointOnSignal
 
         folder = Path(str(config.hydra.run.dir))
         resume = config.get("ckpt_path")

@@ -1,8 +1,8 @@
-"""What the entry points share, so that none imports another: the trainer and its batch rule,
-reading a trained checkpoint with its configuration, and the autocast of a run's precision.
+"""The trainer and what the commands share around it: the batch rule, reading a trained checkpoint
+with its configuration, the autocast of a run's precision and the Adam of ``optim.optimizer``.
 
-``train``, ``eval``, ``predict``, ``convert``, … sit on one floor above this module
-(``tests/test_imports.py`` checks that they never import each other).
+The commands (``train``, ``eval``, ``predict``, ``convert``, …) build on this module rather than on
+each other (``tests/test_imports.py`` checks that they never import each other).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks.progress import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
-from tpt_aqa.checkpoints import read_checkpoint
-from tpt_aqa.errors import ConfigError
+from tpt_aqa.core.checkpoints import read_checkpoint, stored_config
+from tpt_aqa.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # callbacks that write checkpoints, left out of a smoke test (debug=fast_dev_run)
@@ -99,7 +99,8 @@ def apply_global_batch(cfg: DictConfig, trainer: L.Trainer, dm) -> None:
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
-    """A tpt_aqa checkpoint and the resolved training configuration stored in it.
+    """A tpt_aqa checkpoint and the resolved training configuration stored in it, its ``_target_``s
+    naming the modules where they are now (``stored_config``: checkpoints of the flat layout load).
 
     Raises:
         ConfigError: when the file is missing or holds no tpt_aqa configuration.
@@ -107,7 +108,7 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[dict, DictConfig]:
     """
     path = Path(ckpt_path)
     ckpt = read_checkpoint(path)
-    config = ckpt.get("tpt_aqa", {}).get("config")
+    config = stored_config(ckpt)  # the _target_s of modules moved since renamed
     if config is None:
         raise ConfigError(
             f"ckpt_path={path} has no tpt_aqa configuration: was it written by tpt_aqa.train?"

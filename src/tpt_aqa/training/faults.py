@@ -32,7 +32,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from tpt_aqa.atomic import atomic_torch_save
+from tpt_aqa.core.atomic import atomic_torch_save
 
 
 def rng_states() -> dict[str, Any]:
@@ -199,7 +199,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     to disk, then renamed over the target with ``os.replace``. Readers see the old file or the new
     one, never a mixture; a failed or interrupted write leaves the previous checkpoint untouched. A
     process killed outright (SIGKILL) may leave its ``.<name>.<random>.tmp`` file behind, never a
-    ``*.ckpt`` (``tpt_aqa.atomic.atomic_write``). Remote paths (``s3://`` …) keep Lightning's behaviour.
+    ``*.ckpt`` (``tpt_aqa.core.atomic.atomic_write``). Remote paths (``s3://`` …) keep Lightning's behaviour.
     """
 
     def save_checkpoint(

@@ -5,7 +5,7 @@ each evaluated video once, and pairing cached parts (``TPT.encode`` then ``TPT.c
 authors' release instead scores each (query, exemplar) pair from scratch: for each of a test
 video's M = 10 exemplars it sends the query and the exemplar through the backbone together, i.e.
 2·M backbone passes per test video. ``naive_predictions`` implements that path (with the same
-vote, ``tpt_aqa.score_stage``) so that tests can show both give the same predictions, and ``count_encoder_passes`` counts the backbone passes each
+vote, ``tpt_aqa.scoring.stage``) so that tests can show both give the same predictions, and ``count_encoder_passes`` counts the backbone passes each
 path makes (``python -m tpt_aqa.benchmark --eval-compare`` times them).
 """
 
@@ -21,8 +21,8 @@ from torch import nn
 
 from tpt_aqa.data.base import AQADataModule
 from tpt_aqa.data.batch import collate_videos
-from tpt_aqa.lit_module import AQAModule
-from tpt_aqa.score_stage import exemplar_lists, relative_scores, vote
+from tpt_aqa.scoring.stage import exemplar_lists, relative_scores, vote
+from tpt_aqa.training.lit_module import AQAModule
 
 
 @dataclass

@@ -81,3 +81,11 @@ def atomic_torch_save(
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f), mode=mode, durable=durable)
+
+
+def atomic_save_array(path: str | Path, array: Any) -> None:
+    """``numpy.save`` of one ``.npy`` atomically (``atomic_write``): a feature cache never holds a
+    partial array."""
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, array))

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpt_aqa.atomic import atomic_torch_save
+from tpt_aqa.core.atomic import atomic_torch_save
+from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.samplers import DIFFICULTY_DECIMALS
-from tpt_aqa.errors import ConfigError
-from tpt_aqa.score_stage import encode_rows, group_exemplars, relative_scores, row_loader, vote
+from tpt_aqa.scoring.stage import encode_rows, group_exemplars, relative_scores, row_loader, vote
 
 
 class BankError(ConfigError):

@@ -5,7 +5,8 @@ Every entry point that takes a checkpoint (``tpt_aqa.train ckpt_path=``, ``tpt_a
 and plain values only (``weights_only``), and a truncated, random or unsafe file stops the command
 with one line naming the file. ``compare_state`` lists the keys and shapes that differ between a
 file's weights and a model's; ``fitting_overrides`` turns the configuration stored in a tpt_aqa
-checkpoint into the overrides that would build a model it fits.
+checkpoint into the overrides that would build a model it fits. ``stored_config`` reads that
+configuration with the ``_target_``s of modules that have moved since (``MOVED_MODULES``) renamed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,64 @@ from typing import Any
 
 import torch
 
-from tpt_aqa.cache import flatten
-from tpt_aqa.errors import UserError
+from tpt_aqa.core.cache import flatten
+from tpt_aqa.core.errors import UserError
+
+# Where each module of the flat layout went when the library was grouped by stage (README,
+# layout). A configuration stored in a checkpoint written before names the old modules in its
+# ``_target_``s (``tpt_aqa.losses.TPTCriterion``, ``tpt_aqa.runtime.adam``, …); ``stored_config``
+# names the new ones, so ``tpt_aqa.eval`` and ``tpt_aqa.predict`` rebuild old checkpoints. The one
+# table of old module paths: add a row here whenever a module a config can name moves.
+MOVED_MODULES = {
+    "tpt_aqa.atomic": "tpt_aqa.core.atomic",
+    "tpt_aqa.cache": "tpt_aqa.core.cache",
+    "tpt_aqa.checkpoints": "tpt_aqa.core.checkpoints",
+    "tpt_aqa.errors": "tpt_aqa.core.errors",
+    "tpt_aqa.pretrained": "tpt_aqa.core.pretrained",
+    "tpt_aqa.report": "tpt_aqa.core.report",
+    "tpt_aqa.scoring": "tpt_aqa.scoring.groups",
+    "tpt_aqa.losses": "tpt_aqa.scoring.losses",
+    "tpt_aqa.score_stage": "tpt_aqa.scoring.stage",
+    "tpt_aqa.bank": "tpt_aqa.scoring.bank",
+    "tpt_aqa.metrics": "tpt_aqa.scoring.metrics",
+    "tpt_aqa.parsing": "tpt_aqa.scoring.step_metrics",
+    "tpt_aqa.evaluation": "tpt_aqa.training.pairwise_eval",
+    "tpt_aqa.lit_module": "tpt_aqa.training.lit_module",
+    "tpt_aqa.faults": "tpt_aqa.training.faults",
+    "tpt_aqa.runtime": "tpt_aqa.training.runtime",
+    "tpt_aqa.run_folder": "tpt_aqa.training.run_folder",
+    "tpt_aqa.viz": "tpt_aqa.reporting.viz",
+    "tpt_aqa.wandb_logging": "tpt_aqa.reporting.wandb_logging",
+    "tpt_aqa.paper": "tpt_aqa.reporting.paper",
+}
+
+
+def current_target(target: str) -> str:
+    """``target`` (a dotted ``_target_``) with its module renamed when it has moved
+    (``MOVED_MODULES``); any other target unchanged."""
+    module, dot, name = target.rpartition(".")
+    return f"{MOVED_MODULES[module]}{dot}{name}" if module in MOVED_MODULES else target
+
+
+def with_current_targets(config: Any) -> Any:
+    """A copy of ``config`` (nested dicts and lists) with every ``_target_`` made current."""
+    if isinstance(config, Mapping):
+        return {
+            k: current_target(v)
+            if k == "_target_" and isinstance(v, str)
+            else with_current_targets(v)
+            for k, v in config.items()
+        }
+    if isinstance(config, list | tuple):
+        return [with_current_targets(v) for v in config]
+    return config
+
+
+def stored_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tpt_aqa configuration stored in a checkpoint, its ``_target_``s made current, or
+    ``None`` when it holds none (not written by ``tpt_aqa.train``)."""
+    config = (ckpt.get("tpt_aqa") or {}).get("config")
+    return None if config is None else with_current_targets(config)
 
 
 class CheckpointError(UserError, ValueError):
@@ -34,7 +91,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         CheckpointError: when it cannot be read (truncated, not a checkpoint, unsafe to unpickle)
             or holds no model weights.
     """
-    from tpt_aqa.errors import ConfigError
+    from tpt_aqa.core.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():
@@ -190,7 +247,7 @@ def outline(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str,
     """What ``check_state_fits`` needs of a checkpoint, without its memory: the weights as meta
     tensors (shapes only) and the stored tpt_aqa configuration."""
     state = {k: v.to("meta") for k, v in ckpt.get("state_dict", {}).items()}
-    return state, (ckpt.get("tpt_aqa") or {}).get("config")
+    return state, stored_config(ckpt)
 
 
 def check_state_fits(

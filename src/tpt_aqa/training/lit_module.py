@@ -1,7 +1,7 @@
 """LightningModule: wiring of model, criterion, score groups and the score stage.
 
 Training (docs/method.md §6): each batch holds (query, exemplar) pairs; both pair orders are scored and the
-relative scores encoded into score groups. Evaluation (docs/method.md §7, ``tpt_aqa.score_stage``):
+relative scores encoded into score groups. Evaluation (docs/method.md §7, ``tpt_aqa.scoring.stage``):
 the exemplars of a split are encoded once per evaluation, each evaluated video once, and the
 prediction is the vote over its M exemplars.
 """
@@ -18,13 +18,13 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric
 
 from tpt_aqa.data.batch import EvalBatch, PairBatch
-from tpt_aqa.faults import NONFINITE_ADVICE, restore_rng_states, rng_states
-from tpt_aqa.losses import LossMeans, TPTCriterion
-from tpt_aqa.metrics import evaluate
 from tpt_aqa.models.tpt import TPT
-from tpt_aqa.parsing import parsing_metrics
-from tpt_aqa.score_stage import EncodedExemplars, EvalRecords, check_protocol, encode_exemplars
-from tpt_aqa.scoring import ScoreGroups
+from tpt_aqa.scoring.groups import ScoreGroups
+from tpt_aqa.scoring.losses import LossMeans, TPTCriterion
+from tpt_aqa.scoring.metrics import evaluate
+from tpt_aqa.scoring.stage import EncodedExemplars, EvalRecords, check_protocol, encode_exemplars
+from tpt_aqa.scoring.step_metrics import parsing_metrics
+from tpt_aqa.training.faults import NONFINITE_ADVICE, restore_rng_states, rng_states
 
 
 class AQAModule(L.LightningModule):
@@ -37,7 +37,7 @@ class AQAModule(L.LightningModule):
         optimizer: optimizer factory taking parameter groups (Hydra partial, e.g. Adam).
         lr: learning rate per parameter group: ``backbone``, ``body`` (parser and pair stage), ``heads``.
         config: the resolved run configuration, stored in checkpoints for ``tpt_aqa.eval``.
-        eval_exemplars: ``per_video`` or ``per_group`` (``tpt_aqa.score_stage``).
+        eval_exemplars: ``per_video`` or ``per_group`` (``tpt_aqa.scoring.stage``).
     """
 
     def __init__(

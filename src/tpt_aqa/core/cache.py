@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tpt_aqa.errors import UserError
+from tpt_aqa.core.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "tpt_aqa.features/1"

@@ -80,7 +80,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tpt_aqa.metrics import UndefinedMetricWarning, undefined
+from tpt_aqa.data.labels import step_runs
+from tpt_aqa.scoring.metrics import UndefinedMetricWarning, undefined
 
 AIOU_THRESHOLDS = {"parse_aiou50": 0.5, "parse_aiou75": 0.75}
 
@@ -97,24 +98,6 @@ METRICS = {
     "parse_adapt": "max",
     "parse_adapt_boundary": "max",
 }
-
-
-def step_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The steps of a label sequence: maximal runs of equal labels.
-
-    Args:
-        labels: one label per frame ``(F,)``.
-
-    Returns:
-        ``starts (S,)``, ``ends (S,)`` (exclusive) and the label of each step ``(S,)``.
-    """
-    labels = np.asarray(labels).ravel()
-    if labels.size == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    ends = np.r_[starts[1:], labels.size]
-    return starts.astype(np.int64), ends.astype(np.int64), labels[starts]
 
 
 def clip_centres(num_clips: int, frames_per_clip: int) -> np.ndarray:
