@@ -59,6 +59,42 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
         )
 
 
+# ablations that swap the parser (conf/ablation), and the parser each swaps in
+PARSER_ABLATIONS = {
+    "adaptive_pool": "adaptive_pool",
+    "temporal_conv": "temporal_conv",
+    "baseline_pool": "mean_pool",
+}
+
+
+def parser_ablation_conflict(choices: dict) -> str | None:
+    """Why the chosen ``ablation`` and ``model/parser`` cannot both hold, or ``None``.
+
+    A parser named on the command line wins over the one an ablation swaps in, so
+    ``model/parser=align ablation=adaptive_pool`` would silently train ``align`` (and
+    ``ablation=baseline_pool`` would give it a single query).
+    """
+    ablation, parser = choices.get("ablation"), choices.get("model/parser")
+    wanted = PARSER_ABLATIONS.get(str(ablation))
+    if wanted is None or parser in (None, wanted):
+        return None
+    return (
+        f"ablation={ablation} replaces the parser with model/parser={wanted}, but "
+        f"model/parser={parser} was chosen: drop model/parser={parser} to run the ablation, or "
+        f"drop ablation={ablation} to run {parser}"
+    )
+
+
+def check_parser_ablation() -> None:
+    """Refuse an ablation that swaps the parser together with another parser (under Hydra)."""
+    try:
+        choices = dict(HydraConfig.get().runtime.choices)
+    except ValueError:  # not running under @hydra.main (tests, notebooks)
+        return
+    if problem := parser_ablation_conflict(choices):
+        raise ConfigError(problem)
+
+
 # Speed switches: settings that compute the same function faster, so a resumed run may change them.
 SPEED_KEYS = (
     "model.compile_encoder",
@@ -127,6 +163,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     validate_train_config(cfg)
     check_multirun_strategy(cfg)
+    check_parser_ablation()
     fit_precision(cfg)  # before anything records the configuration
     resume_outline = None
     resume = cfg.get("ckpt_path")

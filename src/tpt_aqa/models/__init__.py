@@ -17,6 +17,11 @@ parsing decoder, or a pooling ablation) → parts ``(B,K,D)`` + attention ``(B,Y
 ``(B,D)`` → heads ``(B,G)`` logits and ``(B,G)`` offsets.
 """
 
+from tpt_aqa.models.adaptive import (
+    MonotoneAlignParser,
+    SlotCompetitionParser,
+    SoftBoundaryParser,
+)
 from tpt_aqa.models.decoder import TemporalParsingDecoder
 from tpt_aqa.models.encoders import PrecomputedEncoder
 from tpt_aqa.models.heads import GroupHeads
@@ -34,9 +39,12 @@ __all__ = [
     "I3DWeightsError",
     "InceptionI3d",
     "MeanPoolParser",
+    "MonotoneAlignParser",
     "PairStage",
     "Parsed",
     "PrecomputedEncoder",
+    "SlotCompetitionParser",
+    "SoftBoundaryParser",
     "TPTOutput",
     "TemporalConvParser",
     "TemporalParsingDecoder",

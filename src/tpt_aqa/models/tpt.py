@@ -41,7 +41,8 @@ class TPTOutput:
     Attributes:
         logits: group logits ``(2B,G)``.
         offsets: in-group offsets in (0, 1) ``(2B,G)``.
-        attn_query: the query videos' attention maps ``(B,Y,T,K)`` or ``None``.
+        attn_query: the query videos' attention maps ``(B,Y,T,K)`` for the attention losses, or
+            ``None`` (pooling parsers, and parsers whose ``attention_losses`` is false).
         attn_exemplar: the exemplars' attention maps ``(B,Y,T,K)`` or ``None``.
     """
 
@@ -167,7 +168,9 @@ class TPT(nn.Module):
         logits, offsets = self.compare(
             torch.cat([e_parts, q_parts], dim=0), torch.cat([q_parts, e_parts], dim=0)
         )  # (2B, G) each
-        attn = parsed.attn
+        # a parser may keep its maps out of the rank and sparsity losses (models.adaptive): the
+        # maps still reach evaluation through ``encode``
+        attn = parsed.attn if getattr(self.parser, "attention_losses", True) else None
         return TPTOutput(
             logits=logits,
             offsets=offsets,
