@@ -109,7 +109,7 @@ def test_synthetic_hard_variant_settings():
     """dataset=synthetic_hard (docs/parsing.md): 4 phases of widely varying length, one negative
     weight with the scores still in [0, 10], a per-video offset with nothing along the quality
     direction; the settings come from its config, and the default's stream is untouched."""
-    from tpt_aqa.export_synthetic import dataset_settings
+    from tpt_aqa.config import dataset_settings
 
     hard = dataset_settings("synthetic_hard")
     assert hard["num_phases"] == 4 and min(hard["phase_weights"]) < 0 < hard["nuisance"]
@@ -368,7 +368,8 @@ def test_export_synthetic_refuses_to_overwrite_or_misuse_its_target(tmp_path, ca
     assert (mine / "annotations.csv").read_text() == "my own table\n"  # untouched
     assert sorted(p.name for p in mine.iterdir()) == ["annotations.csv"]
     export_synthetic.main([str(mine), *small, "--force"])  # asked for: written into
-    assert len(list(mine.glob("*.npy"))) == 6
+    assert len(list(mine.glob("*.steps.npy"))) == 6  # the phases, one file per video
+    assert len(list(mine.glob("*.npy"))) == 12  # and the features
     assert (mine / "annotations.csv").read_text().startswith("id,score,split")
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.core.pretrained import NAMED, resolve_weights
+from tpt_aqa.data.synthetic import FeatureSettings
 from tpt_aqa.scoring.stage import check_protocol
 from tpt_aqa.training.runtime import split_batch
 
@@ -383,3 +385,12 @@ def build_module(cfg: DictConfig):
         config=OmegaConf.to_container(cfg, resolve=True),
         eval_exemplars=cfg.get("eval_exemplars") or "per_video",
     )
+
+
+def dataset_settings(name: str) -> dict:
+    """The synthetic generator settings of ``conf/dataset/<name>.yaml`` (the one home of each
+    variant's values, shared with ``dataset=<name>``), ``data_seed`` as ``seed``."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={name}"])
+    given = OmegaConf.to_container(cfg.dataset, resolve=True)
+    return vars(FeatureSettings.pop_from(given))

@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
 from tpt_aqa.cli import at_least
-from tpt_aqa.config import CONF_DIR
+from tpt_aqa.config import dataset_settings
 from tpt_aqa.core.atomic import check_output
 from tpt_aqa.core.errors import ConfigError
 from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
@@ -27,15 +24,6 @@ from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
 DATASETS = ("synthetic", "synthetic_hard")
 # the fewest of each that make a benchmark: a training video, and no test split at all
 MINIMUM = {"num_train": 1, "num_test": 0, "num_clips": 1, "feature_dim": 1}
-
-
-def dataset_settings(name: str) -> dict:
-    """The generator settings of ``conf/dataset/<name>.yaml`` (the one home of each variant's
-    values, shared with ``dataset=<name>``), ``data_seed`` as ``seed``."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"dataset={name}"])
-    given = OmegaConf.to_container(cfg.dataset, resolve=True)
-    return vars(FeatureSettings.pop_from(given))
 
 
 def main(argv: list[str] | None = None) -> None:
