@@ -417,3 +417,27 @@ def test_the_other_ranks_of_a_ddp_run_pass_the_folder_the_first_one_holds(tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+def test_cli_run_in_a_relative_folder_holds_its_own_lock(tmp_path):
+    """The default hydra.run.dir is relative (outputs/train/runs/<time>): the lock taken before
+    Hydra writes must be recognised as this run's when the run checks its folder by Hydra's
+    absolute path (it once refused itself as 'in use by another run')."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tpt_aqa.train",
+            "debug=fast_dev_run",
+            *TINY,
+            "hydra.run.dir=rel/run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-1500:] + run.stderr[-1500:]
+    assert "in use by another run" not in run.stdout + run.stderr
+    folder = tmp_path / "rel" / "run"
+    assert (folder / "results.json").is_file() and not (folder / LOCK).exists()

@@ -222,7 +222,11 @@ def check_not_in_use(folder: Path) -> None:
     """
     path = folder / LOCK
     holder = _holder(path) if path.exists() else None
-    if holder is None or _stale(holder) or (_ours(holder) and path in _TAKEN_BEFORE_HYDRA):
+    if (
+        holder is None
+        or _stale(holder)
+        or (_ours(holder) and path.absolute() in _TAKEN_BEFORE_HYDRA)
+    ):
         return
     raise _in_use(folder, holder)
 
@@ -292,7 +296,9 @@ def take_lock(folder: Path) -> Path:
         return _create_lock(path)
     except FileExistsError:
         holder = _holder(path)
-        if _ours(holder) and path in _TAKEN_BEFORE_HYDRA:  # GuardRunFolder took it for this run
+        if (
+            _ours(holder) and path.absolute() in _TAKEN_BEFORE_HYDRA
+        ):  # GuardRunFolder took it for this run
             return path
         if not (_stale(holder) and _remove_if_unchanged(path, holder)):
             raise _in_use(folder, holder) from None
@@ -397,7 +403,9 @@ class GuardRunFolder(Callback):
     def _check(config: DictConfig) -> None:
         from tpt_aqa.training.faults import CheckpointOnSignal
 
-        folder = Path(str(config.hydra.run.dir))
+        # absolute: the run later names its folder by Hydra's absolute output_dir, and a lock
+        # taken here must be recognised there (the default hydra.run.dir is relative)
+        folder = Path(str(config.hydra.run.dir)).absolute()
         top = _first_missing(folder)
         if config.get("task_name") == "train":
             resume = config.get("ckpt_path")
