@@ -184,19 +184,7 @@ def test_checkpoint_then_eval_reproduces_test_metrics(tmp_path, tiny_cfg):
 def test_eval_records_its_protocol_and_finds_data_that_moved(tmp_path):
     """A checkpoint whose data root moved: the message gives one override, and it works (through
     the command line); results.json says which exemplar protocol evaluated."""
-    from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
-
-    data = generate(FeatureSettings(num_train=40, num_test=10, num_clips=20, feature_dim=16))
-    export_features(data, tmp_path / "features")
-    cfg = compose_cfg(
-        tmp_path,
-        *TINY_MODEL,
-        "experiment=features_tpt",
-        f"dataset.root={tmp_path / 'features'}",
-        "dataset.feature_dim=16",
-        "dataset.delta_cap=10",
-        "trainer.max_epochs=1",
-    )
+    cfg = _exported_features_cfg(tmp_path, num_test=10)
     ckpt = train_entry.run(cfg)["checkpoint"]
     moved = tmp_path / "moved"
     (tmp_path / "features").rename(moved)
@@ -262,20 +250,7 @@ def test_fast_dev_run_is_a_smoke_test(tiny_cfg, monkeypatch):
 
 def test_without_test_videos_validation_is_labelled_as_such(tmp_path, caplog):
     """No test rows: the run says so, and results.json never presents validation as test."""
-    from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
-
-    data = generate(FeatureSettings(num_train=40, num_test=0, num_clips=20, feature_dim=16))
-    export_features(data, tmp_path / "features")
-    cfg = compose_cfg(
-        tmp_path,
-        *TINY_MODEL,
-        "experiment=features_tpt",
-        f"dataset.root={tmp_path / 'features'}",
-        "dataset.feature_dim=16",
-        "dataset.delta_cap=10",
-        "dataset.val_fraction=0.25",
-        "trainer.max_epochs=1",
-    )
+    cfg = _exported_features_cfg(tmp_path, num_test=0, extra=("dataset.val_fraction=0.25",))
     with caplog.at_level("WARNING"):
         results = train_entry.run(cfg)
     assert "there is no test split" in caplog.text
@@ -406,3 +381,21 @@ def test_cli_refuses_plain_ddp_in_a_local_multirun(tmp_path):
     )
     assert proc.returncode == 2
     assert "config error: trainer.strategy=ddp inside a local multirun" in proc.stderr
+
+
+def _exported_features_cfg(tmp_path, num_test: int, extra: tuple[str, ...] = ()):
+    """A one-epoch tiny TPT on the synthetic benchmark exported to ``tmp_path/features``."""
+    from tpt_aqa.data.synthetic import FeatureSettings, export_features, generate
+
+    data = generate(FeatureSettings(num_train=40, num_test=num_test, num_clips=20, feature_dim=16))
+    export_features(data, tmp_path / "features")
+    return compose_cfg(
+        tmp_path,
+        *TINY_MODEL,
+        "experiment=features_tpt",
+        f"dataset.root={tmp_path / 'features'}",
+        "dataset.feature_dim=16",
+        "dataset.delta_cap=10",
+        *extra,
+        "trainer.max_epochs=1",
+    )
