@@ -55,7 +55,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tpt_aqa.config import CONF_DIR
@@ -63,6 +62,7 @@ from tpt_aqa.core.atomic import atomic_torch_save
 from tpt_aqa.core.errors import ConfigError, user_errors_exit
 from tpt_aqa.core.startup import setup
 from tpt_aqa.models.release_weights import RELEASE_FORMAT, load_release, map_release_state
+from tpt_aqa.training.runtime import resolve_device
 
 setup()  # resolver, warning filters, Lightning's tips (core.startup): before Hydra composes
 
@@ -223,9 +223,7 @@ def convert(
         dm = build_datamodule(cfg)
         module.score_groups.fit(dm.train_deltas(), dm.delta_cap)
         if bank:
-            dev = torch.device(
-                ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-            )
+            dev = resolve_device(device, "--device")  # the one device check of the commands
             module.to(dev)
             precision = str(cfg.trainer.get("precision", "32-true"))
             exemplars = build_bank(module, dm, forward_context=lambda: autocast(precision, dev))
